@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from safealign import __version__
-from safealign.errors import SafeAlignError
+from safealign.errors import ConfigError, SafeAlignError
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+RUN_DIR = "runs/run"  # default run directory of run, align and certify (they share it)
 
 
 def _data_validate(args: argparse.Namespace) -> int:
@@ -221,13 +222,74 @@ def _certify_samples(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_certificate(certificate, out / "certificate.json")
-    verdict = "CERTIFIED" if certificate.passed else "NO SOLUTION FOUND (do not release)"
+    return _print_verdict(certificate.to_dict(), out / "certificate.json")
+
+
+def _certify(args: argparse.Namespace) -> int:
+    byo = {"--sampler-settings": args.sampler_settings, "--cost-model": args.cost_model}
+    if args.responses is None:
+        given = [name for name, value in byo.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{' and '.join(given)}: used only with --responses; without it, certify tests "
+                "the policy that `safealign align` wrote to --out"
+            )
+        return _certify_policy(args)
+    missing = [name for name, value in byo.items() if value is None]
+    if missing:
+        raise ConfigError(f"certify --responses also needs {' and '.join(missing)}")
+    args.out = args.out or "runs/certify"
+    return _certify_samples(args)
+
+
+def _certify_policy(args: argparse.Namespace) -> int:
+    from safealign.config import load_config
+    from safealign.pipeline import certify_policy_stage
+
+    out = Path(args.out or RUN_DIR)
+    certificate = certify_policy_stage(load_config(args.config, args.overrides), out)
+    return _print_verdict(certificate, out / "certificate.json")
+
+
+def _print_verdict(certificate: dict, path: Path) -> int:
+    if certificate["upper_bound"] is None:  # step 1 selected nothing: NSF without a test
+        print(
+            "NO SOLUTION FOUND (do not release): no policy met the pessimistic bound when aligning, "
+            f"so the safety test was not run; wrote {path}"
+        )
+        return EXIT_CHECK_FAILED
+    verdict = "CERTIFIED" if certificate["passed"] else "NO SOLUTION FOUND (do not release)"
     print(
-        f"{verdict}: {certificate.metric} upper bound {certificate.upper_bound:.4f} vs threshold "
-        f"{certificate.cost_threshold:g} at confidence {certificate.confidence:g} (n={certificate.n}); "
-        f"wrote {out / 'certificate.json'}"
+        f"{verdict}: {certificate['metric']} upper bound {certificate['upper_bound']:.4f} vs "
+        f"threshold {certificate['cost_threshold']:g} at confidence {certificate['confidence']:g} "
+        f"(n={certificate['n']}); wrote {path}"
     )
-    return EXIT_OK if certificate.passed else EXIT_CHECK_FAILED
+    return EXIT_OK if certificate["passed"] else EXIT_CHECK_FAILED
+
+
+def _align(args: argparse.Namespace) -> int:
+    from safealign.config import load_config
+    from safealign.pipeline import align_stage
+
+    result = align_stage(
+        load_config(args.config, args.overrides), args.out, candidates_path=args.candidates
+    )
+    s = result.policy_file.selection
+    bound = (
+        f"pessimistic bound {s['selection_bound']:.4f} (k={s['pessimism_k']:.3f}, "
+        f"n_b={s['n_opt']}, n_s={s['n_safety']})"
+    )
+    if result.policy_file.policy is None:
+        print(
+            f"NO POLICY meets the pessimistic bound: even the cheapest candidates give {bound} > "
+            f"threshold {s['cost_threshold']:g}; wrote {result.policy_path} (policy: null)"
+        )
+        return EXIT_CHECK_FAILED
+    print(
+        f"policy selected: lambda={s['lambda']:.4g}, {bound} <= threshold "
+        f"{s['cost_threshold']:g}; wrote {result.policy_path}"
+    )
+    return EXIT_OK
 
 
 def _keys_generate(args: argparse.Namespace) -> int:
@@ -281,7 +343,9 @@ def _privacy_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_config_command(commands, name: str, help: str, handler, default_out: str) -> None:
+def _add_config_command(
+    commands, name: str, help: str, handler, default_out: str
+) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help)
     parser.add_argument("config", help="a YAML config (see examples/)")
     parser.add_argument(
@@ -291,6 +355,7 @@ def _add_config_command(commands, name: str, help: str, handler, default_out: st
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. seed=1"
     )
     parser.set_defaults(handler=handler)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,7 +419,21 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         "the whole pipeline: exit 0 certified, 1 no solution found",
         _run,
-        "runs/run",
+        RUN_DIR,
+    )
+    align = _add_config_command(
+        commands,
+        "align",
+        "models, candidates and HC-RLHF step 1: writes OUT/policy.json; exit 1 if no policy "
+        "meets the pessimistic bound",
+        _align,
+        RUN_DIR,
+    )
+    align.add_argument(
+        "--candidates",
+        default=None,
+        help='JSONL {"prompt", "responses": [...], "logprobs"?} per line to align on, instead '
+        "of the reference sampler's samples (no safety prompt allowed)",
     )
     _add_config_command(
         commands,
@@ -399,21 +478,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     certify = commands.add_parser(
         "certify",
-        help="safety test of responses any model sampled on the safety prompts (exit 1: NSF)",
+        help="safety test of OUT/policy.json (after align), or of any model's responses "
+        "(--responses); exit 1: NSF",
     )
-    certify.add_argument("config", help="a YAML config (its safety section is used)")
     certify.add_argument(
-        "--responses", required=True, help="JSONL: one sampled response per safety prompt"
+        "config",
+        help="a YAML config (its safety section sets the test; without --responses, "
+        "the config align used)",
+    )
+    certify.add_argument(
+        "--responses", default=None, help="JSONL: one sampled response per safety prompt"
     )
     certify.add_argument(
         "--sampler-settings",
-        required=True,
-        help="JSON file declaring how they were sampled (model, temperature, top_p, ...)",
+        default=None,
+        help="with --responses: JSON file declaring how they were sampled (model, temperature, ...)",
     )
-    certify.add_argument("--cost-model", required=True, help="cost model directory (train-cost)")
-    certify.add_argument("--out", default="runs/certify", help="directory for certificate.json")
+    certify.add_argument(
+        "--cost-model", default=None, help="with --responses: cost model directory (train-cost)"
+    )
+    certify.add_argument(
+        "--out",
+        default=None,
+        help=f"the run directory align wrote (default: {RUN_DIR}); with --responses, the "
+        "directory for certificate.json (default: runs/certify)",
+    )
     certify.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    certify.set_defaults(handler=_certify_samples)
+    certify.set_defaults(handler=_certify)
 
     keys = commands.add_parser("keys", help="Ed25519 signing keys for audit reports")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -16,23 +16,38 @@ import yaml
 from safealign._atomic import atomic_write_text
 from safealign.audits.report import build_report, write_report_files
 from safealign.audits.signing import sign_report
-from safealign.config import Config
-from safealign.constraints.align import AlignResult, Scorers, align_policy
+from safealign.config import Config, to_plain
+from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
 from safealign.constraints.hc_rlhf import certify
-from safealign.constraints.tilting import best_of_k_sampler
+from safealign.constraints.policy_file import (
+    POLICY_FILE,
+    PolicyFile,
+    check_policy_file_matches,
+    load_policy_file,
+    policy_file_from,
+    write_policy_file,
+)
+from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
+from safealign.data.records import PairDataset
 from safealign.data.source import load_source, make_splits
-from safealign.errors import ConfigError
+from safealign.data.splits import Splits
+from safealign.data.synthetic import SyntheticWorld
+from safealign.errors import ConfigError, DataError
 from safealign.models.scalar import Kind
 from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
 from safealign.privacy.release import RecordedTraining, budgeted_ledger
 from safealign.run_stages import (
     ReferenceSampler,
-    group_stage,
+    candidates_stage,
+    data_record,
     infeasible_certificate,
     ledger_summary,
+    load_scorers,
+    models_stage,
+    say,
     true_outcomes,
 )
-from safealign.runs import record_training, signing_key, trained_model
+from safealign.runs import record_training, signing_key
 
 
 @dataclass(frozen=True)
@@ -81,13 +96,70 @@ def demo_config(*, seed: int, out_dir: str | Path, overrides=()) -> Config:
     return load_config(None, [*DEMO_OVERRIDES, ledger, f"seed={seed}", *overrides])
 
 
-def _say(progress: bool, message: str) -> None:
-    if progress:
-        print(message, flush=True)
+@dataclass(frozen=True)
+class Alignment:
+    """What the align stage produced (``policy_file`` is also ``out_dir/policy.json``)."""
+
+    out_dir: Path
+    policy_file: PolicyFile
+    policy_path: Path
+    aligned: AlignResult
+    receipts: list
+    pairs: PairDataset
+    world: SyntheticWorld | None
+    splits: Splits
+    sampler: ReferenceSampler
 
 
 def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunResult:
     """Run the whole pipeline into ``out_dir`` (resuming whatever an earlier run finished)."""
+    a = align_stage(config, out_dir, progress=progress)
+    say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
+    selection = a.aligned.selection
+    certificate = certify_stage(
+        config,
+        policy=selection.policy,
+        reason=selection.message,
+        scorers=a.aligned.scorers,
+        splits=a.splits,
+        sampler=a.sampler,
+    )
+    write_certificate_dict(certificate, a.out_dir / "certificate.json")
+    truth = (
+        true_outcomes(a.world, a.aligned, a.splits, a.sampler, config)
+        if a.world is not None
+        else None
+    )
+    say(progress, "[6/6] signed audit report")
+    report, paths, note = _report(
+        config, a.out_dir, a.receipts, certificate, a.aligned, a.splits, truth, a.pairs.fingerprint
+    )
+    return RunResult(a.out_dir, report, paths, truth, note)
+
+
+def align_stage(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    candidates_path: str | Path | None = None,
+    progress: bool = True,
+) -> Alignment:
+    """Data and splits, private models, candidates, MaxMin + pessimistic tilt; writes policy.json.
+
+    Models already in ``out_dir`` are loaded, not trained again, so re-running spends no privacy.
+    A ``certificate.json`` left from a different earlier policy is removed (it no longer applies).
+
+    Args:
+        config: The run's configuration.
+        out_dir: The run directory.
+        candidates_path: A candidates JSONL to align on instead of the reference sampler's
+            samples; none of its prompts may be a sealed safety prompt.
+        progress: Print one line per stage.
+
+    Raises:
+        ConfigError: ``policy.method`` is not ``tilting``.
+        DataError: the candidates file is malformed or contains a safety prompt.
+    """
     if config.policy.method != "tilting":
         raise ConfigError(
             f"policy.method: the pipeline deploys the tilted best-of-K policy; {config.policy.method!r} "
@@ -100,36 +172,15 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
     )
     pairs, world = load_source(config)
     splits = make_splits(pairs, config)
-    _say(
+    say(
         progress,
         f"[1/6] data: {len(pairs)} pairs from {pairs.name}; splits {json.dumps(splits.sizes())}",
     )
-    _say(progress, "[2/6] private cost model")
-    cost_model, cost_receipt = trained_model(
-        config, kind="cost", out=out / "cost", pairs=pairs, splits=splits, progress=progress
-    )
-    receipts = [cost_receipt]
-    if config.groups.mode == "none":
-        _say(progress, "[3/6] private reward model")
-        reward_model, reward_receipt = trained_model(
-            config, kind="reward", out=out / "reward", pairs=pairs, splits=splits, progress=progress
-        )
-        scorers, receipts = (
-            Scorers(cost=cost_model, reward=reward_model),
-            [reward_receipt, *receipts],
-        )
-    else:
-        _say(progress, f"[3/6] private reward models per group ({config.groups.mode})")
-        group_models, group_receipts = group_stage(
-            config, out / "groups", pairs, splits, progress=progress
-        )
-        scorers, receipts = (
-            Scorers(cost=cost_model, group_rewards=group_models),
-            [*group_receipts, *receipts],
-        )
-    _say(progress, "[4/6] policy: pessimistic tilting over candidates (HC-RLHF step 1)")
+    # Candidates before models: a bad candidates file must fail before any privacy is spent.
     sampler = ReferenceSampler(config, world, splits)
-    candidates = sampler.candidates(splits.candidate.prompts, seed=config.seed + 1)
+    candidates, source, reference = candidates_stage(config, sampler, splits, candidates_path)
+    scorers, receipts, models = models_stage(config, out, pairs, splits, progress=progress)
+    say(progress, "[4/6] policy: pessimistic tilting over candidates (HC-RLHF step 1)")
     aligned = align_policy(
         candidates,
         scorers,
@@ -138,34 +189,106 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
         groups=config.groups,
         n_safety=splits.safety.num_prompts,
         seed=config.seed,
-        reference_sampler=sampler.describe(),
+        reference_sampler=reference,
     )
-    _say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
-    certificate = _certify(config, aligned, splits, sampler)
-    write_certificate_dict(certificate, out / "certificate.json")
-    truth = true_outcomes(world, aligned, splits, sampler, config) if world is not None else None
-    _say(progress, "[6/6] signed audit report")
-    report, paths, note = _report(
-        config, out, receipts, certificate, aligned, splits, truth, pairs.fingerprint
+    policy_file = policy_file_from(
+        aligned,
+        safety=to_plain(config.safety),
+        models=models,
+        candidates=source,
+        data=data_record(pairs, splits),
     )
-    return RunResult(out, report, paths, truth, note)
+    path = out / POLICY_FILE
+    previous = path.read_bytes() if path.is_file() else None
+    write_policy_file(policy_file, path)
+    if previous is not None and path.read_bytes() != previous:
+        # A certificate of the previous policy must not sit beside the new one as if it were its.
+        (out / "certificate.json").unlink(missing_ok=True)
+    return Alignment(out, policy_file, path, aligned, receipts, pairs, world, splits, sampler)
 
 
-def _certify(config: Config, aligned: AlignResult, splits, sampler) -> dict:
-    policy = aligned.selection.policy
+def certify_stage(
+    config: Config,
+    *,
+    policy: TiltedPolicy | None,
+    reason: str,
+    scorers: Scorers,
+    splits: Splits,
+    sampler: ReferenceSampler,
+) -> dict:
+    """HC-RLHF step 2: the safety test of ``policy`` on the sealed safety prompts.
+
+    Each safety prompt gets K fresh reference samples, scored by ``scorers``, and one of them is
+    drawn by best-of-K with the policy's exact settings. Without a policy (step 1 found none) the
+    result is NSF without a test, carrying ``reason``.
+
+    Returns:
+        The certificate as plain data (``passed`` False means NSF: release nothing).
+    """
     if policy is None:
-        return infeasible_certificate(config, aligned.selection, splits.safety)
+        return infeasible_certificate(config, reason, splits.safety)
 
     def score_fresh(prompts):  # K fresh reference samples per safety prompt, scored by the models
-        from safealign.constraints.align import score_candidates
-
         scored = score_candidates(
-            sampler.candidates(prompts, seed=config.seed + 2, sealed=splits.safety), aligned.scorers
+            sampler.candidates(prompts, seed=config.seed + 2, sealed=splits.safety), scorers
         )
         return scored.rewards, scored.costs, scored.log_p
 
     sample = best_of_k_sampler(score_fresh, seed=config.seed)
     return certify(policy, splits.safety, sample, safety=config.safety).to_dict()
+
+
+def certify_policy_stage(config: Config, out_dir: str | Path) -> dict:
+    """Certify the policy that ``align_stage`` wrote to ``out_dir``; writes certificate.json.
+
+    Raises:
+        DataError: no (valid) policy.json in ``out_dir``, or it was aligned on a candidates file,
+            whose model safealign's reference sampler cannot sample.
+        ConfigError: ``config`` is not the configuration the policy was aligned with.
+    """
+    out = Path(out_dir)
+    path = out / POLICY_FILE
+    if not path.is_file():
+        raise DataError(
+            f"no {POLICY_FILE} in this directory: run `safealign align CONFIG --out {out}` first "
+            "(or certify another model's samples with --responses)",
+            path=str(out),
+        )
+    policy_file = load_policy_file(path)
+    if policy_file.from_candidates_file and policy_file.policy is not None:
+        raise DataError(
+            f"the policy was aligned on candidates from {policy_file.candidates['path']} (your "
+            "model's samples), and safealign's reference sampler cannot sample your model. Sample "
+            "one response per safety prompt (prompts never used for alignment) with your own stack, "
+            "deployed as policy.json's 'policy' says, then run: safealign certify CONFIG "
+            f"--responses FILE --sampler-settings FILE --cost-model {out / policy_file.models.cost}",
+            path=str(path),
+            field="candidates",
+        )
+    pairs, world = load_source(config)
+    splits = make_splits(pairs, config)
+    sampler = ReferenceSampler(config, world, splits)
+    check_policy_file_matches(
+        policy_file,
+        path,
+        safety=to_plain(config.safety),
+        data=data_record(pairs, splits),
+        reference_sampler=sampler.describe(),
+    )
+    policy = policy_file.policy
+    scorers = (
+        None if policy is None else load_scorers(out, policy_file.models, policy_file.group_weights)
+    )
+    certificate = certify_stage(
+        config,
+        policy=policy,
+        reason=policy_file.reason,
+        scorers=scorers,
+        splits=splits,
+        sampler=sampler,
+    )
+    write_certificate_dict(certificate, out / "certificate.json")
+    return certificate
 
 
 def write_certificate_dict(certificate: dict, path: Path) -> None:

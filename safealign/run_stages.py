@@ -1,10 +1,12 @@
 """Pieces of ``pipeline.run`` that are not one library call: the reference sampler of a run,
-persisted group models, the NSF certificate of an infeasible selection, the ledger state for the
-report, and (synthetic world only) the released policy's true outcomes."""
+persisted group models, the scorers of a run directory, the NSF certificate of an infeasible
+selection, the ledger state for the report, and (synthetic world only) the released policy's true
+outcomes."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,19 +14,29 @@ import torch
 
 from safealign._atomic import atomic_write_text
 from safealign.config import Config
-from safealign.constraints.align import AlignResult, score_candidates
+from safealign.constraints.align import AlignResult, Scorers, score_candidates
 from safealign.constraints.candidates import (
     Candidates,
     candidates_from_pairs,
     candidates_from_texts,
+    load_alignment_candidates,
 )
 from safealign.constraints.groups import train_group_reward_models
+from safealign.constraints.policy_file import FROM_FILE, FROM_REFERENCE, ModelDirs
 from safealign.constraints.tilting import TiltedPolicy
-from safealign.data.splits import CERTIFY, SealedDataset
+from safealign.data.records import PairDataset
+from safealign.data.splits import CERTIFY, SealedDataset, Splits
 from safealign.models.scalar import load_scoring_model, save_scoring_model
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.release import budgeted_ledger
 from safealign.privacy.training import PrivacyReceipt
+from safealign.runs import trained_model
+
+
+def say(progress: bool, message: str) -> None:
+    """Print one progress line (flushed) when ``progress`` is on."""
+    if progress:
+        print(message, flush=True)
 
 
 class ReferenceSampler:
@@ -83,7 +95,7 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
             progress=progress,
         )
         for i, model in enumerate(trained.models):
-            save_scoring_model(model, out / f"group-{i}")
+            save_scoring_model(model, out / group_model_dir(i))
         meta = {
             "names": list(trained.names),
             "receipts": [r.to_dict() for r in trained.receipts],
@@ -92,11 +104,87 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
         }
         atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     meta = json.loads(meta_path.read_text())
-    models = {name: load_scoring_model(out / f"group-{i}") for i, name in enumerate(meta["names"])}
+    models = {
+        name: load_scoring_model(out / group_model_dir(i)) for i, name in enumerate(meta["names"])
+    }
     return models, [PrivacyReceipt(**r) for r in meta["receipts"]]
 
 
-def infeasible_certificate(config: Config, selection, sealed: SealedDataset) -> dict:
+def group_model_dir(index: int) -> str:
+    """Directory (inside the groups stage's directory) of the ``index``-th group's reward model."""
+    return f"group-{index}"
+
+
+def load_scorers(out: Path, models: ModelDirs, group_weights: dict[str, float] | None) -> Scorers:
+    """The scorers of an aligned policy, loaded from the model directories of run directory ``out``."""
+    cost = load_scoring_model(out / models.cost)
+    if models.group_rewards is None:
+        return Scorers(cost=cost, reward=load_scoring_model(out / models.reward))
+    groups = {name: load_scoring_model(out / path) for name, path in models.group_rewards}
+    return Scorers(cost=cost, group_rewards=groups, group_weights=group_weights)
+
+
+def models_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
+    """The cost model and the reward model(s): trained once per run directory, then loaded.
+
+    Returns:
+        ``(scorers, receipts, model directories relative to out)``.
+    """
+    say(progress, "[2/6] private cost model")
+    cost_model, cost_receipt = trained_model(
+        config, kind="cost", out=out / "cost", pairs=pairs, splits=splits, progress=progress
+    )
+    if config.groups.mode == "none":
+        say(progress, "[3/6] private reward model")
+        reward_model, reward_receipt = trained_model(
+            config, kind="reward", out=out / "reward", pairs=pairs, splits=splits, progress=progress
+        )
+        scorers = Scorers(cost=cost_model, reward=reward_model)
+        return scorers, [reward_receipt, cost_receipt], ModelDirs("cost/model", "reward/model")
+    say(progress, f"[3/6] private reward models per group ({config.groups.mode})")
+    group_models, group_receipts = group_stage(
+        config, out / "groups", pairs, splits, progress=progress
+    )
+    dirs = tuple((g, f"groups/{group_model_dir(i)}") for i, g in enumerate(group_models))
+    scorers = Scorers(cost=cost_model, group_rewards=group_models)
+    return scorers, [*group_receipts, cost_receipt], ModelDirs("cost/model", group_rewards=dirs)
+
+
+def candidates_stage(config: Config, sampler: ReferenceSampler, splits, path):
+    """The candidates to align on (the reference sampler's, or a file's), with their provenance.
+
+    Returns:
+        ``(candidates, source for policy.json, reference-sampler description for the policy)``.
+    """
+    if path is None:
+        candidates = sampler.candidates(splits.candidate.prompts, seed=config.seed + 1)
+        reference = sampler.describe()
+        source = {"source": FROM_REFERENCE, "reference_sampler": reference, "seed": config.seed + 1}
+        return candidates, source, reference
+    candidates = load_alignment_candidates(path, safety=splits.safety)
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    reference = {"source": "candidates file", "path": str(path), "sha256": digest}
+    source = {
+        "source": FROM_FILE,
+        "path": str(path),
+        "sha256": digest,
+        "num_prompts": len(candidates.prompts),
+        "num_candidates": candidates.num_candidates,
+    }
+    return candidates, source, reference
+
+
+def data_record(pairs: PairDataset, splits: Splits) -> dict:
+    """What policy.json records of the data, so certification can check it sees the same splits."""
+    return {
+        "dataset": pairs.name,
+        "dataset_fingerprint": pairs.fingerprint,
+        "split_fingerprints": splits.fingerprints(),
+        "n_safety": splits.safety.num_prompts,
+    }
+
+
+def infeasible_certificate(config: Config, reason: str, sealed: SealedDataset) -> dict:
     """NSF without a test: step 1 found no policy meeting the pessimistic bound, so nothing is released."""
     s = config.safety
     return {
@@ -118,7 +206,7 @@ def infeasible_certificate(config: Config, selection, sealed: SealedDataset) -> 
             "test was not run and nothing was released."
         ],
         "value_range": None,
-        "reason": selection.message,
+        "reason": reason,
     }
 
 

@@ -24,6 +24,7 @@ import torch
 
 from safealign.data.io import iter_json_lines
 from safealign.data.records import PairDataset
+from safealign.data.splits import SealedDataset
 from safealign.errors import DataError
 from safealign.models.scalar import ScoringModel
 
@@ -144,3 +145,37 @@ def load_candidates(path: str | Path) -> Candidates:
     if any(lp is None for lp in logprobs) and any(lp is not None for lp in logprobs):
         raise DataError("give 'logprobs' on every line or on none", path=path)
     return candidates_from_texts(prompts, rows, source=path, logprobs=logprobs)
+
+
+def load_alignment_candidates(path: str | Path, *, safety: SealedDataset) -> Candidates:
+    """Read a candidates file to align on: :func:`load_candidates` plus what alignment needs.
+
+    HC-RLHF step 1 needs at least two prompts (the bound uses their standard deviation), and none
+    of them may be a safety prompt: the one-shot safety test is valid only on prompts the policy
+    was never optimised on (Chittepu et al. 2025, Sec. 4). Membership is checked with
+    :meth:`SealedDataset.overlapping`, which does not unseal the split.
+
+    Raises:
+        DataError: naming the file (and the line of the first safety prompt found).
+    """
+    path = str(path)
+    candidates = load_candidates(path)
+    if len(candidates.prompts) < 2:
+        raise DataError(
+            f"alignment needs candidates for at least 2 prompts (got {len(candidates.prompts)})",
+            path=path,
+        )
+    hits = safety.overlapping(candidates.prompts)
+    if hits:
+        first = candidates.prompts[hits[0]]
+        line = next(n for n, obj in iter_json_lines(path) if obj.get("prompt") == first)
+        raise DataError(
+            f"this prompt is one of the sealed safety prompts ({len(hits)} of the "
+            f"{len(candidates.prompts)} candidate prompts are); the safety test is valid only on "
+            "prompts the policy was never optimised on, so remove every safety prompt from the "
+            "candidates file",
+            path=path,
+            line=line,
+            field="prompt",
+        )
+    return candidates

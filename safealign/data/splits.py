@@ -14,6 +14,7 @@ depend on ``n_s``), but reading its records from anywhere except certification r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from safealign.data.records import PairDataset
@@ -27,7 +28,8 @@ class SealedDataset:
 
     ``len()``, ``num_prompts`` and ``fingerprint`` are available to everyone: the pessimistic
     candidate selection of HC-RLHF is allowed to depend on the *size* of the safety set, nothing
-    else (Chittepu et al. 2025, Sec. 4).
+    else (Chittepu et al. 2025, Sec. 4). :meth:`overlapping` tells a caller which of *its own*
+    prompts are safety prompts, so outside prompt sets can be kept disjoint from the test.
     """
 
     def __init__(self, dataset: PairDataset) -> None:
@@ -35,6 +37,7 @@ class SealedDataset:
         self.fingerprint = dataset.fingerprint
         self.num_prompts = len(dataset.prompts)
         self.name = dataset.name
+        self._digests: frozenset[bytes] | None = None  # computed on the first overlapping() call
 
     def __len__(self) -> int:
         return len(self._dataset)
@@ -47,6 +50,25 @@ class SealedDataset:
 
     def __getitem__(self, index):
         self.__iter__()
+
+    def overlapping(self, prompts: Iterable[str]) -> tuple[int, ...]:
+        """Positions in ``prompts`` (the caller's own list) of the ones that are safety prompts.
+
+        Lets a stage that takes prompts from outside the splits (a user's candidate file) refuse
+        to optimise on safety prompts without unsealing the split. It compares SHA-256 digests of
+        prompt texts and returns only indices into the caller's list: no record of the split is
+        returned (no prompt the caller does not already hold, no response, no label).
+
+        What it does reveal is one membership bit per supplied prompt. Acting on that bit by
+        *removing* those prompts from an optimisation set is what the split itself does (the
+        candidate prompts are disjoint from the safety prompts), so selection still depends
+        on the safety set only through its count and its disjointness, as HC-RLHF requires
+        (Chittepu et al. 2025, Sec. 4). The seal guards against accidental reuse; it is not
+        secrecy from the data owner, who can recompute the deterministic split anyway.
+        """
+        if self._digests is None:
+            self._digests = frozenset(_prompt_digest(p) for p in self._dataset.prompts)
+        return tuple(i for i, p in enumerate(prompts) if _prompt_digest(p) in self._digests)
 
     def unseal(self, *, purpose: str) -> PairDataset:
         """Return the records for the safety test; any other purpose raises IsolationError."""
@@ -95,6 +117,10 @@ class Splits:
             "candidate": {"pairs": len(self.candidate), "prompts": len(self.candidate.prompts)},
             "safety": {"pairs": len(self.safety), "prompts": self.safety.num_prompts},
         }
+
+
+def _prompt_digest(prompt: str) -> bytes:
+    return hashlib.sha256(prompt.encode("utf-8")).digest()
 
 
 def prompt_key(prompt: str, seed: int) -> bytes:

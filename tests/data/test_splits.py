@@ -81,6 +81,15 @@ def test_safety_split_is_sealed():
     assert len(splits.safety.unseal(purpose="certify")) == 10
 
 
+def test_overlapping_names_the_callers_safety_prompts_without_unsealing():
+    splits = split_pairs(_dataset(range(50)), seed=0, **FRACTIONS)
+    safety = splits.safety.unseal(purpose="certify").prompts
+    mine = [splits.candidate.prompts[0], safety[3], "a prompt in no split", safety[0]]
+    assert splits.safety.overlapping(mine) == (1, 3)
+    assert splits.safety.overlapping(splits.candidate.prompts) == ()
+    assert splits.safety.overlapping(iter(safety)) == tuple(range(len(safety)))
+
+
 def test_too_few_prompts_is_a_clear_error():
     with pytest.raises(ConfigError, match="cannot fill"):
         split_pairs(_dataset(range(3)), seed=0, **FRACTIONS)

@@ -1,0 +1,216 @@
+"""``safealign align`` then ``safealign certify`` on a tiny synthetic world: policy.json, exit
+codes, no second privacy charge, user candidate files, and the guards around the safety prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from safealign.cli import main
+from safealign.config import load_config
+from safealign.constraints.policy_file import load_policy_file
+from safealign.data.source import load_source, make_splits
+from safealign.pipeline import align_stage, certify_stage
+from safealign.privacy.ledger import PrivacyLedger
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "examples" / "synthetic.yaml")
+TINY = [
+    "data.synthetic.num_prompts=150",
+    "data.synthetic.num_users=10",
+    "data.synthetic.pairs_per_user=20",
+    "reward_model.lora=null",
+    "cost_model.lora=null",
+    "reward_model.train.epochs=1",
+    "cost_model.train.epochs=1",
+    "reward_model.train.batch_size=32",
+    "cost_model.train.batch_size=32",
+    "reward_model.privacy.accountant=rdp",
+    "cost_model.privacy.accountant=rdp",
+    "reward_model.privacy.target_delta=1e-3",
+    "cost_model.privacy.target_delta=1e-3",
+    "budget.delta=1e-3",
+    "policy.num_candidates=4",
+    "groups.mode=given",
+    "safety.cost_threshold=100",  # every policy passes: the exit codes are then known
+]
+
+
+def _overrides(out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"budget.ledger={out.parent / 'ledger.sqlite'}", *extra]
+
+
+def _releases(out: Path) -> list[int]:
+    ledger = PrivacyLedger(out.parent / "ledger.sqlite")
+    return [r.id for s in ledger.summary() for r in s.releases]
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    """A run directory after one ``safealign align`` (the models in it are reused by copies)."""
+    out = tmp_path_factory.mktemp("align") / "run"
+    assert main(["align", CONFIG, "--out", str(out), *_overrides(out)]) == 0
+    return out
+
+
+def _copy(aligned: Path, tmp_path: Path) -> Path:
+    """A copy of the aligned run directory (same ledger), for tests that overwrite policy.json."""
+    out = tmp_path / "run"
+    shutil.copytree(aligned, out)
+    return out
+
+
+def _splits(out: Path):
+    config = load_config(CONFIG, _overrides(out))
+    pairs, world = load_source(config)
+    return make_splits(pairs, config), world
+
+
+def test_policy_json_records_the_selection_groups_models_and_provenance(aligned, capsys):
+    policy = json.loads((aligned / "policy.json").read_text())
+    assert (policy["kind"], policy["version"]) == ("safealign.aligned_policy", 1)
+    settings, selection = policy["policy"], policy["selection"]
+    assert settings["policy"] == "tilted_best_of_k" and settings["num_candidates"] == 4
+    assert selection["feasible"] and selection["lambda"] == settings["lambda"] == 0.0
+    assert selection["selection_bound"] <= selection["cost_threshold"] == 100.0
+    splits, _ = _splits(aligned)
+    assert selection["n_safety"] == splits.safety.num_prompts == policy["data"]["n_safety"]
+    assert selection["n_opt"] == len(splits.candidate.prompts)
+    assert policy["data"]["split_fingerprints"] == splits.fingerprints()
+    weights = policy["groups"]["weights"]
+    assert set(weights) == {"majority", "minority"} and sum(weights.values()) == pytest.approx(1)
+    for entry in policy["models"]["group_rewards"]:
+        assert (aligned / entry["model"] / "scalar_model.json").is_file()
+    assert (aligned / policy["models"]["cost"] / "scalar_model.json").is_file()
+    assert policy["candidates"]["source"] == "reference_sampler"
+    assert settings["reference_sampler"] == policy["candidates"]["reference_sampler"]
+    loaded = load_policy_file(aligned / "policy.json")
+    assert loaded.policy.sampler_settings() == settings
+
+
+def test_certify_after_align_writes_the_pipelines_certificate(aligned, capsys):
+    out_args = ["--out", str(aligned), *_overrides(aligned)]
+    assert main(["certify", CONFIG, *out_args]) == 0
+    assert "CERTIFIED" in capsys.readouterr().out
+    certificate = json.loads((aligned / "certificate.json").read_text())
+    policy = json.loads((aligned / "policy.json").read_text())
+    assert certificate["result"] == "certified" and certificate["source"] == "policy"
+    assert certificate["sampler_settings"] == policy["policy"]
+    assert certificate["n"] == policy["selection"]["n_safety"]
+    # The same certificate as the whole pipeline's certify stage on the in-memory alignment.
+    config = load_config(CONFIG, _overrides(aligned))
+    a = align_stage(config, aligned, progress=False)
+    expected = certify_stage(
+        config,
+        policy=a.aligned.selection.policy,
+        reason="",
+        scorers=a.aligned.scorers,
+        splits=a.splits,
+        sampler=a.sampler,
+    )
+    assert certificate == expected
+
+
+def test_rerunning_align_spends_no_privacy_and_gives_the_same_policy(aligned, capsys):
+    before, policy = _releases(aligned), (aligned / "policy.json").read_bytes()
+    assert len(before) == 2  # the cost model, and the group reward models (disjoint: one release)
+    assert main(["align", CONFIG, "--out", str(aligned), *_overrides(aligned)]) == 0
+    assert _releases(aligned) == before
+    assert (aligned / "policy.json").read_bytes() == policy
+    assert f"wrote {aligned / 'policy.json'}" in capsys.readouterr().out
+
+
+def test_no_feasible_policy_exits_1_from_align_and_certify(aligned, tmp_path, capsys):
+    out = _copy(aligned, tmp_path)
+    args = ["--out", str(out), *_overrides(out, "safety.cost_threshold=-100")]
+    assert main(["align", CONFIG, *args]) == 1
+    assert "NO POLICY meets the pessimistic bound" in capsys.readouterr().out
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["policy"] is None and policy["reason"] and not policy["selection"]["feasible"]
+    assert main(["certify", CONFIG, *args]) == 1
+    certificate = json.loads((out / "certificate.json").read_text())
+    assert certificate["result"] == "NSF" and certificate["source"] == "selection"
+    assert "not run" in capsys.readouterr().out
+
+
+def test_certify_refuses_a_config_other_than_the_aligned_one(aligned, capsys):
+    args = ["--out", str(aligned), *_overrides(aligned, "safety.cost_threshold=50")]
+    assert main(["certify", CONFIG, *args]) == 2
+    err = capsys.readouterr().err
+    assert "safety.cost_threshold: the policy was selected for 100.0, the config says 50.0" in err
+
+
+def _write_candidates(path: Path, prompts, world) -> Path:
+    cands = world.sample_candidates(list(prompts), num_candidates=3, seed=7)
+    rows = [
+        {"prompt": p, "responses": list(r)}
+        for p, r in zip(cands.prompts, cands.responses, strict=True)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_align_on_a_candidates_file_then_certify_points_to_responses(aligned, tmp_path, capsys):
+    out = _copy(aligned, tmp_path)
+    splits, world = _splits(out)
+    path = _write_candidates(tmp_path / "cands.jsonl", splits.train.prompts[:12], world)
+    args = ["--out", str(out), *_overrides(out)]
+    (out / "certificate.json").write_text("{}")  # a certificate of the previous policy
+    assert main(["align", CONFIG, "--candidates", str(path), *args]) == 0
+    assert not (out / "certificate.json").exists()  # stale: removed with the new policy
+    policy = json.loads((out / "policy.json").read_text())
+    source = policy["candidates"]
+    assert source["source"] == "file" and source["path"] == str(path)
+    assert source["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert policy["selection"]["n_opt"] == 12 and policy["policy"]["num_candidates"] == 3
+    assert policy["policy"]["reference_sampler"]["sha256"] == source["sha256"]
+    capsys.readouterr()
+    assert main(["certify", CONFIG, *args]) == 2
+    err = capsys.readouterr().err
+    assert "cannot sample your model" in err and "--responses" in err
+    assert not (out / "certificate.json").exists()
+
+
+def test_candidates_with_a_safety_prompt_are_refused_before_training(tmp_path, capsys):
+    out = tmp_path / "run"
+    splits, world = _splits(out)
+    safety_prompt = splits.safety.unseal(purpose="certify").prompts[0]  # the test may peek
+    prompts = [*splits.candidate.prompts[:3], safety_prompt]
+    path = _write_candidates(tmp_path / "cands.jsonl", prompts, world)
+    assert (
+        main(["align", CONFIG, "--candidates", str(path), "--out", str(out), *_overrides(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{path}:4: this prompt is one of the sealed safety prompts (1 of the 4" in err
+    assert not (out / "cost").exists() and not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_malformed_candidates_file_exits_2_naming_file_and_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    path = tmp_path / "cands.jsonl"
+    path.write_text('{"prompt": "a", "responses": ["x", "y"]}\n{"prompt": "b", "responses": []}\n')
+    assert (
+        main(["align", CONFIG, "--candidates", str(path), "--out", str(out), *_overrides(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert f"{path}:2: field 'responses' must be a non-empty list of strings" in err
+    assert "Traceback" not in err and not (out / "cost").exists()
+
+
+def test_certify_without_policy_json_exits_2(tmp_path, capsys):
+    out = tmp_path / "empty"
+    assert main(["certify", CONFIG, "--out", str(out), *_overrides(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no policy.json in this directory" in err and "safealign align" in err
+
+
+def test_certify_options_of_the_two_modes_do_not_mix(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["certify", CONFIG, "--out", str(out), "--cost-model", str(out)]) == 2
+    assert "--cost-model: used only with --responses" in capsys.readouterr().err
+    responses = tmp_path / "r.jsonl"
+    assert main(["certify", CONFIG, "--responses", str(responses)]) == 2
+    assert "also needs --sampler-settings and --cost-model" in capsys.readouterr().err
