@@ -1,0 +1,168 @@
+"""Handlers of the training and pipeline commands: ``demo``, ``run``, ``align``, ``train-reward``,
+``train-cost`` and ``privacy-audit``.
+
+Each handler loads the config, calls one stage of :mod:`safealign.pipeline` and prints what the
+stage returned: the privacy receipt, the selected policy or the run's verdict. The pipeline (and
+with it torch) is imported inside the handlers, never at start-up, so that ``safealign --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from safealign.cli.common import EXIT_CHECK_FAILED, EXIT_OK
+
+
+def cmd_train(kind: str):
+    """The handler of ``safealign train-<kind>`` (``kind`` is ``reward`` or ``cost``)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        from safealign.config import load_config
+        from safealign.pipeline import train_model_stage
+
+        config = load_config(args.config, args.overrides)
+        recorded = train_model_stage(config, kind=kind, out_dir=args.out)
+        receipt = recorded.result.receipt
+        if receipt.private:
+            print(
+                f"{kind} model trained with DP-SGD: epsilon={receipt.epsilon:.4f} "
+                f"(target {receipt.target_epsilon}), delta={receipt.target_delta:g}, "
+                f"sigma={receipt.noise_multiplier:.4f}, q={receipt.sample_rate:.4g}, steps={receipt.steps}, "
+                f"accountant={receipt.accountant}, unit={receipt.privacy_unit}"
+            )
+        else:
+            print(
+                f"{kind} model trained WITHOUT differential privacy (target_epsilon: null): NON-PRIVATE"
+            )
+        for key, value in sorted(receipt.metrics.items()):
+            if isinstance(value, float):
+                print(f"  {key}: {value:.4f}")
+        print(f"  model:   {Path(args.out) / 'model'}")
+        print(f"  receipt: {recorded.receipt_path}")
+        if recorded.release_id is not None:
+            print(f"  ledger:  {config.budget.ledger} (release #{recorded.release_id})")
+        return EXIT_OK
+
+    return handler
+
+
+def _print_run(result) -> None:
+    report = result.report
+    privacy, safety = report["privacy"], report["safety"]
+    print("\n" + "=" * 72)
+    if privacy.get("private"):
+        print(
+            f"privacy   epsilon={privacy['epsilon']:.3f} at delta={privacy['delta']:g} "
+            f"(budget epsilon={privacy['budget']['epsilon']:g}; naive sum {privacy['naive_sum_epsilon']:.3f})"
+        )
+    else:
+        print("privacy   NON-PRIVATE: no privacy guarantee")
+    if safety["passed"]:
+        print(
+            f"safety    CERTIFIED: {safety['metric']} upper bound {safety['upper_bound']:.4f} <= "
+            f"threshold {safety['threshold']:g} at confidence {safety['confidence']:g} (n={safety['n']})"
+        )
+    else:
+        bound = (
+            ""
+            if safety.get("upper_bound") is None
+            else f" (upper bound {safety['upper_bound']:.4f})"
+        )
+        print(
+            f"safety    NO SOLUTION FOUND: nothing released{bound}; threshold {safety['threshold']:g}"
+        )
+    groups = (report.get("groups") or {}).get("groups") or {}
+    for name, values in groups.items():
+        print(
+            f"group     {name}: expected reward (model, centred on reference) {values['reward']:+.4f}"
+        )
+    truth = result.truth
+    if truth and "released" in truth:
+        released, reference = truth["released"], truth["reference"]
+        holds = "holds" if truth.get("guarantee_holds") else "VIOLATED"
+        print(
+            f"truth     released policy: true E[cost]={released['expected_cost']:+.4f} "
+            f"(threshold {truth['cost_threshold']:g}: {holds}), unsafe rate {released['unsafe_rate']:.3f}"
+        )
+        print(
+            f"          reference: E[cost]={reference['expected_cost']:+.4f}; unconstrained tilt: "
+            f"E[cost]={truth['unconstrained']['expected_cost']:+.4f}"
+        )
+        for group, value in released["reward"].items():
+            print(
+                f"          true reward {group}: released {value:+.4f} vs reference {reference['reward'][group]:+.4f}"
+            )
+    if result.key_note:
+        print(f"note      {result.key_note}")
+    for path in result.report_paths:
+        print(f"report    {path}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``safealign run CONFIG``: the whole pipeline; exit 1 when no solution is found."""
+    from safealign.config import load_config
+    from safealign.pipeline import run
+
+    result = run(load_config(args.config, args.overrides), args.out)
+    _print_run(result)
+    return EXIT_OK if result.report["safety"]["passed"] else EXIT_CHECK_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``safealign demo``: the whole pipeline on the built-in synthetic world."""
+    from safealign.pipeline import demo_config, run
+
+    result = run(demo_config(seed=args.seed, out_dir=args.out, overrides=args.overrides), args.out)
+    _print_run(result)
+    return EXIT_OK
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    """``safealign align CONFIG``: HC-RLHF step 1; exit 1 if no policy meets the bound."""
+    from safealign.config import load_config
+    from safealign.pipeline import align_stage
+
+    result = align_stage(
+        load_config(args.config, args.overrides), args.out, candidates_path=args.candidates
+    )
+    s = result.policy_file.selection
+    bound = (
+        f"pessimistic bound {s['selection_bound']:.4f} (k={s['pessimism_k']:.3f}, "
+        f"n_b={s['n_opt']}, n_s={s['n_safety']})"
+    )
+    if result.policy_file.policy is None:
+        print(
+            f"NO POLICY meets the pessimistic bound: even the cheapest candidates give {bound} > "
+            f"threshold {s['cost_threshold']:g}; wrote {result.policy_path} (policy: null)"
+        )
+        return EXIT_CHECK_FAILED
+    print(
+        f"policy selected: lambda={s['lambda']:.4g}, {bound} <= threshold "
+        f"{s['cost_threshold']:g}; wrote {result.policy_path}"
+    )
+    return EXIT_OK
+
+
+def cmd_privacy_audit(args: argparse.Namespace) -> int:
+    """``safealign privacy-audit CONFIG``: exit 1 if the measured epsilon exceeds the claim."""
+    from safealign.config import load_config
+    from safealign.pipeline import privacy_audit_stage
+
+    config = load_config(args.config, args.overrides)
+    result = privacy_audit_stage(
+        config, out_dir=args.out, num_canaries=args.canaries, noise_off=args.no_noise
+    )
+    claimed = "none: noise switched off" if result.epsilon is None else f"{result.epsilon:.4f}"
+    print(
+        f"empirical privacy audit: epsilon_lower={result.epsilon_lower:.4f} (confidence "
+        f"{result.confidence:g}) vs accountant epsilon={claimed}; {result.correct}/{result.guesses} "
+        f"canary guesses correct out of {result.num_canaries} canaries"
+    )
+    if result.epsilon is not None and result.epsilon_lower > result.epsilon:
+        print("  VIOLATION: the measured lower bound exceeds the claimed epsilon", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(f"  wrote {Path(args.out) / 'privacy_audit.json'}")
+    return EXIT_OK
