@@ -124,10 +124,18 @@ class PrivacyConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = field(
-        default="tiny", metadata=doc("'tiny' (built in code), 'features' (synthetic world), a path or a HF id.")
+        default="tiny",
+        metadata=doc(
+            "'tiny' / 'tiny-gpt2' (built in code), 'features' (an MLP over the synthetic world's "
+            "parsed features; needs data.source: synthetic and lora: null), a path or a HF id."
+        ),
     )
     pooling: Literal["auto", "mean", "last"] = field(
-        default="auto", metadata=doc("How token states become one vector: mean for encoders, last for decoders.")
+        default="auto",
+        metadata=doc(
+            "How token states become one vector: mean for encoders, last for decoders; "
+            "'features' has one state per row and needs auto."
+        ),
     )
     lora: LoraConfig | None = field(default_factory=LoraConfig, metadata=doc("LoRA adapters; null trains all weights."))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("Optimisation."))
@@ -208,6 +216,30 @@ class Config:
         return to_plain(self)
 
 
+FEATURE_BACKBONE = "features"
+
+
+def model_config_problems(model: ModelConfig, *, key: str) -> list[str]:
+    """Constraints within one model config (``key`` names it in messages, e.g. ``reward_model``).
+
+    Checked at load time, and again when a model is built from a config made in code.
+    """
+    if model.backbone != FEATURE_BACKBONE:
+        return []
+    problems = []
+    if model.lora is not None:
+        problems.append(
+            f"{key}.lora: LoRA adapts transformer layers and the 'features' backbone has none; "
+            f"set {key}.lora: null"
+        )
+    if model.pooling != "auto":
+        problems.append(
+            f"{key}.pooling: the 'features' backbone gives one state per row, there is nothing to "
+            f"pool (got {model.pooling!r}); set {key}.pooling: auto"
+        )
+    return problems
+
+
 def _cross_checks(cfg: Config) -> list[str]:
     """Constraints between fields, checked after each field is valid on its own."""
     problems = []
@@ -228,7 +260,15 @@ def _cross_checks(cfg: Config) -> list[str]:
     if s.metric == "unsafe_rate" and not 0 <= s.cost_threshold < 1:
         problems.append(f"safety.cost_threshold: an unsafe rate limit must be in [0, 1) (got {s.cost_threshold})")
     for name in ("reward_model", "cost_model"):
-        p = getattr(cfg, name).privacy
+        model = getattr(cfg, name)
+        problems.extend(model_config_problems(model, key=name))
+        if model.backbone == FEATURE_BACKBONE and d.source != "synthetic":
+            problems.append(
+                f"{name}.backbone: 'features' parses the synthetic world's texts, so it needs "
+                f"data.source: synthetic (got {d.source!r}); use a text backbone (tiny, a path "
+                "or a HF id) for other data"
+            )
+        p = model.privacy
         if p.target_epsilon is not None and p.target_delta > cfg.budget.delta:
             problems.append(
                 f"{name}.privacy.target_delta: {p.target_delta:g} exceeds budget.delta {cfg.budget.delta:g}"
@@ -349,5 +389,6 @@ __all__ = [
     "config_from_dict",
     "config_reference",
     "load_config",
+    "model_config_problems",
     "parse_overrides",
 ]

@@ -1,8 +1,10 @@
-"""Backbones and tokenizers: tiny ones built in code, or any Hugging Face model from a path/id.
+"""Backbones and tokenizers: tiny ones built in code, the synthetic world's feature MLP, or any
+Hugging Face model from a path/id.
 
 The tiny backbones exist for tests and the demo: no download, seconds to train. Their word-level
 tokenizer's vocabulary is taken from the synthetic world's *templates* (code, hence public), never
-from training data: a vocabulary learnt from private text would itself leak it.
+from training data: a vocabulary learnt from private text would itself leak it. The ``features``
+backbone (:mod:`.features`) parses the synthetic world's texts back to their latent features.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from safealign.config import FEATURE_BACKBONE
 from safealign.data import synthetic_text
 from safealign.errors import ConfigError
+from safealign.models.features import MODEL_TYPE, FeatureBackbone, FeatureTokenizer
 
 TINY_BACKBONES = ("tiny", "tiny-gpt2")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]")
@@ -128,12 +132,17 @@ def build_tiny_backbone(
     return GPT2Model(config)
 
 
-def load_backbone(name: str, *, seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """Backbone and tokenizer: tiny ones built in code, or ``from_pretrained(name)`` (path or hub id).
+def load_backbone(
+    name: str, *, seed: int
+) -> tuple[nn.Module, PreTrainedTokenizerBase | FeatureTokenizer]:
+    """Backbone and tokenizer: tiny ones or the feature MLP built in code, or
+    ``from_pretrained(name)`` (path or hub id).
 
     Raises:
         ConfigError: the path/id cannot be loaded (with the reason; no network is assumed).
     """
+    if name == FEATURE_BACKBONE:
+        return FeatureBackbone(seed=seed), FeatureTokenizer()
     if name in TINY_BACKBONES:
         tokenizer = build_tiny_tokenizer()
         return build_tiny_backbone(name, vocab_size=len(tokenizer), seed=seed), tokenizer
@@ -144,7 +153,8 @@ def load_backbone(name: str, *, seed: int) -> tuple[nn.Module, PreTrainedTokeniz
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"backbone {name!r} could not be loaded ({exc.__class__.__name__}: {str(exc)[:200]}); "
-            f"give a local directory with config.json and weights, or one of {', '.join(TINY_BACKBONES)}"
+            "give a local directory with config.json and weights, or one of "
+            f"{', '.join((*TINY_BACKBONES, FEATURE_BACKBONE))}"
         ) from None
     if tokenizer.pad_token is None:  # decoders (GPT-2, Llama) ship without one
         tokenizer.pad_token = tokenizer.eos_token
@@ -157,8 +167,12 @@ def model_type(backbone: nn.Module) -> str:
 
 
 def default_pooling(backbone: nn.Module) -> str:
-    """``last`` for decoders (only the last token has seen the whole sequence), else ``mean``."""
-    return "last" if model_type(backbone) in DECODER_TYPES else "mean"
+    """``last`` for decoders (only the last token has seen the whole sequence), ``first`` for the
+    feature backbone (one state per row), else ``mean``."""
+    kind = model_type(backbone)
+    if kind == MODEL_TYPE:
+        return "first"
+    return "last" if kind in DECODER_TYPES else "mean"
 
 
 def lora_targets(backbone: nn.Module, configured: tuple[str, ...] | None) -> list[str]:

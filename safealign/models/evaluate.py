@@ -25,12 +25,19 @@ def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float | None:
     return float(u / (n_pos * n_neg))
 
 
+def _pair_accuracy(higher: torch.Tensor, lower: torch.Tensor) -> float:
+    """Share of pairs scored in the labelled order; an exact tie counts ½ (a coin flip), as in the
+    synthetic world's Bayes accuracy. Ties matter for models with discrete inputs (``features``):
+    counted as errors they would cost a perfect model the share of pairs with equal true scores."""
+    return float(((higher > lower).double() + 0.5 * (higher == lower).double()).mean())
+
+
 def evaluate_scoring_model(
     scoring: ScoringModel, pairs: PairDataset
 ) -> dict[str, float | int | None]:
     """Metrics on held-out ``pairs``, keys namespaced ``eval/...``.
 
-    Reward models: ``eval/pair_accuracy`` (chosen scored above rejected). Cost models: pair accuracy
+    Reward models: ``eval/pair_accuracy`` (chosen scored above rejected; ties count ½). Cost models: pair accuracy
     on pairs with a ``safer`` annotation (the less safe response costs more), and, on responses with
     safety labels, ``eval/safety_accuracy`` (sign of the cost) and ``eval/safety_auroc``.
     """
@@ -41,7 +48,7 @@ def evaluate_scoring_model(
     rejected = scoring.score(prompts, [p.rejected for p in pairs])
     metrics: dict[str, float | int | None] = {"eval/pairs": len(pairs)}
     if scoring.kind == "reward":
-        metrics["eval/pair_accuracy"] = float((chosen > rejected).double().mean())
+        metrics["eval/pair_accuracy"] = _pair_accuracy(chosen, rejected)
         metrics["eval/mean_margin"] = float((chosen - rejected).mean())
         return metrics
     ordered = [(i, p.safer) for i, p in enumerate(pairs) if p.safer is not None]
@@ -50,7 +57,7 @@ def evaluate_scoring_model(
         chosen_unsafer = torch.tensor([s == "rejected" for _, s in ordered])
         unsafer = torch.where(chosen_unsafer, chosen[idx], rejected[idx])
         safer = torch.where(chosen_unsafer, rejected[idx], chosen[idx])
-        metrics["eval/pair_accuracy"] = float((unsafer > safer).double().mean())
+        metrics["eval/pair_accuracy"] = _pair_accuracy(unsafer, safer)
         metrics["eval/ordered_pairs"] = len(ordered)
     labels, scores = [], []
     for i, p in enumerate(pairs):

@@ -8,6 +8,10 @@ A saved model is a directory any Hugging Face user can open without safealign:
       scalar_model.json     {"format": "safealign-scalar/1", "kind", "pooling", "max_length", ...}
 
     score = head(pool(AutoModel(backbone)(**AutoTokenizer(backbone)(prompt, response))))
+
+A ``features`` model (:mod:`.features`, the synthetic world only) has ``features/`` in place of
+``backbone/`` and ``"backbone": "features"`` in ``scalar_model.json``; scoring it needs safealign's
+synthetic-world parser, so unlike the layout above it cannot be used without safealign.
 """
 
 from __future__ import annotations
@@ -28,9 +32,15 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from safealign._atomic import atomic_write_text
-from safealign.config import ModelConfig
-from safealign.errors import DataError
+from safealign.config import FEATURE_BACKBONE, ModelConfig, model_config_problems
+from safealign.errors import ConfigError, DataError
 from safealign.models.backbones import default_pooling, load_backbone, lora_targets
+from safealign.models.features import (
+    FeatureBackbone,
+    FeatureTokenizer,
+    load_feature_backbone,
+    save_feature_backbone,
+)
 
 FORMAT = "safealign-scalar/1"
 Kind = Literal["reward", "cost"]
@@ -40,8 +50,10 @@ class ScalarModel(nn.Module):
     """Backbone → pooled hidden state → linear head → one score per sequence.
 
     Args:
-        backbone: A Hugging Face base model returning ``last_hidden_state``.
-        pooling: ``mean`` (masked mean over tokens) or ``last`` (last non-pad token).
+        backbone: A Hugging Face base model (or :class:`FeatureBackbone`) returning
+            ``last_hidden_state`` ``[R, L, H]``.
+        pooling: ``mean`` (masked mean over tokens), ``last`` (last non-pad token) or ``first``
+            (position 0: the feature backbone's one state per row, ``L = 1``).
         hidden_size: Width of the backbone's hidden states.
     """
 
@@ -65,6 +77,8 @@ class ScalarModel(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         if self.pooling == "mean":
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        elif self.pooling == "first":
+            pooled = hidden[:, 0]
         else:
             last = attention_mask.sum(1).clamp_min(1) - 1
             pooled = hidden[torch.arange(rows, device=hidden.device), last]
@@ -76,12 +90,13 @@ class ScoringModel:
     """A scalar model with its tokenizer and the settings needed to score text."""
 
     model: ScalarModel
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase | FeatureTokenizer
     kind: Kind
     max_length: int
 
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise (prompt, response) pairs to ``[n, max_length]`` tensors (longer side cut first)."""
+        """Tokenise (prompt, response) pairs to ``[n, L]`` tensors: ``L = max_length`` for text
+        tokenizers (longer side cut first), the number of feature slots for ``features``."""
         batch = self.tokenizer(
             list(prompts),
             list(responses),
@@ -111,7 +126,15 @@ class ScoringModel:
 
 
 def build_scoring_model(config: ModelConfig, *, kind: Kind, seed: int) -> ScoringModel:
-    """A fresh scalar model for ``config``: backbone, pooling, head, LoRA adapters if configured."""
+    """A fresh scalar model for ``config``: backbone, pooling, head, LoRA adapters if configured.
+
+    Raises:
+        ConfigError: settings the backbone cannot use (for configs built in code; files are
+            checked at load time).
+    """
+    problems = model_config_problems(config, key=f"{kind}_model")
+    if problems:
+        raise ConfigError(problems)
     backbone, tokenizer = load_backbone(config.backbone, seed=seed)
     pooling = default_pooling(backbone) if config.pooling == "auto" else config.pooling
     if config.lora is not None:
@@ -125,7 +148,9 @@ def build_scoring_model(config: ModelConfig, *, kind: Kind, seed: int) -> Scorin
             fan_in_fan_out=getattr(backbone.config, "model_type", "") == "gpt2",
         )
         with warnings.catch_warnings():  # peft calls an API transformers deprecates for v6
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+            )
             backbone = get_peft_model(backbone, lora)
     hidden = backbone.config.hidden_size
     torch.manual_seed(seed + 1)
@@ -138,14 +163,19 @@ def build_scoring_model(config: ModelConfig, *, kind: Kind, seed: int) -> Scorin
 def save_scoring_model(scoring: ScoringModel, path: str | Path) -> None:
     """Write the model directory (LoRA merged into the backbone weights)."""
     path = Path(path)
-    (path / "backbone").mkdir(parents=True, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(scoring.model).cpu()
     backbone = model.backbone
-    if hasattr(backbone, "merge_and_unload"):
-        backbone = backbone.merge_and_unload()
-    with _quiet_transformers():
-        backbone.save_pretrained(str(path / "backbone"))
-    scoring.tokenizer.save_pretrained(str(path / "backbone"))
+    features = isinstance(backbone, FeatureBackbone)
+    if features:
+        save_feature_backbone(backbone, path / FEATURE_BACKBONE)
+    else:
+        (path / "backbone").mkdir(exist_ok=True)
+        if hasattr(backbone, "merge_and_unload"):
+            backbone = backbone.merge_and_unload()
+        with _quiet_transformers():
+            backbone.save_pretrained(str(path / "backbone"))
+        scoring.tokenizer.save_pretrained(str(path / "backbone"))
     head = {
         "weight": model.head.weight.detach().contiguous(),
         "bias": model.head.bias.detach().contiguous(),
@@ -159,6 +189,7 @@ def save_scoring_model(scoring: ScoringModel, path: str | Path) -> None:
         "pooling": model.pooling,
         "max_length": scoring.max_length,
         "hidden_size": int(head["weight"].shape[1]),
+        "backbone": FEATURE_BACKBONE if features else "huggingface",
     }
     atomic_write_text(path / "scalar_model.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -199,9 +230,12 @@ def load_scoring_model(path: str | Path) -> ScoringModel:
             f"unsupported model format {meta.get('format')!r} (expected {FORMAT})",
             path=str(meta_path),
         )
-    with _quiet_transformers():
-        backbone = AutoModel.from_pretrained(str(path / "backbone"))
-    tokenizer = AutoTokenizer.from_pretrained(str(path / "backbone"))
+    if meta.get("backbone", "huggingface") == FEATURE_BACKBONE:
+        backbone, tokenizer = load_feature_backbone(path / FEATURE_BACKBONE)
+    else:
+        with _quiet_transformers():
+            backbone = AutoModel.from_pretrained(str(path / "backbone"))
+        tokenizer = AutoTokenizer.from_pretrained(str(path / "backbone"))
     model = ScalarModel(backbone, pooling=meta["pooling"], hidden_size=meta["hidden_size"])
     model.head.load_state_dict(load_file(str(path / "head.safetensors")))
     model.eval()

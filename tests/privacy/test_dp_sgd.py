@@ -54,17 +54,32 @@ def _reference_grads(model, batch, kind, index):
 
 
 @pytest.mark.parametrize(
-    ("kind", "lora", "functorch"),
-    [("reward", True, False), ("cost", True, False), ("reward", False, False), ("cost", False, True)],
+    ("kind", "backbone", "lora", "functorch"),
+    [
+        ("reward", "tiny", True, False),
+        ("cost", "tiny", True, False),
+        ("reward", "tiny", False, False),
+        ("cost", "tiny", False, True),
+        ("reward", "features", False, False),
+        ("cost", "features", False, False),
+        ("reward", "features", False, True),
+        ("cost", "features", False, True),
+    ],
 )
-def test_folded_per_pair_gradients_equal_pair_by_pair_reference(world_pairs, kind, lora, functorch):
-    config = _model_config() if lora else _model_config("reward_model.lora=null")
+def test_folded_per_pair_gradients_equal_pair_by_pair_reference(
+    world_pairs, kind, backbone, lora, functorch
+):
+    config = _model_config(
+        f"reward_model.backbone={backbone}", *([] if lora else ["reward_model.lora=null"])
+    )
     scoring = build_scoring_model(config, kind=kind, seed=0)
     batch = encode_pairs(scoring, world_pairs[:6])
     reference_model = copy.deepcopy(scoring.model)
     references = [_reference_grads(reference_model, batch, kind, i) for i in range(6)]
 
-    gsm = GradSampleModule(scoring.model, batch_first=True, loss_reduction="mean", force_functorch=functorch)
+    gsm = GradSampleModule(
+        scoring.model, batch_first=True, loss_reduction="mean", force_functorch=functorch
+    )
     params = [p for p in scoring.model.parameters() if p.requires_grad]
     (pair_losses(gsm, batch, kind).sum() / 6).backward()
     assert params[0].grad_sample.shape[0] == 12  # Opacus sees 2P sequences...
