@@ -1,8 +1,10 @@
 """MaxMin over EM group reward models vs one pooled reward model, on the synthetic world.
 
 The world's users come in two groups at 10:1 with conflicting style preferences (defaults:
-majority +0.3 formal, minority -1.0, i.e. casual); 264 users x 40 pairs. Every reward model is a
-tiny BERT with LoRA (r=8) trained with user-level DP-SGD at ``target_epsilon`` = 8 *per release*
+majority +0.3 formal, minority -1.0, i.e. casual); 264 users x 40 pairs. Every reward model is
+the world's feature model (``--backbone features``: the algorithm is measured, not how well a
+random-init text encoder learns; ``--backbone tiny`` uses a tiny BERT with LoRA) trained with
+user-level DP-SGD at ``target_epsilon`` = 8 *per release*
 (the pooled model is one release, each EM iteration another; the JSON gives EM's composed ε).
 EM runs with ``holdout=True``: M-steps fit the 1st, 3rd, ... pair of each user and E-steps score
 the others, so no user is scored by a model fitted to the same pairs (``--no-holdout`` for the
@@ -62,8 +64,8 @@ from safealign.privacy.training import train_reward_model
 
 def _model_config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
-        backbone="tiny",
-        lora=LoraConfig(r=args.lora_r),
+        backbone=args.backbone,
+        lora=LoraConfig(r=args.lora_r) if args.backbone != "features" else None,
         train=TrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length
         ),
@@ -265,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64, help="expected users per step")
     parser.add_argument("--lr", type=float, default=3e-2)
-    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--backbone", default="features",
+                        help="features (default), or tiny: text, with LoRA --lora-r")  # fmt: skip
+    parser.add_argument("--lora-r", type=int, default=8, help="text backbones only")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--em-iters", type=int, default=6)
     parser.add_argument("--count-noise", type=float, default=None, help="EM prior from noisy sizes")

@@ -362,6 +362,12 @@ def privacy_audit_stage(
         raise ConfigError(
             "--no-noise trains without privacy; it is allowed only with data.source: synthetic"
         )
+    if config.reward_model.backbone == "features":
+        raise ConfigError(
+            "reward_model.backbone: the privacy audit's canaries are random words, which the "
+            "features backbone parses to one and the same input, so the audit could never detect "
+            "anything; audit a text backbone (tiny, tiny-gpt2, or a Hugging Face model)"
+        )
     pairs, _ = load_source(config)
     splits = make_splits(pairs, config)
     model_config = config.reward_model

@@ -91,3 +91,21 @@ def test_keys_generate_and_verify_exit_codes(tmp_path, capsys):
     (tmp_path / "model.bin").write_bytes(b"tampered")
     assert main(["audit", "verify", str(tmp_path / "report.json")]) == 1
     assert "model.bin" in capsys.readouterr().err
+
+
+def test_privacy_audit_refuses_the_features_backbone(tmp_path, capsys):
+    # Random-word canaries all parse to one feature vector: such an audit could never fail.
+    code = main(
+        [
+            "privacy-audit",
+            "examples/synthetic.yaml",
+            "--out",
+            str(tmp_path / "audit"),
+            "reward_model.backbone=features",
+            "reward_model.lora=null",
+            f"budget.ledger={tmp_path / 'ledger.sqlite'}",
+        ]
+    )
+    assert code == 2
+    assert "canaries" in capsys.readouterr().err
+    assert not (tmp_path / "ledger.sqlite").exists()
