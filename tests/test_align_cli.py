@@ -114,12 +114,24 @@ def test_certify_after_align_writes_the_pipelines_certificate(aligned, capsys):
     assert certificate == expected
 
 
+def _approx(value):
+    """``value`` with every float wrapped in ``pytest.approx`` (relative 1e-9)."""
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_approx(v) for v in value]
+    if isinstance(value, float):
+        return pytest.approx(value, rel=1e-9, abs=1e-12)
+    return value
+
+
 def test_rerunning_align_spends_no_privacy_and_gives_the_same_policy(aligned, capsys):
-    before, policy = _releases(aligned), (aligned / "policy.json").read_bytes()
+    before, policy = _releases(aligned), json.loads((aligned / "policy.json").read_text())
     assert len(before) == 2  # the cost model, and the group reward models (disjoint: one release)
     assert main(["align", CONFIG, "--out", str(aligned), *_overrides(aligned)]) == 0
     assert _releases(aligned) == before
-    assert (aligned / "policy.json").read_bytes() == policy
+    # Same policy up to floating-point rounding (the MaxMin solver's last bits can differ).
+    assert json.loads((aligned / "policy.json").read_text()) == _approx(policy)
     assert f"wrote {aligned / 'policy.json'}" in capsys.readouterr().out
 
 
