@@ -41,12 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from safealign._atomic import atomic_write_text
+from safealign._atomic import atomic_write_bytes, atomic_write_text
 from safealign.data import synthetic_text
 from safealign.errors import DataError
+from safealign.models._meta import read_format_json
 
 FORMAT = "safealign-features/1"
 MODEL_TYPE = "safealign-features"
@@ -204,9 +205,7 @@ def save_feature_backbone(backbone: FeatureBackbone, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    tmp = path / ".model.safetensors.tmp"
-    save_file(weights, str(tmp))
-    tmp.replace(path / "model.safetensors")
+    atomic_write_bytes(path / "model.safetensors", save(weights))
     spec = json.dumps(_spec(backbone.config), indent=2, sort_keys=True) + "\n"
     atomic_write_text(path / "features.json", spec)
 
@@ -220,19 +219,9 @@ def load_feature_backbone(path: str | Path) -> tuple[FeatureBackbone, FeatureTok
     """
     path = Path(path)
     spec_path = path / "features.json"
-    try:
-        spec = json.loads(spec_path.read_text())
-    except FileNotFoundError:
-        raise DataError("feature model spec features.json is missing", path=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"features.json is not valid JSON ({exc.msg})", path=str(spec_path)
-        ) from None
-    if spec.get("format") != FORMAT:
-        raise DataError(
-            f"unsupported feature model format {spec.get('format')!r} (expected {FORMAT})",
-            path=str(spec_path),
-        )
+    spec = read_format_json(
+        spec_path, fmt=FORMAT, missing="feature model spec features.json is missing"
+    )
     expected = _spec(FeatureBackboneConfig())["slots"]
     if spec.get("slots") != expected:
         raise DataError(

@@ -26,14 +26,15 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from safealign._atomic import atomic_write_text
+from safealign._atomic import atomic_write_bytes, atomic_write_text
 from safealign.config import FEATURE_BACKBONE, ModelConfig, model_config_problems
-from safealign.errors import ConfigError, DataError
+from safealign.errors import ConfigError
+from safealign.models._meta import read_format_json
 from safealign.models.backbones import default_pooling, load_backbone, lora_targets
 from safealign.models.features import (
     FeatureBackbone,
@@ -180,9 +181,7 @@ def save_scoring_model(scoring: ScoringModel, path: str | Path) -> None:
         "weight": model.head.weight.detach().contiguous(),
         "bias": model.head.bias.detach().contiguous(),
     }
-    tmp = path / ".head.safetensors.tmp"
-    save_file(head, str(tmp))
-    tmp.replace(path / "head.safetensors")
+    atomic_write_bytes(path / "head.safetensors", save(head))
     meta = {
         "format": FORMAT,
         "kind": scoring.kind,
@@ -214,22 +213,11 @@ def load_scoring_model(path: str | Path) -> ScoringModel:
         DataError: the directory is not a safealign scalar model (naming the missing file).
     """
     path = Path(path)
-    meta_path = path / "scalar_model.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            "not a safealign model directory (scalar_model.json is missing)", path=str(path)
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"scalar_model.json is not valid JSON ({exc.msg})", path=str(meta_path)
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise DataError(
-            f"unsupported model format {meta.get('format')!r} (expected {FORMAT})",
-            path=str(meta_path),
-        )
+    meta = read_format_json(
+        path / "scalar_model.json",
+        fmt=FORMAT,
+        missing="not a safealign model directory (scalar_model.json is missing)",
+    )
     if meta.get("backbone", "huggingface") == FEATURE_BACKBONE:
         backbone, tokenizer = load_feature_backbone(path / FEATURE_BACKBONE)
     else:
