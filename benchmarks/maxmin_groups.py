@@ -5,17 +5,20 @@ majority +0.3 formal, minority -1.0, i.e. casual); 264 users x 40 pairs. Every r
 the world's feature model (``--backbone features``: the algorithm is measured, not how well a
 random-init text encoder learns; ``--backbone tiny`` uses a tiny BERT with LoRA) trained with
 user-level DP-SGD at ``target_epsilon`` = 8 *per release*
-(the pooled model is one release, each EM iteration another; the JSON gives EM's composed ε).
-EM runs with ``holdout=True``: M-steps fit the 1st, 3rd, ... pair of each user and E-steps score
-the others, so no user is scored by a model fitted to the same pairs (``--no-holdout`` for the
-plain E-step; ``--count-noise S`` adds the noisy-size prior). We measure:
+(the pooled model is one release, each EM iteration another; the JSON gives EM's composed ε, alone
+and with the pooled release). EM starts from that released pooled model (``--em-init pooled``, the
+library default: users it explains worse than a coin flip start in cluster 1; ``random`` for a
+seeded random start) and runs the pipeline's E-step on all of a user's pairs (``--holdout``: M-steps
+fit the 1st, 3rd, ... pair of each user and E-steps score the others; ``--count-noise S`` adds the
+noisy-size prior). We measure:
 
 * cluster accuracy: EM's final assignment (:func:`assign_users`, internal state that is never
   released; compared here only because the world is synthetic) against the true groups, up to
   label permutation, with each group's recall;
 * each group's TRUE expected reward (the world's ``true_rewards`` on held-out candidate sets) under
   (a) the pooled model's KL-regularised optimum (``solve_unconstrained``), (b) MaxMin over the EM
-  models' reference-normalised rewards (``solve_maxmin``), and (c) each group's own optimum,
+  models' rewards normalised by ``--normalize`` (``solve_maxmin``; the other normalisation is
+  reported beside it, on the same models), and (c) each group's own optimum,
   ``solve_unconstrained`` on that group's TRUE reward (the ceiling no learnt model can beat;
   ``own_model_optimum_reward`` is the same with the group's EM cluster model instead).
 
@@ -52,6 +55,7 @@ from safealign.constraints.groups import (
     group_report,
     holdout_split,
     normalize_group_rewards,
+    pooled_initial_assignment,
     score_candidates,
     train_group_reward_models,
 )
@@ -111,10 +115,16 @@ def _policies(args, world, pooled, em, cluster_group) -> tuple[dict, dict, objec
     cands = world.sample_candidates(prompts, num_candidates=args.candidates, seed=args.seed + 2)
     pooled_r = score_candidates([pooled], prompts, cands.responses)[0]
     group_r = em.score_candidates(prompts, cands.responses)
-    maxmin = solve_maxmin(normalize_group_rewards(group_r, mode="reference"), beta=args.beta)
+    normalised = normalize_group_rewards(group_r, mode=args.normalize, beta=args.beta)
+    maxmin = solve_maxmin(normalised, beta=args.beta)
+    other = "regret" if args.normalize == "reference" else "reference"
+    alternative = solve_maxmin(
+        normalize_group_rewards(group_r, mode=other, beta=args.beta), beta=args.beta
+    )
     out = {
         "pooled": _true_rewards(solve_unconstrained(pooled_r, beta=args.beta), cands.true_rewards),
         "maxmin": _true_rewards(maxmin.q, cands.true_rewards),
+        f"maxmin_{other}": _true_rewards(alternative.q, cands.true_rewards),
         "own_optimum": {},
         "own_model_optimum": {},
     }
@@ -142,15 +152,22 @@ def run(args: argparse.Namespace) -> dict:
     pairs, config = world.pairs, _model_config(args)
     pooled = train_reward_model(pairs, config=config, seed=args.seed, progress=False)
     t_pooled = time.perf_counter() - start
-    groups = GroupsConfig(mode="em", num_groups=2, em_max_iters=args.em_iters)
+    groups = GroupsConfig(mode="em", num_groups=2, em_max_iters=args.em_iters, em_init=args.em_init)
+    # The pooled model above is the released one EM starts from (em_init pooled): same pairs,
+    # user-level DP, charged once (its epsilon is in the JSON); EM spends nothing more on it.
     em = train_group_reward_models(
         pairs, groups=groups, model_config=config, seed=args.seed,
-        count_noise=args.count_noise, holdout=args.holdout,
+        count_noise=args.count_noise, holdout=args.holdout, pooled=pooled,
     )  # fmt: skip
     t_em = time.perf_counter() - start - t_pooled
     # Scored on the pairs the models were not fitted to, as in EM's own E-step.
     scored = holdout_split(pairs)[1] if args.holdout else pairs
     recovery = _cluster_accuracy(world, assign_users(scored, em.models), groups.num_groups)
+    if args.em_init == "pooled":
+        start_assignment = pooled_initial_assignment(
+            scored, pooled.model, num_groups=groups.num_groups, seed=args.seed
+        )
+        recovery["start"] = _cluster_accuracy(world, start_assignment, groups.num_groups)
     print(f"EM: {em.iterations} iterations, accuracy {recovery['accuracy']:.3f}", flush=True)
     cluster_group = dict(recovery["cluster_group"])
     rewards, reference, (maxmin, cands) = _policies(args, world, pooled.model, em, cluster_group)
@@ -172,6 +189,11 @@ def _payload(args, world, em, pooled, recovery, rewards, reference, report, maxm
     composed = (
         compute_epsilon(list(em.mechanisms), target_delta=args.delta) if em.mechanisms else None
     )
+    # With em_init pooled, EM's output is post-processing of the pooled release too: its
+    # guarantee is the composition of both.
+    start = [pooled.receipt.mechanism] if args.em_init == "pooled" else []
+    spent = [m for m in (*start, *em.mechanisms) if m is not None]
+    total = compute_epsilon(spent, target_delta=args.delta) if spent else None
     groups = {
         g: {
             "size": sizes[g],
@@ -185,6 +207,9 @@ def _payload(args, world, em, pooled, recovery, rewards, reference, report, maxm
         }
         for g in sizes
     }
+    other = "regret" if args.normalize == "reference" else "reference"
+    alt_gain = rewards[f"maxmin_{other}"][minority] - rewards["pooled"][minority]
+    alt_loss = rewards["pooled"][majority] - rewards[f"maxmin_{other}"][majority]
     return {
         "cluster_accuracy": recovery["accuracy"],
         "groups": groups,
@@ -198,10 +223,19 @@ def _payload(args, world, em, pooled, recovery, rewards, reference, report, maxm
             "majority_loss<minority_gain": loss < gain,
         },
         "maxmin_weights": [float(w) for w in maxmin.weights],
+        # The same EM models, normalised the other way before the min (not the headline).
+        f"with_{other}_normalisation": {
+            "minority_gap_closed": alt_gain / gap if gap else None,
+            "minority_gain": alt_gain,
+            "majority_loss": alt_loss,
+            "maxmin_reward": {g: rewards[f"maxmin_{other}"][g] for g in sizes},
+        },
         "em": {
             "iterations": em.iterations,
             "converged": em.converged,
             "cluster_sizes": em.assignment_counts,
+            "init": args.em_init,
+            "start": recovery.get("start"),
         },  # fmt: skip
         "privacy": {
             "privacy_unit": "user",
@@ -209,6 +243,7 @@ def _payload(args, world, em, pooled, recovery, rewards, reference, report, maxm
             "target_delta": args.delta,
             "em_mechanisms": [m.__dict__ for m in em.mechanisms],
             "em_composed_epsilon": composed.epsilon if composed else None,
+            "em_with_start_composed_epsilon": total.epsilon if total else None,
             "pooled_epsilon": pooled.receipt.epsilon,
         },
         "pooled_final_loss": pooled.receipt.metrics.get("train/final_loss"),
@@ -272,9 +307,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-r", type=int, default=8, help="text backbones only")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--em-iters", type=int, default=6)
+    parser.add_argument("--em-init", choices=["pooled", "random"], default="pooled",
+                        help="EM's start (GroupsConfig.em_init)")  # fmt: skip
     parser.add_argument("--count-noise", type=float, default=None, help="EM prior from noisy sizes")
-    parser.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=True,
-                        help="E-step on held-out halves of each user's pairs")  # fmt: skip
+    parser.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=False,
+                        help="E-step on held-out halves of each user's pairs (the pipeline's "
+                             "EM does not hold out)")  # fmt: skip
+    parser.add_argument("--normalize", choices=["reference", "regret"], default="reference",
+                        help="group rewards before the min (GroupsConfig.normalize)")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=500, help="held-out prompts to evaluate")
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--beta", type=float, default=0.1)
@@ -292,6 +332,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{g[m]['own_optimum_reward']:.3f}, gap closed {payload['minority_gap_closed']:.0%}); "
         f"majority loss {payload['majority_loss']:.3f} vs minority gain {payload['minority_gain']:.3f}; "
         f"{payload['seconds']['total']:.0f} s"
+    )
+    other = next(k for k in payload if k.startswith("with_"))
+    alt = payload[other]
+    print(
+        f"  {other}: gap closed {alt['minority_gap_closed']:.0%}; majority loss "
+        f"{alt['majority_loss']:.3f} vs minority gain {alt['minority_gain']:.3f}"
     )
 
 

@@ -193,6 +193,22 @@ class BudgetConfig:
 class AuditConfig:
     formats: tuple[Literal["json", "html", "md"], ...] = field(
         default=("json", "html", "md"), metadata=doc("Report files to write.")
+    em_init: Literal["pooled", "random"] = field(
+        default="pooled",
+        metadata=doc(
+            "EM's start: 'pooled' puts users whose pairs a pooled reward model explains worse than a coin "
+            "flip in cluster 1, the rest in cluster 0 (the run trains that model: one more release); "
+            "'random' draws seeded clusters, from which EM tends to split a large majority."
+        ),
+    )
+    em_count_noise: float | None = field(
+        default=None,
+        metadata=doc(
+            "Std (in users) of Gaussian noise on EM's cluster sizes, whose shares then act as a prior in the "
+            "E-step (one more small mechanism per iteration); null: no prior.",
+            _positive,
+        ),
+    )
     )
     signing_key: str | None = field(
         default=None, metadata=doc("Ed25519 private key (PEM); null makes a demo key pair.")

@@ -84,6 +84,9 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
                 dataset_name=pairs.name,
                 accountant=config.reward_model.privacy.accountant,
             )
+        # No pooled model is passed: with groups the run trains no separate reward model, so
+        # em_init 'pooled' trains its start model inside EM, on these same training pairs at
+        # user level, and charges it to the ledger as one more release (its receipt comes first).
         trained = train_group_reward_models(
             splits.train,
             groups=config.groups,
@@ -92,6 +95,7 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
             eval_pairs=splits.eval,
             ledger=ledger,
             dataset_fingerprint=pairs.fingerprint,
+            count_noise=config.groups.em_count_noise,
             progress=progress,
         )
         for i, model in enumerate(trained.models):

@@ -4,6 +4,7 @@ import pytest
 
 from safealign.config import (
     Config,
+    GroupsConfig,
     config_from_dict,
     config_reference,
     load_config,
@@ -106,6 +107,17 @@ def test_every_field_is_documented():
     assert not undocumented
 
 
+def test_em_start_and_size_prior_are_validated():
+    cfg = load_config(None, ["groups.mode=em", "groups.em_init=random", "groups.em_count_noise=5"])
+    assert (cfg.groups.em_init, cfg.groups.em_count_noise) == ("random", 5.0)
+    assert GroupsConfig().em_init == "pooled" and GroupsConfig().em_count_noise is None
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["groups.em_init=kmeans", "groups.em_count_noise=0"])
+    assert len(info.value.problems) == 2
+    assert "groups.em_init: expected one of pooled, random; got 'kmeans'" in str(info.value)
+    assert "groups.em_count_noise: must be > 0" in str(info.value)
+
+
 def test_resolved_config_round_trips():
     cfg = load_config(None, ["seed=7", "groups.mode=em"])
     assert config_from_dict(cfg.to_dict()) == cfg
@@ -119,4 +131,6 @@ def test_shipped_examples_validate(path):
 def test_readme_documents_every_config_key():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     missing = [key for key, _, _ in config_reference() if f"| `{key}` |" not in readme]
-    assert not missing, f"README config reference lacks {missing}; regenerate it from config_reference()"
+    assert not missing, (
+        f"README config reference lacks {missing}; regenerate it from config_reference()"
+    )

@@ -10,18 +10,26 @@ reward model is trained with DP-SGD. Privacy, under add/remove-one-user adjacenc
 * ``em`` trains with user-level DP. Within an iteration each user is in one cluster, and every
   *other* user's cluster depends only on their own data and on models already released, so
   removing a user changes one cluster's training: the K trainings are one mechanism (parallel
-  composition) and iterations compose sequentially. Hence a data-independent (seeded random)
-  initial assignment and no exact cluster sizes in the E-step: k-means++ on user statistics, or
-  a prior from exact counts, would let one user's data move other users between clusters
-  (``count_noise`` uses Gaussian-noised sizes instead, one more charged mechanism).
+  composition) and iterations compose sequentially. Hence no exact cluster sizes in the E-step
+  and no initialisation that pools users' data: k-means++ on user statistics, a quantile of
+  users' scores, or a prior from exact counts, would let one user's data move other users
+  between clusters (``count_noise`` uses Gaussian-noised sizes instead, one more charged
+  mechanism). The initial assignment is either data-independent (``em_init: random``) or, by
+  default (``pooled``), the same kind of function as an E-step: each user's cluster from a
+  *released* pooled reward model and their own pairs against a fixed threshold (worse than a
+  coin flip), so it is post-processing of that release and the first iteration composes with
+  it like any later one. The pooled model must itself be a user-level DP release on the same
+  pairs: passed in (charged by its trainer) or trained here as one more release.
 * Assignments are a function of each user's own data: internal state, never released.
 * Not covered by the DP guarantee (data-dependent control flow): stopping early when no user
-  moves (``stop_early=False`` removes it), skipping the M-step of an emptied cluster, and the
-  exact ``assignment_counts`` (sensitivity 1 each).
+  moves (``stop_early=False`` removes it), skipping the M-step of an empty cluster (which then
+  keeps its last model, or the pooled one if it never had users), and the exact
+  ``assignment_counts`` (sensitivity 1 each).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -51,15 +59,19 @@ class GroupModels:
 
     Attributes:
         names: Group names (the data's groups, or ``cluster-0``, ... for EM).
-        models: The reward models, parallel to ``names``.
-        receipts: One per training run, in order (EM: one per non-empty cluster and iteration).
-        mechanisms: What the ledger composes sequentially: one per EM iteration (plus the count
-            release with ``count_noise``), one for given groups; empty if non-private.
+        models: The reward models, parallel to ``names`` (an EM cluster that never had users
+            holds the pooled model).
+        receipts: One per training run, in order (EM: the pooled start model if trained here,
+            then one per non-empty cluster and iteration).
+        mechanisms: What the ledger composes sequentially: the pooled start model's if trained
+            here, then one per EM iteration (plus the count release with ``count_noise``); one
+            for given groups; empty if non-private.
         iterations: EM iterations run (1 for given groups).
         assignment_counts: Users (EM) or privacy units (given) per group: exact aggregates,
             not DP-protected (sensitivity 1 each).
         converged: EM stopped because no user moved (True for given groups).
-        release_ids: Ledger releases charged (one per iteration), empty without a ledger.
+        release_ids: Ledger releases charged (one per iteration, after the pooled start
+            model's if trained here), empty without a ledger.
     """
 
     names: tuple[str, ...]
@@ -103,16 +115,19 @@ def train_group_reward_models(
     stop_early: bool = True,
     count_noise: float | None = None,
     holdout: bool = False,
+    pooled: TrainResult | None = None,
     progress: bool = False,
 ) -> GroupModels:
     """Train one DP reward model per user group (``groups.mode`` ``given`` or ``em``).
 
     ``em`` (MaxMin-RLHF, Chakraborty et al. 2024, Alg. 1; hard assignments per *user*): start
-    from seeded uniformly random clusters (none empty); M-step: train each cluster's model on its
+    from ``groups.em_init``: ``pooled`` (:func:`pooled_initial_assignment`: users the pooled
+    model explains worse than a coin flip in cluster 1, the rest in cluster 0) or ``random``
+    (seeded uniform clusters, none empty); M-step: train each non-empty cluster's model on its
     users' pairs (DP-SGD, ``privacy_unit`` forced to ``user``); E-step: move each user to the
-    cluster whose model gives their pairs the highest ``sum log sigmoid(r(chosen) - r(rejected))``
-    (:func:`assign_users`). Stop when no user moves or after ``em_max_iters`` M-steps, each
-    charged as one release. The assignments are NOT released (module doc).
+    trained cluster whose model gives their pairs the highest ``sum log sigmoid(r(chosen) -
+    r(rejected))`` (:func:`assign_users`). Stop when no user moves or after ``em_max_iters``
+    M-steps, each charged as one release. The assignments are NOT released (module doc).
 
     Args:
         pairs: Training pairs; ``em`` needs a ``user_id`` on each, ``given`` a ``group``.
@@ -126,15 +141,24 @@ def train_group_reward_models(
             not cover, module doc); False always runs ``em_max_iters`` iterations.
         count_noise: If set, each iteration also releases the cluster sizes with Gaussian
             noise of this std (users) and the E-step adds their log shares as a prior
-            (:func:`_noisy_log_prior`). Off by default: the plain E-step.
+            (:func:`_noisy_log_prior`; ``groups.em_count_noise`` in a run). Off by default:
+            the plain E-step, whose equal priors let a large majority drift into a small
+            cluster (benchmarks/README.md, maxmin_groups).
         holdout: Train on half of each user's pairs and run the E-step on the other half
             (:func:`holdout_split`), so a user is never scored by a model fitted to the same
             pairs (that in-sample bias keeps users in their current cluster).
+        pooled: The released pooled reward model for ``em_init: pooled``: trained on these same
+            ``pairs`` (its receipt's fingerprint is checked) and, if the group models are
+            private, with user-level DP; it is charged by whoever trained it, not here. If None,
+            it is trained here on the M-step pairs with the EM's schedule and charged as one more
+            release (the first receipt and mechanism). Ignored by ``given`` and ``random``.
         progress: Show training progress bars.
 
     Raises:
-        ConfigError: ``groups.mode`` is ``none``, or fewer users than clusters.
-        DataError: Missing user ids / groups, or a user in two given groups under user-level DP.
+        ConfigError: ``groups.mode`` is ``none``, fewer users than clusters, or a ``pooled``
+            model that is not a reward model with (user-level, if private) DP.
+        DataError: Missing user ids / groups, a user in two given groups under user-level DP,
+            or a ``pooled`` model trained on other pairs.
         BudgetExceededError: The ledger refuses an iteration (earlier ones stay committed).
     """
     if count_noise is not None:
@@ -143,8 +167,8 @@ def train_group_reward_models(
     if groups.mode == "given":
         return _train_given(pairs, model_config, seed, eval_pairs, charge, progress)
     if groups.mode == "em":
-        options = (stop_early, count_noise, holdout)
-        return _train_em(pairs, groups, model_config, seed, eval_pairs, charge, progress, options)
+        trainer = _Trainer(model_config, seed, eval_pairs, progress)
+        return _train_em(pairs, groups, trainer, charge, (stop_early, count_noise, holdout, pooled))
     raise ConfigError(
         f"groups.mode must be 'given' or 'em' to train group models (got {groups.mode!r})"
     )
@@ -269,45 +293,67 @@ def _initial_assignment(users: Sequence[str], k: int, seed: int) -> dict[str, in
             return dict(zip(users, labels.tolist(), strict=True))
 
 
-def _train_em(pairs, groups, config, seed, eval_pairs, charge, progress, options) -> GroupModels:
-    stop_early, count_noise, holdout = options
-    config = replace(config, privacy=replace(config.privacy, privacy_unit="user"))
+@dataclass(frozen=True)
+class _Trainer:
+    """Trains one cluster's model with the EM's shared schedule (set by :func:`_train_em`)."""
+
+    config: ModelConfig
+    seed: int
+    eval_pairs: PairDataset | None
+    progress: bool
+    fit: PairDataset | None = None
+    shared: TrainingPlan | None = None
+
+    def train(self, users: set[str], path: tuple[int, int], name: str) -> TrainResult:
+        def keep(p) -> bool:
+            return p.user_id in users
+
+        return train_reward_model(
+            _subset(self.fit, keep, name), config=self.config, seed=_seed(self.seed, *path),
+            plan=_group_plan(self.shared, len(users)),
+            eval_pairs=_subset(self.eval_pairs, keep, name), progress=self.progress,
+        )  # fmt: skip
+
+
+def _train_em(pairs, groups, trainer, charge, options) -> GroupModels:
+    stop_early, count_noise, holdout, pooled = options
+    config = replace(trainer.config, privacy=replace(trainer.config.privacy, privacy_unit="user"))
     _, num_users = privacy_units(pairs, "user")  # DataError without user ids
     k = groups.num_groups
     if num_users < k:
         raise ConfigError(
             f"groups.num_groups={k} clusters need at least {k} users (got {num_users})"
         )
-    shared = plan_training(num_users, config)
-    assignment = _initial_assignment(pairs.user_ids, k, seed)
     fit, held_out = holdout_split(pairs) if holdout else (pairs, pairs)
-    models: list[ScoringModel | None] = [None] * k
-    receipts, mechanisms, releases, converged = [], [], [], False
+    shared = plan_training(num_users, config)
+    trainer = replace(trainer, config=config, fit=fit, shared=shared)
+    assignment, models, start = _em_start(pairs, held_out, groups, trainer, charge, pooled)
+    receipts, mechanisms, releases = start
+    trained: set[int] = set()  # clusters with a model of their own (others hold the pooled one)
+    converged = False
     for iteration in range(1, groups.em_max_iters + 1):
         members = [{u for u, c in assignment.items() if c == j} for j in range(k)]
         busy = [j for j in range(k) if members[j]]  # an emptied cluster keeps its last model
 
         def train(members=members, busy=busy, t=iteration) -> list[TrainResult]:
-            return [
-                train_reward_model(
-                    _subset(fit, lambda p, m=members[j]: p.user_id in m, f"cluster-{j}"),
-                    config=config, seed=_seed(seed, t, j), plan=_group_plan(shared, len(members[j])),
-                    eval_pairs=_subset(eval_pairs, lambda p, m=members[j]: p.user_id in m, f"cluster-{j}"),
-                    progress=progress,
-                )
-                for j in busy
-            ]  # fmt: skip
+            return [trainer.train(members[j], (t, j), f"cluster-{j}") for j in busy]
 
-        log_prior, extra = _noisy_log_prior(members, count_noise, _seed(seed, iteration, k))
+        log_prior, extra = _noisy_log_prior(members, count_noise, _seed(trainer.seed, iteration, k))
         label = f"group reward models, EM iteration {iteration}"
         results, spent, release = charge.run(shared, label, train, extra)
         for j, result in zip(busy, results, strict=True):
             models[j] = result.model
+        trained.update(busy)
         receipts += [r.receipt for r in results]
         mechanisms += spent
         releases += [release] if release is not None else []
+        # Only clusters with a model of their own compete: a never-trained cluster's placeholder
+        # (the pooled model) would otherwise split a homogeneous population on DP noise alone.
+        live = sorted(trained)
+        prior = None if log_prior is None else log_prior[live]
+        picked = assign_users(held_out, [models[j] for j in live], log_prior=prior)
         # A user absent from held_out (a single pair) keeps their cluster.
-        updated = {**assignment, **assign_users(held_out, models, log_prior=log_prior)}
+        updated = {**assignment, **{u: live[i] for u, i in picked.items()}}
         converged, assignment = updated == assignment, updated
         if converged and stop_early:
             break
@@ -322,6 +368,96 @@ def _train_em(pairs, groups, config, seed, eval_pairs, charge, progress, options
         converged=converged,
         release_ids=tuple(releases),
     )
+
+
+def _em_start(pairs, held_out, groups, trainer, charge, pooled):
+    """Initial assignment, initial models, and (receipts, mechanisms, releases) spent on them."""
+    k = groups.num_groups
+    if groups.em_init == "random":
+        return _initial_assignment(pairs.user_ids, k, trainer.seed), [None] * k, ([], [], [])
+    receipts, mechanisms, releases = [], [], []
+    if pooled is None:  # EM's own "iteration 0": one cluster of every user, charged as a release
+        label = "group reward models, EM start (pooled model)"
+        everyone = set(pairs.user_ids)
+        results, mechanisms, release = charge.run(
+            trainer.shared, label, lambda: [trainer.train(everyone, (0, 0), "pooled")]
+        )
+        pooled, receipts = results[0], [results[0].receipt]
+        releases = [release] if release is not None else []
+    else:
+        _check_pooled(pooled, pairs, trainer.config)
+    start = pooled_initial_assignment(held_out, pooled.model, num_groups=k, seed=trainer.seed)
+    # No E-step pairs (a single pair under holdout): no evidence against the pooled model.
+    assignment = {**dict.fromkeys(pairs.user_ids, 0), **start}
+    # A cluster that starts empty holds the pooled model until (unless) it gets users.
+    return assignment, [pooled.model] * k, (receipts, list(mechanisms), releases)
+
+
+def _check_pooled(pooled: TrainResult, pairs: PairDataset, config: ModelConfig) -> None:
+    """The pooled model must be a release on these pairs that the user-level guarantee covers."""
+    receipt = pooled.receipt
+    if receipt.dataset_fingerprint != pairs.fingerprint:
+        raise DataError(
+            f"the pooled model was trained on dataset {receipt.dataset_fingerprint[:12]}..., the "
+            f"group models train on {pairs.fingerprint[:12]}...; pass the reward model trained on "
+            "the same pairs, or set groups.em_init: random",
+            path=pairs.name,
+        )
+    problem = None
+    if receipt.kind != "reward":
+        problem = f"it is a {receipt.kind!r} model, not a reward model"
+    elif config.privacy.target_epsilon is not None and not receipt.private:
+        problem = "it is NON-PRIVATE, so an initial assignment computed from it is not DP"
+    elif config.privacy.target_epsilon is not None and receipt.privacy_unit != "user":
+        problem = (
+            f"it was trained with {receipt.privacy_unit}-level DP; EM's user-level guarantee "
+            "needs the pooled release at user level too"
+        )
+    if problem:
+        raise ConfigError(
+            f"groups.em_init 'pooled': cannot start EM from the given pooled model: {problem}; "
+            "pass None to train one here, or set groups.em_init: random"
+        )
+
+
+#: Mean log-likelihood per pair of a fair coin, ``log sigmoid(0)``: fixed before seeing data.
+COIN_FLIP = math.log(0.5)
+
+
+def pooled_initial_assignment(
+    pairs: PairDataset, pooled: ScoringModel, *, num_groups: int, seed: int
+) -> dict[str, int]:
+    """EM's start from a released pooled reward model: each user's cluster from their own pairs.
+
+    A user whose pairs ``pooled`` explains worse than a fair coin, ``mean log sigmoid(r(chosen)
+    - r(rejected)) < log 1/2`` (:data:`COIN_FLIP`, a constant, not a quantile over users), starts
+    outside cluster 0: in cluster 1, or for more clusters in one drawn from 1..K-1 with a seed
+    that depends only on ``seed`` and the user's id. Everyone else starts in cluster 0. The
+    pooled model follows the majority, so the users it explains worst are where a minority
+    shows; a random start instead gives every cluster the majority's mixture, and EM then tends
+    to split the majority. Each user's cluster is a function of the released model and their
+    own pairs only, so this is post-processing under user-level DP (module doc).
+
+    Args:
+        pairs: The pairs to score (EM's E-step pairs); users without pairs get no entry.
+        pooled: A reward model trained on every user's pairs (already released).
+        num_groups: K, the number of clusters; with K = 1 everyone is in cluster 0.
+        seed: Seed of the draw among clusters 1..K-1 (K > 2 only).
+    """
+    users, total, counts = _log_likelihoods(pairs, [pooled])
+    poor = (total[:, 0] / counts < COIN_FLIP).tolist()
+    return {
+        u: _other_cluster(u, num_groups, seed) if bad else 0
+        for u, bad in zip(users, poor, strict=True)
+    }
+
+
+def _other_cluster(user: str, k: int, seed: int) -> int:
+    if k <= 2:
+        return k - 1  # K = 1: nowhere else to go
+    # Per-user stream: a user's draw never depends on how many or which other users were drawn.
+    key = int.from_bytes(hashlib.sha256(user.encode()).digest()[:8], "big")
+    return 1 + int(np.random.default_rng([seed, 0xE5, key]).integers(k - 1))
 
 
 def _noisy_log_prior(
@@ -369,6 +505,16 @@ def assign_users(
     function of each user's own pairs: keep it internal (never in a report, receipt or log);
     synthetic benchmarks may compare it with the known truth.
     """
+    users, total, _ = _log_likelihoods(pairs, models)
+    if log_prior is not None:
+        total = total + log_prior.to(total)
+    return dict(zip(users, total.argmax(-1).tolist(), strict=True))
+
+
+def _log_likelihoods(
+    pairs: PairDataset, models: Sequence[ScoringModel]
+) -> tuple[tuple[str, ...], Tensor, Tensor]:
+    """Users, each user's ``sum log sigmoid(margin)`` per model ``[U, G]``, their pairs ``[U]``."""
     users = pairs.user_ids
     index = {u: i for i, u in enumerate(users)}
     rows = torch.tensor([index[p.user_id] for p in pairs])
@@ -378,9 +524,8 @@ def assign_users(
         chosen = model.score(prompts, [p.chosen for p in pairs])
         margin = chosen - model.score(prompts, [p.rejected for p in pairs])
         total[:, g].index_add_(0, rows, F.logsigmoid(margin.double()))
-    if log_prior is not None:
-        total = total + log_prior.to(total)
-    return dict(zip(users, total.argmax(-1).tolist(), strict=True))
+    counts = torch.bincount(rows, minlength=len(users)).double()
+    return users, total, counts
 
 
 def normalize_group_rewards(

@@ -19,11 +19,13 @@ from safealign.config import (
 )
 from safealign.constraints.bounds import upper_bound
 from safealign.constraints.groups import (
+    COIN_FLIP,
     assign_users,
     certify_groups,
     group_report,
     holdout_split,
     normalize_group_rewards,
+    pooled_initial_assignment,
     train_group_reward_models,
 )
 from safealign.constraints.maxmin_solver import solve_maxmin
@@ -33,6 +35,7 @@ from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.training import train_reward_model
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +185,7 @@ def _config(target_epsilon: float | None, epochs: int = 6) -> ModelConfig:
 
 def test_em_recovers_conflicting_groups() -> None:
     world = _world(users=12, pairs_per_user=20)
-    groups = GroupsConfig(mode="em", num_groups=2, em_max_iters=5)
+    groups = GroupsConfig(mode="em", num_groups=2, em_max_iters=5)  # em_init pooled
     result = train_group_reward_models(
         world.pairs, groups=groups, model_config=_config(None), seed=0
     )
@@ -195,22 +198,36 @@ def test_em_recovers_conflicting_groups() -> None:
     assert accuracy >= 0.9
     assert result.converged and 1 <= result.iterations <= 5
     assert sum(result.assignment_counts.values()) == 12
-    assert len(result.receipts) == 2 * result.iterations
+    # The pooled start model (trained here, on every user), then both clusters per iteration.
+    assert result.receipts[0].num_units == 12
+    assert len(result.receipts) == 1 + 2 * result.iterations
     assert result.mechanisms == ()  # explicitly non-private: nothing to charge
     assert all(r.privacy_unit == "user" for r in result.receipts)  # forced to user level
 
 
-@pytest.mark.parametrize("count_noise", [None, 3.0])
-def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise) -> None:
+def _user_level(config: ModelConfig) -> ModelConfig:
+    return replace(config, privacy=replace(config.privacy, privacy_unit="user"))
+
+
+@pytest.mark.parametrize(
+    ("start", "count_noise"),
+    [("random", None), ("random", 3.0), ("given pooled", None), ("pooled trained here", 3.0)],
+)
+def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start) -> None:
     # Calibration is tested in privacy/; a fixed σ keeps this test fast.
     monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
     pairs = _world(users=6, pairs_per_user=4).pairs
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
     ledger.set_budget(pairs.fingerprint, budget_epsilon=1e3, budget_delta=1e-3)
+    config = _config(5.0, epochs=1)
+    pooled = None  # a released pooled model is charged by whoever trained it, not by EM
+    if start == "given pooled":
+        pooled = train_reward_model(pairs, config=_user_level(config), seed=9, progress=False)
+    init = "random" if start == "random" else "pooled"
     result = train_group_reward_models(
-        pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=2),
-        model_config=_config(5.0, epochs=1), seed=1, ledger=ledger, stop_early=False,
-        count_noise=count_noise,
+        pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=2, em_init=init),
+        model_config=config, seed=1, ledger=ledger, stop_early=False,
+        count_noise=count_noise, pooled=pooled,
     )  # fmt: skip
     assert result.iterations == 2
     # One shared schedule: each iteration's M-step is one mechanism over all users (q = 3/6).
@@ -220,9 +237,14 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise) -> No
         (0.8, 0.5)
     }
     per_iteration = (training,) if count_noise is None else (training, Mechanism(3.0, 1.0, 1))
-    assert result.mechanisms == per_iteration * 2
+    # Starting from a given pooled model spends exactly what a random start does: the start is
+    # post-processing of that release. Without one, EM trains it first: one more release.
+    first = [("group reward models, EM start (pooled model)", "committed", (training,))]
+    first = first if start == "pooled trained here" else []
+    assert result.mechanisms == tuple(m for _, _, ms in first for m in ms) + per_iteration * 2
     summary = ledger.spent(pairs.fingerprint, accountant="rdp")
     assert [(r.label, r.status, r.actual) for r in summary.releases] == [
+        *first,
         ("group reward models, EM iteration 1", "committed", per_iteration),
         ("group reward models, EM iteration 2", "committed", per_iteration),
     ]
@@ -230,6 +252,111 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise) -> No
         compute_epsilon(list(result.mechanisms), target_delta=1e-3, accountant="rdp").epsilon
     )
     assert result.release_ids == tuple(r.id for r in summary.releases)
+
+
+class _TrueReward:
+    """Scores with one group's true reward: a stand-in pooled model (the start only scores)."""
+
+    def __init__(self, world: SyntheticWorld, group: str) -> None:
+        self.world, self.group = world, group
+
+    def score(self, prompts, responses) -> torch.Tensor:
+        return torch.tensor(self.world.true_reward(list(prompts), list(responses), self.group))
+
+
+def _mean_log_likelihood(pairs: PairDataset, model, user: str) -> float:
+    own = [p for p in pairs if p.user_id == user]
+    prompts = [p.prompt for p in own]
+    margin = model.score(prompts, [p.chosen for p in own]) - model.score(
+        prompts, [p.rejected for p in own]
+    )
+    return float(torch.nn.functional.logsigmoid(margin.double()).mean())
+
+
+def test_pooled_start_sends_users_explained_worse_than_a_coin_flip_out_of_cluster_0() -> None:
+    world = _world(users=12, pairs_per_user=20)
+    pooled = _TrueReward(world, "a")  # the majority's view; group b prefers the opposite style
+    truth = dict(zip(world.user_ids, world.user_groups, strict=True))
+    poor = {u for u in world.user_ids if _mean_log_likelihood(world.pairs, pooled, u) < COIN_FLIP}
+    assert poor and all(truth[u] == "b" for u in poor)  # the rule finds the other group
+    for k in (1, 2, 3):
+        start = pooled_initial_assignment(world.pairs, pooled, num_groups=k, seed=0)
+        assert set(start) == set(world.user_ids)
+        assert {u for u, c in start.items() if c != 0} == (poor if k > 1 else set())
+    # K > 2: each poorly explained user draws one of clusters 1..K-1.
+    assert set(pooled_initial_assignment(world.pairs, pooled, num_groups=3, seed=0).values()) == {
+        0,
+        1,
+        2,
+    }
+
+
+def test_pooled_start_is_a_function_of_each_users_own_pairs() -> None:
+    world = _world(users=10, pairs_per_user=10)
+    pairs, pooled = world.pairs, _TrueReward(world, "a")
+    base = pooled_initial_assignment(pairs, pooled, num_groups=3, seed=4)
+    # A user the pooled model explains, whose labels are then all flipped: they must move...
+    victim = next(u for u, g in zip(world.user_ids, world.user_groups, strict=True) if g == "a")
+    assert base[victim] == 0
+    flipped = PairDataset(
+        tuple(
+            replace(p, chosen=p.rejected, rejected=p.chosen) if p.user_id == victim else p
+            for p in pairs
+        )
+    )
+    dropped = PairDataset(tuple(p for p in pairs if p.user_id != victim))
+    after = pooled_initial_assignment(flipped, pooled, num_groups=3, seed=4)
+    without = pooled_initial_assignment(dropped, pooled, num_groups=3, seed=4)
+    assert after[victim] in (1, 2)
+    # ...and no one else may: changing or removing one user's data moves no other user.
+    others = {u: c for u, c in base.items() if u != victim}
+    assert {u: c for u, c in after.items() if u != victim} == others
+    assert without == others
+
+
+def test_homogeneous_population_keeps_one_cluster_and_maxmin_still_runs() -> None:
+    config = SyntheticConfig(
+        num_prompts=60, num_users=8, pairs_per_user=20,
+        group_weights={"a": 1.0}, style_preference={"a": 2.0},
+    )  # fmt: skip
+    world = SyntheticWorld(config, seed=0)
+    model = replace(_config(None), backbone="features")
+    pooled = train_reward_model(world.pairs, config=model, seed=3, progress=False)
+    result = train_group_reward_models(
+        world.pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=3),
+        model_config=model, seed=0, pooled=pooled,
+    )  # fmt: skip
+    assert result.assignment_counts == {"cluster-0": 8, "cluster-1": 0}
+    assert result.converged and result.iterations == 1
+    assert result.models[1] is pooled.model  # never trained: holds the pooled model
+    assert len(result.receipts) == 1  # cluster 0 only; the given pooled model is not EM's
+    prompts = list(world.prompts[:4])
+    cands = world.sample_candidates(prompts, num_candidates=4, seed=1)
+    rewards = normalize_group_rewards(result.score_candidates(prompts, cands.responses))
+    maxmin = solve_maxmin(rewards, beta=0.5)
+    report = group_report(maxmin, rewards, names=result.names, sizes=result.assignment_counts)
+    assert report["cluster-1"]["size"] == 0 and torch.isfinite(maxmin.q).all()
+
+
+def test_pooled_start_refuses_a_model_outside_the_guarantee(monkeypatch) -> None:
+    monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
+    pairs = _world(users=4, pairs_per_user=2).pairs
+    config = _config(5.0, epochs=1)
+    pooled = train_reward_model(pairs, config=_user_level(config), seed=0, progress=False)
+    groups = GroupsConfig(mode="em", em_init="pooled")
+
+    def start_from(receipt_changes: dict, data: PairDataset = pairs) -> None:
+        given = replace(pooled, receipt=replace(pooled.receipt, **receipt_changes))
+        train_group_reward_models(data, groups=groups, model_config=config, seed=0, pooled=given)
+
+    with pytest.raises(DataError, match="same pairs"):
+        start_from({}, PairDataset(pairs.pairs[:-1]))
+    with pytest.raises(ConfigError, match="pair-level DP"):
+        start_from({"privacy_unit": "pair"})
+    with pytest.raises(ConfigError, match="NON-PRIVATE"):
+        start_from({"private": False})
+    with pytest.raises(ConfigError, match="not a reward model"):
+        start_from({"kind": "cost"})
 
 
 def test_given_groups_compose_in_parallel(monkeypatch) -> None:
