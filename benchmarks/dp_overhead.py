@@ -3,19 +3,18 @@
 DESIGN.md ("DP-SGD"): on CPU, hooks mode with LoRA costs about 1.1-1.3x a non-private step.
 Target (issue 3): DP step <= 1.3x non-private with hooks, all-MiniLM-L6-v2 + LoRA, CPU.
 
-A step is the whole optimizer step of ``safealign.privacy.dp_sgd``: forward over the ``[2P, L]``
-rows, backward, and for DP the fold of per-row ``grad_sample`` to per-pair gradients, the clip,
-the noise and the AdamW update (``GradSampleModule`` + ``DPOptimizer``, as ``run_dp_sgd`` builds
-them). The non-private step is forward, backward and the same AdamW update on an identically
-initialised model. Variants run round-robin on the same batch, with the order rotated every
-repetition, so a burst of load from other processes on the shared machine hits all of them; the
-overhead is the median over repetitions of the per-repetition ratio of process CPU time (one
-torch thread by default, so CPU time counts work rather than threads spinning at a barrier while
-other tenants hold the cores). Wall-clock ratios are recorded too.
-
-Ghost clipping is not measured: our per-pair fold (pattern A) needs materialised per-row
-``grad_sample``, which ghost clipping never builds; it would need the one-sequence-per-pair
-layout (pattern B), which safealign does not implement.
+A step is the whole optimizer step of ``safealign.privacy.dp_sgd`` (the ``Step`` that
+``run_dp_sgd`` repeats, built by ``make_step``): for ``hooks``/``functorch``, forward over the
+``[2P, L]`` rows, backward, the fold of per-row ``grad_sample`` to per-pair gradients, the clip,
+the noise and the AdamW update; for ``ghost``, forward over one ``[P, 2L]`` row per pair (block-
+diagonal attention mask), Opacus' two backward passes (per-pair norms, then the clipped sum), the
+noise and the update. The non-private step is forward over ``[2P, L]``, backward and the same
+AdamW update on an identically initialised model. Variants run round-robin on the same batch,
+with the order rotated every repetition, so a burst of load from other processes on the shared
+machine hits all of them; the overhead is the median over repetitions of the per-repetition
+ratio of process CPU time (one torch thread by default, so CPU time counts work rather than
+threads spinning at a barrier while other tenants hold the cores). Wall-clock ratios are
+recorded too.
 
 Usage: HF_HUB_OFFLINE=1 python benchmarks/dp_overhead.py --out benchmarks/results/dp_overhead.json
 """
@@ -23,6 +22,7 @@ Usage: HF_HUB_OFFLINE=1 python benchmarks/dp_overhead.py --out benchmarks/result
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -33,21 +33,19 @@ import warnings
 from pathlib import Path
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 
 from safealign.config import ModelConfig, PrivacyConfig, SyntheticConfig, TrainConfig
 from safealign.data.loaders import load_pairs
 from safealign.data.records import PairDataset
 from safealign.data.synthetic import SyntheticWorld
-from safealign.models.pairs import EncodedPairs, encode_pairs
+from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model
-from safealign.privacy.dp_sgd import fold_grad_samples, pair_losses
+from safealign.privacy.dp_sgd import TrainingPlan, make_step
 
 # ../shared/data beside the checkout, as in tests/conftest.py.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HH_RLHF = SHARED_DATA / "hh-rlhf-harmless-base" / "test.jsonl.gz"
-MODES = ("hooks", "functorch")
+MODES = ("hooks", "functorch", "ghost")
 
 
 def minilm_path() -> str:
@@ -65,66 +63,45 @@ def _batch(backbone: str, pairs: int, data: Path, seed: int) -> PairDataset:
     return load_pairs(data)[:pairs]
 
 
-def _trim(batch: EncodedPairs) -> EncodedPairs:
-    """Drop the padding every row shares, as ``run_dp_sgd`` does before each step."""
-    length = int(batch.attention_mask.sum(-1).max())
-    return EncodedPairs(
-        batch.input_ids[..., :length],
-        batch.attention_mask[..., :length],
-        batch.unsafe,
-        batch.unsafer,
-    )
-
-
 class _Variant:
     """One model + optimizer; ``step()`` runs one full optimizer step and returns its seconds."""
 
     def __init__(self, config: ModelConfig, mode: str | None, batch: PairDataset, seed: int):
+        if mode is not None:
+            privacy = dataclasses.replace(config.privacy, grad_sample_mode=mode)
+            config = dataclasses.replace(config, privacy=privacy)
         scoring = build_scoring_model(config, kind="reward", seed=seed)
-        self.data = _trim(encode_pairs(scoring, batch))
-        self.params = [p for p in scoring.model.parameters() if p.requires_grad]
-        self.trainable = sum(p.numel() for p in self.params)
-        inner = torch.optim.AdamW(self.params, lr=config.train.lr)
-        self.private = mode is not None
-        if self.private:
-            # The same wrapping as safealign.privacy.dp_sgd.run_dp_sgd.
-            self.model = GradSampleModule(
-                scoring.model,
-                batch_first=True,
-                loss_reduction="mean",
-                force_functorch=mode == "functorch",
-            )
-            self.optimizer = DPOptimizer(
-                inner,
-                noise_multiplier=1.0,
-                max_grad_norm=config.privacy.max_grad_norm,
-                expected_batch_size=len(batch),
-                loss_reduction="mean",
-                generator=torch.Generator().manual_seed(seed + 1),
-            )
-        else:
-            self.model, self.optimizer = scoring.model, inner
+        data = encode_pairs(scoring, batch)
+        self.length = int(data.attention_mask.sum(-1).max())  # tokens per row after trimming
+        params = [p for p in scoring.model.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in params)
         pairs = len(batch)
-        # Row r of the flattened [2P, L] batch belongs to pair r // 2 (pair-level DP).
-        self.row_units = torch.arange(pairs).repeat_interleave(2)
+        # One step on all pairs (sample rate 1), σ = 1: the production step, private or not.
+        plan = TrainingPlan(mode is not None, pairs, 1.0, 1, 1.0 if mode else None, float(pairs))
+        self.step_fn = make_step(
+            scoring.model,
+            data,
+            torch.arange(pairs),  # pair-level units
+            plan,
+            config=config,
+            kind="reward",
+            inner=torch.optim.AdamW(params, lr=config.train.lr),
+            noise=torch.Generator().manual_seed(seed + 1),
+        )
+        self.batch = torch.arange(pairs)
 
     def step(self) -> tuple[float, float]:
         """One optimizer step; returns (process CPU seconds, wall seconds)."""
         cpu, wall = time.process_time(), time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=True)
-        pairs = len(self.data)
-        loss = pair_losses(self.model, self.data, "reward").sum() / pairs
-        loss.backward()
-        if self.private:
-            fold_grad_samples(self.params, self.row_units, pairs)
-        self.optimizer.step()
+        self.step_fn(self.batch)
         return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def measure(
     backbone: str, *, pairs: int, max_length: int, repeats: int, warmup: int, data: Path, seed: int
 ) -> dict[str, object]:
-    """Interleaved step times of the non-private, hooks and functorch variants of one backbone."""
+    """Interleaved step times of the non-private, hooks, functorch and ghost variants of one
+    backbone."""
     name = minilm_path() if backbone == "minilm" else backbone
     config = ModelConfig(
         backbone=name,
@@ -149,7 +126,7 @@ def measure(
         "backbone_path": name,
         "pairs": pairs,
         "rows": 2 * pairs,
-        "tokens_per_row": int(variants["non_private"].data.input_ids.shape[-1]),
+        "tokens_per_row": variants["non_private"].length,
         "trainable_parameters": variants["non_private"].trainable,
         "repeats": repeats,
         "non_private_cpu_seconds": statistics.median(cpu["non_private"]),
@@ -184,9 +161,9 @@ def plot(payload: dict[str, object], path: Path) -> None:
 
     results = payload["results"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    width = 0.38
+    width = 0.8 / len(MODES)
     for k, mode in enumerate(MODES):
-        xs = [i + (k - 0.5) * width for i in range(len(results))]
+        xs = [i + (k - (len(MODES) - 1) / 2) * width for i in range(len(results))]
         med = [r[mode]["ratio"] for r in results]
         err = [
             [m - r[mode]["ratio_min"] for m, r in zip(med, results, strict=True)],
@@ -268,7 +245,6 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "dp_overhead",
         "target": "hooks, MiniLM + LoRA: DP step <= 1.3x non-private",
         "results": results,
-        "ghost": "not supported: the per-pair fold needs per-row grad_sample (pattern A)",
         "wall_seconds": time.perf_counter() - started,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
@@ -285,8 +261,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = "; ".join(
         f"{r['backbone']} ({r['pairs']} pairs x {r['tokens_per_row']} tok): non-private "
         f"{r['non_private_cpu_seconds']:.2f} CPU s, hooks {r['hooks']['ratio']:.2f}x, "
-        f"functorch {r['functorch']['ratio']:.2f}x (wall {r['hooks']['wall_ratio']:.2f}x, "
-        f"{r['functorch']['wall_ratio']:.2f}x)"
+        f"functorch {r['functorch']['ratio']:.2f}x, ghost {r['ghost']['ratio']:.2f}x (wall "
+        f"{r['hooks']['wall_ratio']:.2f}x, {r['functorch']['wall_ratio']:.2f}x, "
+        f"{r['ghost']['wall_ratio']:.2f}x)"
         for r in results
     )
     print(f"dp_overhead: {summary}")

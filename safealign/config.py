@@ -115,9 +115,13 @@ class PrivacyConfig:
     privacy_unit: Literal["pair", "user"] = field(
         default="pair", metadata=doc("What one DP record is: a preference pair, or all pairs of one user.")
     )
-    grad_sample_mode: Literal["hooks", "functorch"] = field(
+    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = field(
         default="hooks",
-        metadata=doc("Opacus per-sample gradients: layer hooks, or functorch for layers without a hook."),
+        metadata=doc(
+            "How Opacus clips per unit: per-sample gradients from layer hooks, or functorch for "
+            "layers without a hook (both folded per pair or user); or 'ghost' clipping (per-pair "
+            "norms without per-sample gradients, one row per pair, pair-level privacy only)."
+        ),
     )
 
 
@@ -180,19 +184,6 @@ class GroupsConfig:
         default="reference", metadata=doc("Make group rewards comparable before taking the min.")
     )
     em_max_iters: int = field(default=5, metadata=doc("Cap on EM iterations (each is a DP release).", _at_least(1)))
-
-
-@dataclass(frozen=True)
-class BudgetConfig:
-    epsilon: float = field(default=8.0, metadata=doc("Lifetime ε budget per dataset.", _positive))
-    delta: float = field(default=1e-5, metadata=doc("Lifetime δ budget per dataset.", _open_unit))
-    ledger: str = field(default="safealign-ledger.sqlite", metadata=doc("SQLite ledger path."))
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    formats: tuple[Literal["json", "html", "md"], ...] = field(
-        default=("json", "html", "md"), metadata=doc("Report files to write.")
     em_init: Literal["pooled", "random"] = field(
         default="pooled",
         metadata=doc(
@@ -218,6 +209,19 @@ class AuditConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int = field(default=0, metadata=doc("The one seed every stage derives its randomness from."))
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    epsilon: float = field(default=8.0, metadata=doc("Lifetime ε budget per dataset.", _positive))
+    delta: float = field(default=1e-5, metadata=doc("Lifetime δ budget per dataset.", _open_unit))
+    ledger: str = field(default="safealign-ledger.sqlite", metadata=doc("SQLite ledger path."))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    formats: tuple[Literal["json", "html", "md"], ...] = field(
+        default=("json", "html", "md"), metadata=doc("Report files to write.")
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("Data and splits."))
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))
     cost_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Cost model."))
@@ -240,8 +244,6 @@ def model_config_problems(model: ModelConfig, *, key: str) -> list[str]:
 
     Checked at load time, and again when a model is built from a config made in code.
     """
-    if model.backbone != FEATURE_BACKBONE:
-        return []
     problems = []
     if model.lora is not None:
         problems.append(
@@ -252,6 +254,14 @@ def model_config_problems(model: ModelConfig, *, key: str) -> list[str]:
         problems.append(
             f"{key}.pooling: the 'features' backbone gives one state per row, there is nothing to "
             f"pool (got {model.pooling!r}); set {key}.pooling: auto"
+    if model.privacy.grad_sample_mode == "ghost" and model.privacy.privacy_unit != "pair":
+        problems.append(
+            f"{key}.privacy.grad_sample_mode: 'ghost' clips each row, one pair per row, so it "
+            f"cannot clip a {model.privacy.privacy_unit!r} unit spanning several pairs; use "
+            "grad_sample_mode: hooks with privacy_unit 'user', or privacy_unit: pair with ghost"
+        )
+    if model.backbone != FEATURE_BACKBONE:
+        return problems
         )
     return problems
 
@@ -310,6 +320,11 @@ def config_from_dict(data: Mapping[str, Any] | None, *, source: str | None = Non
     cfg = build(Config, data or {}, "", problems)
     if cfg is not None and not problems:
         problems.extend(_cross_checks(cfg))
+    if cfg.groups.mode == "em" and cfg.reward_model.privacy.grad_sample_mode == "ghost":
+        problems.append(
+            "reward_model.privacy.grad_sample_mode: groups.mode 'em' trains with user-level DP, "
+            "which 'ghost' cannot clip (a user spans several pairs); use grad_sample_mode: hooks"
+        )
     if problems:
         raise ConfigError(problems, source=source)
     return cfg

@@ -20,7 +20,9 @@ Shape conventions. The tokenizer returns ``input_ids`` / ``attention_mask`` ``[n
 every slot is always present (unrecognised text has values too), so the mask is all ones and
 padding or truncation never applies. The backbone returns one state per row, as a sequence of
 length one, ``last_hidden_state`` ``[R, 1, H]``, which ``ScalarModel`` reads with pooling
-``first``; the scalar head on top is the MLP's output layer.
+``first``; the scalar head on top is the MLP's output layer. A row holding a pair's two responses
+(``[R, 2 · NUM_SLOTS]``, the one-row-per-pair layout of :mod:`.paired`) gives one state per
+response, ``[R, 2, H]``.
 
 Saved layout (the ``features/`` part of a scalar-model directory, see :mod:`.scalar`)::
 
@@ -143,7 +145,7 @@ class FeatureBackboneConfig:
 
 @dataclass(frozen=True)
 class FeatureOutput:
-    """The backbone's output, named as Hugging Face's: ``last_hidden_state`` ``[R, 1, H]``."""
+    """The backbone's output, named as Hugging Face's: ``last_hidden_state`` ``[R, k, H]``."""
 
     last_hidden_state: torch.Tensor
 
@@ -152,7 +154,8 @@ class FeatureBackbone(nn.Module):
     """Slot embeddings → concatenation → MLP (Linear + ReLU per hidden layer).
 
     Only ``nn.Embedding`` and ``nn.Linear`` hold weights, each called once per forward, so Opacus
-    computes per-sample gradients with hooks or functorch.
+    computes per-sample gradients with hooks or functorch, and per-sample norms with ghost
+    clipping.
 
     Args:
         config: Layer sizes.
@@ -178,17 +181,22 @@ class FeatureBackbone(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
     ) -> FeatureOutput:
-        """One state per row, ``[R, 1, H]``, for feature ids ``[R, NUM_SLOTS]``.
+        """One state per response, ``[R, k, H]``, for feature ids ``[R, k · NUM_SLOTS]``.
 
+        ``k = 1`` is one response per row (``[R, 1, H]``); ``k = 2`` is the one-row-per-pair
+        layout of :mod:`.paired` (chosen then rejected), where each response's slots go through
+        the MLP on their own, so the states are those of ``k = 1``.
         ``attention_mask`` and ``position_ids`` are what ``ScalarModel`` passes to any backbone;
         both are unused here (every slot is present; slots are told apart by their ids).
         """
         del attention_mask, position_ids
-        if input_ids.dim() != 2 or input_ids.shape[1] != NUM_SLOTS:
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[1] % NUM_SLOTS:
             raise ValueError(
-                f"feature ids must be [rows, {NUM_SLOTS}], got {list(input_ids.shape)}"
+                f"feature ids must be [rows, k * {NUM_SLOTS}], got {list(input_ids.shape)}"
             )
-        return FeatureOutput(self.mlp(self.embedding(input_ids).flatten(1)).unsqueeze(1))
+        rows, width = input_ids.shape
+        slots = self.embedding(input_ids).view(rows, width // NUM_SLOTS, -1)  # [R, k, S·E]
+        return FeatureOutput(self.mlp(slots))
 
 
 def _spec(config: FeatureBackboneConfig) -> dict:

@@ -1,7 +1,8 @@
 """Preference pairs as tensors, and the reward and cost losses (per pair, unreduced).
 
 Row layout: pair ``i`` is rows ``2i`` (chosen) and ``2i+1`` (rejected) once flattened to
-``[2P, L]``; DP training folds per-row gradients back to per-pair (or per-user) gradients.
+``[2P, L]``; DP training folds per-row gradients back to per-pair (or per-user) gradients. Ghost
+clipping uses one row per pair instead (:mod:`.paired`) and :class:`PairLoss` as its criterion.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from safealign.data.records import PairDataset
-from safealign.models.scalar import ScoringModel
+from safealign.models.scalar import Kind, ScoringModel
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,28 @@ def cost_loss(scores: torch.Tensor, unsafe: torch.Tensor, unsafer: torch.Tensor)
     pairwise = torch.where(has_order, -F.logsigmoid(margin), torch.zeros_like(margin))
     classification = -(F.logsigmoid(unsafe * scores) * (unsafe != 0)).sum(dim=1)
     return pairwise + classification
+
+
+def pair_loss(
+    scores: torch.Tensor, unsafe: torch.Tensor, unsafer: torch.Tensor, *, kind: Kind
+) -> torch.Tensor:
+    """Per-pair loss ``[P]`` of ``kind`` for scores ``[P, 2]``."""
+    return reward_loss(scores) if kind == "reward" else cost_loss(scores, unsafe, unsafer)
+
+
+class PairLoss(nn.Module):
+    """:func:`pair_loss` as a criterion with a ``reduction`` (``mean``, ``sum`` or ``none``), the
+    interface Opacus' ghost clipping wraps (it switches ``reduction`` to ``none`` to get the
+    per-row losses it clips)."""
+
+    def __init__(self, kind: Kind, *, reduction: str = "mean") -> None:
+        super().__init__()
+        self.kind, self.reduction = kind, reduction
+
+    def forward(
+        self, scores: torch.Tensor, unsafe: torch.Tensor, unsafer: torch.Tensor
+    ) -> torch.Tensor:
+        losses = pair_loss(scores, unsafe, unsafer, kind=self.kind)
+        if self.reduction == "none":
+            return losses
+        return losses.sum() if self.reduction == "sum" else losses.mean()

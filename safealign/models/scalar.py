@@ -75,15 +75,18 @@ class ScalarModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
+        return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector ``[R, H]`` per row of token states ``hidden`` ``[R, L, H]`` (see ScalarModel)."""
+    if pooling == "first":
+        return hidden[:, 0]
+    if pooling == "mean":
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "mean":
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        elif self.pooling == "first":
-            pooled = hidden[:, 0]
-        else:
-            last = attention_mask.sum(1).clamp_min(1) - 1
-            pooled = hidden[torch.arange(rows, device=hidden.device), last]
-        return self.head(pooled).squeeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    last = attention_mask.sum(1).clamp_min(1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 @dataclass

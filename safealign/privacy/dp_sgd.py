@@ -2,21 +2,31 @@
 
 The trap (DESIGN.md): a pair is two sequences. Flattening ``[P, 2, L]`` to ``[2P, L]`` makes
 Opacus compute one gradient per *sequence*, and clipping those would let one pair contribute two
-clipped gradients: the per-pair sensitivity silently doubles. We keep the flattening (pattern A)
-and, after ``backward()`` and before ``optimizer.step()``, fold each ``grad_sample`` from rows to
-privacy units: ``g_u = (U / R) · Σ_{rows r of unit u} grad_sample[r]``. The factor undoes Opacus'
-``loss_reduction="mean"`` rescaling (it multiplies by the R rows it saw; our loss is a mean over
-U units), so ``g_u`` is exactly the gradient of unit u's summed loss. DPOptimizer then clips each
-``g_u`` to ``max_grad_norm``, adds ``N(0, σ²·max_grad_norm²)`` and divides by the expected number
-of units per batch. ``tests/privacy/test_dp_sgd.py`` checks the folded, clipped gradients against
-a pair-by-pair reference.
+clipped gradients: the per-pair sensitivity silently doubles. Two ways out, by ``grad_sample_mode``:
+
+- ``hooks`` / ``functorch`` (pattern A): keep the flattening and, after ``backward()`` and before
+  ``optimizer.step()``, fold each ``grad_sample`` from rows to privacy units:
+  ``g_u = (U / R) · Σ_{rows r of unit u} grad_sample[r]``. The factor undoes Opacus'
+  ``loss_reduction="mean"`` rescaling (it multiplies by the R rows it saw; our loss is a mean over
+  U units), so ``g_u`` is exactly the gradient of unit u's summed loss. DPOptimizer then clips
+  each ``g_u`` to ``max_grad_norm``. Pair- or user-level units.
+- ``ghost`` (pattern B; ghost clipping, Li et al., ICLR 2022): Opacus takes each row's gradient
+  norm from activations and backprops in a first backward pass and the sum of clipped row
+  gradients in a second, never materialising per-row gradients, so there is nothing to fold.
+  Instead one row *is* one pair (:mod:`safealign.models.paired`: both sequences side by side
+  under a block-diagonal attention mask, scored in one forward). Pair-level units only (a user
+  spans several rows); the backbone must pass :func:`~safealign.models.paired.check_pair_layout`.
+
+Either way the optimizer adds ``N(0, σ²·max_grad_norm²)`` to the sum of clipped unit gradients
+and divides by the expected number of units per batch. ``tests/privacy/test_dp_sgd.py`` checks
+the clipped gradients of both patterns against a pair-by-pair reference.
 
 Sampling is Poisson over units (each unit joins a step independently with probability q), which
 is what the subsampled-Gaussian accountant assumes; an empty batch still takes a noisy step.
 
-Under ``torchrun`` the same step runs on W processes with Opacus' DPDDP and
-``DistributedDPOptimizer``: every rank draws the same batch and takes a share of it, and noise is
-added once, on rank 0 (:mod:`safealign.privacy.distributed` explains why this is the same mechanism).
+Under ``torchrun`` the same step runs on W processes with Opacus' DPDDP and the distributed DP
+optimizers: every rank draws the same batch and takes a share of it, and noise is added once, on
+rank 0 (:mod:`safealign.privacy.distributed` explains why this is the same mechanism).
 """
 
 from __future__ import annotations
@@ -31,20 +41,22 @@ from pathlib import Path
 import torch
 from opacus import GradSampleModule
 from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
-from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
-from tqdm.auto import tqdm
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.optimizers import (
+    DistributedDPOptimizer,
+    DistributedDPOptimizerFastGradientClipping,
+    DPOptimizer,
+    DPOptimizerFastGradientClipping,
+)
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 
 from safealign.config import ModelConfig
 from safealign.data.records import PairDataset
-from safealign.errors import DataError
-from safealign.models.pairs import EncodedPairs, cost_loss, reward_loss
-from safealign.models.scalar import Kind, ScoringModel
-from safealign.privacy.accounting import (
-    Mechanism,
-    calibrate_noise,
-    check_target_delta,
-    compute_epsilon,
-)
+from safealign.errors import ConfigError, DataError
+from safealign.models.paired import check_pair_layout, paired_scores
+from safealign.models.pairs import EncodedPairs, PairLoss, pair_loss
+from safealign.models.scalar import Kind, ScalarModel, ScoringModel
+from safealign.privacy.accounting import Mechanism, calibrate_noise, check_target_delta
 from safealign.privacy.distributed import (
     Ranks,
     current_ranks,
@@ -52,6 +64,7 @@ from safealign.privacy.distributed import (
     share_of_batch,
     sum_over_ranks,
 )
+from safealign.privacy.loop import LoopState, Progress, restore_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class TrainingPlan:
         steps: Optimizer steps planned.
         noise_multiplier: σ calibrated to the target ε for this schedule (None if non-private).
         expected_batch_size: q · num_units, the divisor of the noisy gradient sum.
+        calibration_steps: The last of ``steps``, spent on the cost model's DP calibration
+            (:mod:`safealign.privacy.calibration`) rather than on training.
     """
 
     private: bool
@@ -73,6 +88,7 @@ class TrainingPlan:
     steps: int
     noise_multiplier: float | None
     expected_batch_size: float
+    calibration_steps: int = 0
 
     @property
     def mechanism(self) -> Mechanism | None:
@@ -85,13 +101,20 @@ class TrainingPlan:
 _calibrate = functools.lru_cache(maxsize=128)(calibrate_noise)
 
 
-def plan_training(num_units: int, config: ModelConfig) -> TrainingPlan:
-    """Sample rate, step count and calibrated noise for ``config`` on ``num_units`` units."""
+def plan_training(num_units: int, config: ModelConfig, *, calibration: bool = False) -> TrainingPlan:
+    """Sample rate, step count and calibrated noise for ``config`` on ``num_units`` units.
+
+    With ``calibration`` (a private cost model with safety labels: ``calibration.calibrates``)
+    ``train.calibration_epochs`` more epochs of steps are planned, and σ covers them too.
+    """
     train, privacy = config.train, config.privacy
     sample_rate = min(1.0, train.batch_size / num_units)
-    steps = train.epochs * max(1, round(num_units / train.batch_size))
+    per_epoch = max(1, round(num_units / train.batch_size))
+    steps = train.epochs * per_epoch
     if privacy.target_epsilon is None:
         return TrainingPlan(False, num_units, sample_rate, steps, None, sample_rate * num_units)
+    calibration_steps = train.calibration_epochs * per_epoch if calibration else 0
+    steps += calibration_steps
     check_target_delta(privacy.target_delta, num_units)
     sigma = _calibrate(
         target_epsilon=privacy.target_epsilon,
@@ -100,7 +123,9 @@ def plan_training(num_units: int, config: ModelConfig) -> TrainingPlan:
         steps=steps,
         accountant=privacy.accountant,
     )
-    return TrainingPlan(True, num_units, sample_rate, steps, sigma, sample_rate * num_units)
+    return TrainingPlan(
+        True, num_units, sample_rate, steps, sigma, sample_rate * num_units, calibration_steps
+    )
 
 
 def privacy_units(pairs: PairDataset, unit: str) -> tuple[torch.Tensor, int]:
@@ -129,9 +154,7 @@ def pair_losses(model: torch.nn.Module, batch: EncodedPairs, kind: Kind) -> torc
         input_ids=batch.input_ids.reshape(2 * pairs, length),
         attention_mask=batch.attention_mask.reshape(2 * pairs, length),
     ).view(pairs, 2)
-    return (
-        reward_loss(scores) if kind == "reward" else cost_loss(scores, batch.unsafe, batch.unsafer)
-    )
+    return pair_loss(scores, batch.unsafe, batch.unsafer, kind=kind)
 
 
 def fold_grad_samples(
@@ -158,90 +181,6 @@ def _empty_grad_samples(params: list[torch.nn.Parameter]) -> None:
         p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
 
 
-@dataclass
-class _State:
-    step: int
-    sampler: torch.Generator
-    noise: torch.Generator
-
-
-def _checkpoint(
-    path: Path,
-    state: _State,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    plan: TrainingPlan,
-) -> None:
-    trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    payload = {
-        "step": state.step,
-        "sampler": state.sampler.get_state(),
-        "noise": state.noise.get_state(),
-        "trainable": trainable,
-        "optimizer": optimizer.state_dict(),
-        "plan": plan.__dict__,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash leaves the previous checkpoint intact
-
-
-def _restore(
-    path: Path,
-    state: _State,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    plan: TrainingPlan,
-) -> None:
-    payload = torch.load(path, weights_only=False)
-    if payload["plan"] != plan.__dict__:
-        raise DataError(
-            f"checkpoint was made for a different schedule ({payload['plan']}, now {plan.__dict__}); "
-            "resume with the same data and config, or delete the checkpoint",
-            path=str(path),
-        )
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in payload["trainable"].items():
-            named[name].copy_(value)
-    optimizer.load_state_dict(payload["optimizer"])
-    state.step = payload["step"]
-    state.sampler.set_state(payload["sampler"])
-    state.noise.set_state(payload["noise"])
-
-
-class _Progress:
-    """The progress bar (shown by rank 0 only) with the loss and the ε spent so far."""
-
-    def __init__(
-        self, plan: TrainingPlan, config: ModelConfig, kind: Kind, *, initial: int, show: bool
-    ) -> None:
-        label = f"{kind} model" + (
-            f" (DP, σ={plan.noise_multiplier:.3g})" if plan.private else " (NON-PRIVATE)"
-        )
-        self.bar = tqdm(
-            total=plan.steps, initial=initial, desc=label, disable=not show, leave=False
-        )
-        self.plan, self.privacy, self.show = plan, config.privacy, show
-        self.epsilon = "0" if plan.private else "inf (non-private)"
-        self.every = max(1, plan.steps // 5)  # PRV accounting takes ~0.3 s: refresh ε 5 times
-
-    def update(self, step: int, loss: float) -> None:
-        self.bar.update(1)
-        plan = self.plan
-        if self.show and plan.private and (step % self.every == 0 or step == plan.steps):
-            spent = compute_epsilon(
-                Mechanism(plan.noise_multiplier, plan.sample_rate, step),
-                target_delta=self.privacy.target_delta,
-                accountant=self.privacy.accountant,
-            )
-            self.epsilon = f"{spent.epsilon:.3f}"
-        self.bar.set_postfix(loss=f"{loss:.4f}", eps=self.epsilon)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _make_private(
     model: torch.nn.Module,
     inner: torch.optim.Optimizer,
@@ -249,26 +188,45 @@ def _make_private(
     config: ModelConfig,
     noise: torch.Generator,
     ranks: Ranks,
-) -> tuple[GradSampleModule, DPOptimizer]:
-    """Per-sample-gradient module and DP optimizer, single-process or Opacus-distributed."""
+) -> tuple[GradSampleModule | GradSampleModuleFastGradientClipping, DPOptimizer]:
+    """Per-sample-gradient (or ghost-norm) module and DP optimizer, one process or distributed."""
+    privacy = config.privacy
+    ghost = privacy.grad_sample_mode == "ghost"
     if ranks.distributed:
         # Opacus' own order (make_private on a DPDDP module): GradSampleModule(DPDDP(model)).
-        # DPDDP only broadcasts rank 0's weights; DistributedDPOptimizer all-reduces the
+        # DPDDP only broadcasts rank 0's weights; the distributed optimizers all-reduce the
         # clipped, noised sums, so no gradient is exchanged before clipping.
         model = DPDDP(model)
-    module = GradSampleModule(
-        model,
-        batch_first=True,
-        loss_reduction="mean",
-        force_functorch=config.privacy.grad_sample_mode == "functorch",
-    )
-    # DistributedDPOptimizer divides by expected_batch_size (per rank) and then by world_size
-    # (after the all-reduce), as Opacus' make_private sets it up: the total divisor stays q·N.
+    if ghost:
+        # Per-row gradient norms from each layer's activations and backprops (no grad_sample),
+        # then a second backward of Σ_i min(1, C/‖g_i‖)·loss_i, which leaves Σ_i clip(g_i) in
+        # p.grad; the optimizer only adds noise and divides.
+        module = GradSampleModuleFastGradientClipping(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            max_grad_norm=privacy.max_grad_norm,
+            use_ghost_clipping=True,
+        )
+        single, distributed = (
+            DPOptimizerFastGradientClipping,
+            DistributedDPOptimizerFastGradientClipping,
+        )
+    else:
+        module = GradSampleModule(
+            model,
+            batch_first=True,
+            loss_reduction="mean",
+            force_functorch=privacy.grad_sample_mode == "functorch",
+        )
+        single, distributed = DPOptimizer, DistributedDPOptimizer
+    # The distributed optimizers divide by expected_batch_size (per rank) and then by world_size
+    # (after the all-reduce), as Opacus' make_private sets them up: the total divisor stays q·N.
     divisor = max(1, round(plan.expected_batch_size))
-    optimizer = (DistributedDPOptimizer if ranks.distributed else DPOptimizer)(
+    optimizer = (distributed if ranks.distributed else single)(
         inner,
         noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=config.privacy.max_grad_norm,
+        max_grad_norm=privacy.max_grad_norm,
         expected_batch_size=divisor / ranks.world_size if ranks.distributed else divisor,
         loss_reduction="mean",
         generator=noise,
@@ -296,22 +254,23 @@ def run_dp_sgd(
 
     Returns:
         Steps taken in total (including those before a resume) and the loss of each step run here.
+
+    Raises:
+        ConfigError: ghost clipping that cannot clip pairs here (before any step; see make_step).
     """
     device = next(scoring.model.parameters()).device
     params = [p for p in scoring.model.parameters() if p.requires_grad]
     inner = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
-    state = _State(
+    state = LoopState(
         0, torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed + 1)
     )
     ranks = current_ranks()
-    if plan.private:
-        model, optimizer = _make_private(scoring.model, inner, plan, config, state.noise, ranks)
-    else:
-        model, optimizer = scoring.model, inner
+    step = make_step(
+        scoring.model, data, units, plan, config=config, kind=kind, inner=inner, noise=state.noise
+    )
     if checkpoint is not None and checkpoint.exists():
-        _restore(checkpoint, state, scoring.model, inner, plan)
-    unit_pairs = [torch.nonzero(units == u).flatten() for u in range(plan.num_units)]
-    bar = _Progress(plan, config, kind, initial=state.step, show=progress and ranks.rank == 0)
+        restore_checkpoint(checkpoint, state, scoring.model, inner, plan)
+    bar = Progress(plan, config, kind, initial=state.step, show=progress and ranks.rank == 0)
     losses = []
     try:
         while state.step < plan.steps:
@@ -319,71 +278,137 @@ def run_dp_sgd(
             chosen = torch.nonzero(
                 torch.rand(plan.num_units, generator=state.sampler) < plan.sample_rate
             ).flatten()
-            loss = _one_step(
-                model, optimizer, data, unit_pairs, chosen, plan, kind, params, device, ranks
-            )
+            loss = step(chosen)
             state.step += 1
             losses.append(loss)
             bar.update(state.step, loss)
             if checkpoint is not None and ranks.rank == 0:
-                _checkpoint(checkpoint, state, scoring.model, inner, plan)
+                save_checkpoint(checkpoint, state, scoring.model, inner, plan)
             if on_step is not None:
                 on_step(state.step)
     finally:
         bar.close()
         if plan.private:
-            model.remove_hooks()  # the caller gets a plain module back
-            model._close()
+            step.model.remove_hooks()  # the caller gets a plain module back
+            step.model._close()
     return state.step, losses
 
 
-def _one_step(
-    model, optimizer, data, unit_pairs, chosen, plan, kind, params, device, ranks
-) -> float:
-    """One step on the global batch ``chosen`` ``[B]``, of which this rank computes its share."""
-    optimizer.zero_grad(set_to_none=True)
-    if len(chosen) == 0:
-        if plan.private:
-            _empty_grad_samples(params)
-            optimizer.step()
-        return math.nan
-    mine = share_of_batch(chosen, ranks)
-    loss_sum = torch.zeros((), device=device)
-    if len(mine) > 0:
-        loss_sum = _backward(model, data, unit_pairs, mine, plan, kind, params, device)
-    elif plan.private:  # other ranks have units: this one still joins the step's all-reduce
-        _empty_grad_samples(params)
-    if not plan.private and ranks.distributed:
-        reduce_plain_grads(params, len(mine), len(chosen))
-    optimizer.step()
-    # Mean over the batch's units of each unit's summed pair losses.
-    return float(sum_over_ranks(loss_sum, ranks) / len(chosen))
+def make_step(
+    scalar: ScalarModel,
+    data: EncodedPairs,
+    units: torch.Tensor,
+    plan: TrainingPlan,
+    *,
+    config: ModelConfig,
+    kind: Kind,
+    inner: torch.optim.Optimizer,
+    noise: torch.Generator,
+) -> Step:
+    """The step :func:`run_dp_sgd` repeats: Opacus wrapping (when private) of ``scalar`` and of
+    ``inner`` (an optimizer over the trainable parameters), as ``config`` says.
 
-
-def _backward(model, data, unit_pairs, units, plan, kind, params, device) -> torch.Tensor:
-    """Forward and backward over ``units`` ``[U]``; per-unit grad_samples when private.
-
-    Returns the (detached) sum of the units' losses.
+    Raises:
+        ConfigError: ghost clipping with units other than pairs, or with a backbone that cannot
+            take one row per pair (checked on random ids, not on the data).
     """
-    pair_index = torch.cat([unit_pairs[u] for u in units.tolist()])
-    # unit id (0..U-1 within this batch) of every flattened row: rows 2i and 2i+1 are pair i's.
-    local = torch.cat([torch.full((len(unit_pairs[u]),), k) for k, u in enumerate(units.tolist())])
-    batch = data.select(pair_index)
-    length = int(batch.attention_mask.sum(-1).max())  # trim shared padding (right-padded rows)
-    batch = EncodedPairs(
-        batch.input_ids[..., :length].to(device),
-        batch.attention_mask[..., :length].to(device),
-        batch.unsafe.to(device),
-        batch.unsafer.to(device),
-    )
-    with warnings.catch_warnings():
-        # Opacus' hooks on a model whose inputs need no grad (frozen embeddings under LoRA)
-        # trigger this benign PyTorch warning on every step.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        losses = pair_losses(model, batch, kind)
+    ranks = current_ranks()
+    ghost = plan.private and config.privacy.grad_sample_mode == "ghost"
+    if ghost:
+        if not torch.equal(units.cpu(), torch.arange(len(units))):  # one row is one unit
+            raise ConfigError("grad_sample_mode 'ghost' clips pairs; it needs privacy_unit: pair")
+        check_pair_layout(scalar)
+    model, optimizer = scalar, inner
+    if plan.private:
+        model, optimizer = _make_private(scalar, inner, plan, config, noise, ranks)
+    return Step(
+        model, scalar, optimizer, plan, kind,
+        params=[p for p in scalar.parameters() if p.requires_grad],
+        device=next(scalar.parameters()).device, ranks=ranks, data=data,
+        unit_pairs=[torch.nonzero(units == u).flatten() for u in range(plan.num_units)],
+        criterion=DPLossFastGradientClipping(model, optimizer, PairLoss(kind)) if ghost else None,
+    )  # fmt: skip
+
+
+@dataclass
+class Step:
+    """One optimizer step of :func:`run_dp_sgd` on a global Poisson batch of units (see
+    :func:`make_step`); ``model`` is the Opacus-wrapped module when private."""
+
+    model: torch.nn.Module
+    scalar: ScalarModel  # the plain model inside it
+    optimizer: torch.optim.Optimizer
+    plan: TrainingPlan
+    kind: Kind
+    params: list[torch.nn.Parameter]
+    device: torch.device
+    ranks: Ranks
+    data: EncodedPairs
+    unit_pairs: list[torch.Tensor]
+    criterion: DPLossFastGradientClipping | None  # ghost clipping only
+
+    def __call__(self, chosen: torch.Tensor) -> float:
+        """Step on the global batch ``chosen`` ``[B]``, of which this rank computes its share;
+        returns the mean over the batch's units of each unit's summed pair losses."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if len(chosen) == 0:
+            if self.plan.private:
+                self._no_units()
+                self.optimizer.step()
+            return math.nan
+        mine = share_of_batch(chosen, self.ranks)
+        loss_sum = torch.zeros((), device=self.device)
+        if len(mine) > 0:
+            with warnings.catch_warnings():
+                # Opacus' hooks on a model whose inputs need no grad (frozen embeddings under
+                # LoRA) trigger this benign PyTorch warning on every step.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                loss_sum = self._backward(mine)
+        elif self.plan.private:  # other ranks have units: this one still joins the all-reduce
+            self._no_units()
+        if not self.plan.private and self.ranks.distributed:
+            reduce_plain_grads(self.params, len(mine), len(chosen))
+        self.optimizer.step()
+        return float(sum_over_ranks(loss_sum, self.ranks) / len(chosen))
+
+    def _no_units(self) -> None:
+        """No unit here: a zero clipped sum, so the step (and its noise) still happens."""
+        if self.criterion is None:
+            _empty_grad_samples(self.params)
+        else:  # the ghost optimizer takes p.grad as the clipped sum
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+
+    def _batch(self, pair_index: torch.Tensor) -> EncodedPairs:
+        batch = self.data.select(pair_index)
+        length = int(batch.attention_mask.sum(-1).max())  # trim shared padding (right-padded)
+        return EncodedPairs(
+            batch.input_ids[..., :length].to(self.device),
+            batch.attention_mask[..., :length].to(self.device),
+            batch.unsafe.to(self.device),
+            batch.unsafer.to(self.device),
+        )
+
+    def _backward(self, units: torch.Tensor) -> torch.Tensor:
+        """Forward and backward over ``units`` ``[U]``, leaving what the optimizer clips (or, not
+        private, the mean gradient); returns the detached sum of the units' losses."""
+        pair_index = torch.cat([self.unit_pairs[u] for u in units.tolist()])
+        batch = self._batch(pair_index)
+        if self.criterion is not None:
+            # Pattern B: one row per pair (units are pairs here), so Opacus' per-row clipping is
+            # per-pair clipping; its loss is the mean over the P rows of the pair losses.
+            scores = paired_scores(self.scalar, batch.input_ids, batch.attention_mask)
+            loss = self.criterion(scores, batch.unsafe, batch.unsafer)
+            loss.backward()  # two passes: per-pair norms, then Σ_i clip(g_i) into p.grad
+            return loss.detach() * len(pair_index)
+        # unit id (0..U-1 within this batch) of every pair; rows 2i and 2i+1 are pair i's.
+        local = torch.cat(
+            [torch.full((len(self.unit_pairs[u]),), k) for k, u in enumerate(units.tolist())]
+        )
+        losses = pair_losses(self.model, batch, self.kind)
         # Mean over units of each unit's summed pair losses (the fold's U/R factor then gives
         # each unit's exact gradient, whatever this normalisation).
         (losses.sum() / len(units)).backward()
-    if plan.private:
-        fold_grad_samples(params, local.repeat_interleave(2), len(units))
-    return losses.sum().detach()
+        if self.plan.private:
+            fold_grad_samples(self.params, local.repeat_interleave(2), len(units))
+        return losses.sum().detach()

@@ -95,8 +95,11 @@ def test_scalar_model_reads_the_backbone_state_with_first_pooling():
     assert hidden.shape == (2, 1, model.backbone.config.hidden_size)
     # The score is the MLP's output layer (the head) on the backbone's one state per row.
     torch.testing.assert_close(model(**enc), model.head(hidden[:, 0]).squeeze(-1))
-    with pytest.raises(ValueError, match=r"feature ids must be \[rows, 5\]"):
+    with pytest.raises(ValueError, match=r"feature ids must be \[rows, k \* 5\]"):
         model.backbone(torch.zeros(2, 7, dtype=torch.long))
+    # A pair's two responses in one row (ghost clipping's layout): one state per response.
+    two = model.backbone(enc["input_ids"].reshape(1, 2 * NUM_SLOTS)).last_hidden_state
+    torch.testing.assert_close(two, hidden.reshape(1, 2, -1))
     # Seeded: the same seed gives the same weights, another seed other weights.
     same = build_scoring_model(load_config(None, FEATURES).reward_model, kind="reward", seed=0)
     other = build_scoring_model(load_config(None, FEATURES).reward_model, kind="reward", seed=1)

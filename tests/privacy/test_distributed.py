@@ -53,12 +53,17 @@ def test_shares_partition_the_batch_and_balance_it():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("target_epsilon", [2.0, None], ids=["private", "non-private"])
-def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_epsilon):
+@pytest.mark.parametrize(
+    ("target_epsilon", "mode"),
+    [(2.0, "hooks"), (None, "hooks"), (2.0, "ghost")],
+    ids=["private", "non-private", "private-ghost"],
+)
+def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_epsilon, mode):
     config_path = tmp_path / "config.yaml"
     config_path.write_text(CONFIG)
     overrides = [
-        f"reward_model.privacy.target_epsilon={'null' if target_epsilon is None else target_epsilon}"
+        f"reward_model.privacy.target_epsilon={'null' if target_epsilon is None else target_epsilon}",
+        f"reward_model.privacy.grad_sample_mode={mode}",
     ]
     out = tmp_path / "out"
     command = [
@@ -89,6 +94,7 @@ def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_
         "noise_multiplier",
         "num_units",
         "dataset_fingerprint",
+        "grad_sample_mode",
     ):
         assert receipt[key] == getattr(single.receipt, key), key
     if target_epsilon is None:

@@ -1,10 +1,13 @@
-"""DP-SGD correctness: per-pair clipping against a pair-by-pair reference, ε against an
-independent accountant, LoRA freezing, resume, user-level units, the non-private mode."""
+"""DP-SGD correctness: per-pair clipping (folded per-sequence gradients, and ghost clipping on one
+row per pair) against a pair-by-pair reference, ε against an independent accountant, LoRA
+freezing, resume, user-level units, empty batches, the non-private mode."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
 
 import dp_accounting
 import pytest
@@ -16,10 +19,10 @@ from opacus.optimizers import DPOptimizer
 from safealign.config import load_config
 from safealign.data.records import PairDataset, PreferencePair
 from safealign.data.synthetic import SyntheticWorld
-from safealign.errors import DataError
+from safealign.errors import ConfigError, DataError
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model, load_scoring_model
-from safealign.privacy.dp_sgd import fold_grad_samples, pair_losses
+from safealign.privacy.dp_sgd import TrainingPlan, fold_grad_samples, make_step, pair_losses
 from safealign.privacy.training import save_training_output, train_cost_model, train_reward_model
 
 SMALL = [
@@ -107,6 +110,84 @@ def test_folded_per_pair_gradients_equal_pair_by_pair_reference(
     gsm.remove_hooks()
 
 
+def _step(scoring, data, config, plan, kind, *, lr):
+    """The production step (Opacus wrapping as ``run_dp_sgd`` builds it) over plain SGD."""
+    params = [p for p in scoring.model.parameters() if p.requires_grad]
+    noise = torch.Generator().manual_seed(0)
+    inner = torch.optim.SGD(params, lr=lr)
+    units = torch.arange(len(data))
+    step = make_step(
+        scoring.model, data, units, plan, config=config, kind=kind, inner=inner, noise=noise
+    )
+    return step, params
+
+
+@pytest.mark.filterwarnings("ignore:In CPU autocast")  # functorch in float64
+@pytest.mark.parametrize(
+    ("mode", "kind", "backbone", "lora"),
+    [
+        ("ghost", "reward", "tiny", True),
+        ("ghost", "cost", "tiny", True),
+        ("ghost", "reward", "features", False),
+        ("ghost", "cost", "features", False),
+        ("ghost", "reward", "tiny-gpt2", True),
+        ("ghost", "cost", "tiny", False),  # embeddings and LayerNorm trained too
+        ("hooks", "reward", "tiny", True),
+        ("functorch", "cost", "features", False),
+    ],
+)
+def test_dp_step_sums_the_pairs_own_clipped_gradients(world_pairs, mode, kind, backbone, lora):
+    """With σ = 0 the step's gradient is Σ_i clip(g_i) / B, g_i pair i's own gradient computed
+    alone (per-sequence layout, no Opacus). float64, so agreement to 1e-9 means exact; the
+    clipping norm is the median pair norm, so some pairs are clipped and others not."""
+    config = _model_config(
+        f"reward_model.backbone={backbone}",
+        f"reward_model.privacy.grad_sample_mode={mode}",
+        *([] if lora else ["reward_model.lora=null"]),
+    )
+    scoring = build_scoring_model(config, kind=kind, seed=0)
+    scoring.model.double()
+    batch = encode_pairs(scoring, world_pairs[:6])
+    reference_model = copy.deepcopy(scoring.model)
+    references = [_reference_grads(reference_model, batch, kind, i) for i in range(6)]
+    norms = torch.stack([torch.cat([g.flatten() for g in refs]).norm() for refs in references])
+    max_grad_norm = float(norms.median())
+    privacy = dataclasses.replace(config.privacy, max_grad_norm=max_grad_norm)
+    config = dataclasses.replace(config, privacy=privacy)
+    plan = TrainingPlan(True, 6, 0.5, 1, 0.0, 3.0)  # σ = 0; divisor q·N = 3
+
+    step, params = _step(scoring, batch, config, plan, kind, lr=0.0)
+    step(torch.arange(6))
+    factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+    assert 0 < int((factors < 1).sum()) < 6
+    for j, p in enumerate(params):
+        expected = sum(factors[i] * references[i][j] for i in range(6)) / 3
+        torch.testing.assert_close(p.grad, expected, atol=1e-10, rtol=1e-9)
+    if mode == "ghost":  # Opacus clipped one gradient per pair, of the pair's own norm
+        torch.testing.assert_close(step.model.per_sample_gradient_norms, norms, rtol=1e-9, atol=0)
+    step.model.remove_hooks()
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_an_empty_poisson_batch_still_takes_a_noisy_step(world_pairs, mode):
+    config = _model_config(
+        "reward_model.backbone=features",
+        "reward_model.lora=null",
+        f"reward_model.privacy.grad_sample_mode={mode}",
+    )
+    scoring = build_scoring_model(config, kind="reward", seed=0)
+    batch = encode_pairs(scoring, world_pairs[:4])
+    plan = TrainingPlan(True, 4, 0.5, 1, 2.0, 2.0)  # σ = 2, divisor 2
+    step, params = _step(scoring, batch, config, plan, "reward", lr=1.0)
+    before = [p.detach().clone() for p in params]
+    assert math.isnan(step(torch.tensor([], dtype=torch.long)))
+    noise = torch.cat([p.grad.flatten() for p in params])
+    # Only noise, N(0, σ²C²) / divisor, over the ~2900 weights of the feature model.
+    assert noise.std().item() == pytest.approx(2.0 * config.privacy.max_grad_norm / 2, rel=0.1)
+    assert all(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+    step.model.remove_hooks()
+
+
 def test_per_sequence_clipping_would_differ(world_pairs):
     """The bug the fold prevents: clipping 2P sequence gradients bounds a pair's contribution by
     2·max_grad_norm, not max_grad_norm. This shows the test above can fail."""
@@ -172,6 +253,7 @@ def test_receipt_epsilon_confirmed_by_independent_accountant(world_pairs, tmp_pa
         "accountant",
         "privacy_unit",
         "dataset_fingerprint",
+        "grad_sample_mode",
     ):
         assert key in receipt
     assert receipt["private"] and receipt["epsilon"] <= 1.0
@@ -192,18 +274,23 @@ def test_receipt_epsilon_confirmed_by_independent_accountant(world_pairs, tmp_pa
     )
 
 
-def test_lora_trains_adapters_and_head_only(world_pairs):
-    config = _model_config()
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_lora_trains_adapters_and_head_only(world_pairs, mode):
+    config = _model_config(f"reward_model.privacy.grad_sample_mode={mode}")
     before = build_scoring_model(config, kind="reward", seed=0).model.state_dict()
     result = train_reward_model(world_pairs, config=config, seed=0, progress=False)
     after = result.model.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all("lora_" in k or k.startswith("head.") for k in changed), changed
     assert any("lora_" in k for k in changed) and any(k.startswith("head.") for k in changed)
+    assert result.receipt.grad_sample_mode == mode
 
 
-def test_resume_gives_the_same_epsilon_and_parameters(world_pairs, tmp_path):
-    config = _model_config("reward_model.train.epochs=2")
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_resume_gives_the_same_epsilon_and_parameters(world_pairs, tmp_path, mode):
+    config = _model_config(
+        "reward_model.train.epochs=2", f"reward_model.privacy.grad_sample_mode={mode}"
+    )
     full = train_reward_model(world_pairs, config=config, seed=3, progress=False)
 
     class Interrupted(Exception):
@@ -266,3 +353,19 @@ def test_user_level_privacy_counts_users(world_pairs):
         and receipt.num_units == 8
         and receipt.num_pairs == len(world_pairs)
     )
+
+
+def test_ghost_clipping_is_refused_where_a_unit_spans_several_rows(world_pairs):
+    with pytest.raises(ConfigError, match="'ghost' clips each row"):
+        _model_config(
+            "reward_model.privacy.grad_sample_mode=ghost", "reward_model.privacy.privacy_unit=user"
+        )
+    with pytest.raises(ConfigError, match="groups.mode 'em' trains with user-level DP"):
+        load_config(None, ["reward_model.privacy.grad_sample_mode=ghost", "groups.mode=em"])
+    # A config built in code is checked again when the model is built, before any step.
+    config = _model_config("reward_model.privacy.grad_sample_mode=ghost")
+    user_level = dataclasses.replace(
+        config, privacy=dataclasses.replace(config.privacy, privacy_unit="user")
+    )
+    with pytest.raises(ConfigError, match="'ghost' clips each row"):
+        train_reward_model(world_pairs, config=user_level, seed=0, progress=False)
