@@ -100,6 +100,15 @@ class TrainConfig:
     lr: float = field(default=1e-3, metadata=doc("Learning rate (AdamW).", _positive))
     weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay.", _non_negative))
     max_length: int = field(default=128, metadata=doc("Tokens per response, prompt included.", _at_least(8)))
+    calibration_epochs: int = field(
+        default=1,
+        metadata=doc(
+            "Private cost models with safety labels: epochs of DP calibration of the cost's level "
+            "after training, inside the same ε (undoes DP-SGD's drift toward 'safe'); 0 skips it. "
+            "Reward models have no level to calibrate and do not use it.",
+            _non_negative,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -200,15 +209,6 @@ class GroupsConfig:
             _positive,
         ),
     )
-    )
-    signing_key: str | None = field(
-        default=None, metadata=doc("Ed25519 private key (PEM); null makes a demo key pair.")
-    )
-
-
-@dataclass(frozen=True)
-class Config:
-    seed: int = field(default=0, metadata=doc("The one seed every stage derives its randomness from."))
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,15 @@ class BudgetConfig:
 class AuditConfig:
     formats: tuple[Literal["json", "html", "md"], ...] = field(
         default=("json", "html", "md"), metadata=doc("Report files to write.")
+    )
+    signing_key: str | None = field(
+        default=None, metadata=doc("Ed25519 private key (PEM); null makes a demo key pair.")
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = field(default=0, metadata=doc("The one seed every stage derives its randomness from."))
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("Data and splits."))
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))
     cost_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Cost model."))
@@ -245,6 +254,14 @@ def model_config_problems(model: ModelConfig, *, key: str) -> list[str]:
     Checked at load time, and again when a model is built from a config made in code.
     """
     problems = []
+    if model.privacy.grad_sample_mode == "ghost" and model.privacy.privacy_unit != "pair":
+        problems.append(
+            f"{key}.privacy.grad_sample_mode: 'ghost' clips each row, one pair per row, so it "
+            f"cannot clip a {model.privacy.privacy_unit!r} unit spanning several pairs; use "
+            "grad_sample_mode: hooks with privacy_unit 'user', or privacy_unit: pair with ghost"
+        )
+    if model.backbone != FEATURE_BACKBONE:
+        return problems
     if model.lora is not None:
         problems.append(
             f"{key}.lora: LoRA adapts transformer layers and the 'features' backbone has none; "
@@ -254,14 +271,6 @@ def model_config_problems(model: ModelConfig, *, key: str) -> list[str]:
         problems.append(
             f"{key}.pooling: the 'features' backbone gives one state per row, there is nothing to "
             f"pool (got {model.pooling!r}); set {key}.pooling: auto"
-    if model.privacy.grad_sample_mode == "ghost" and model.privacy.privacy_unit != "pair":
-        problems.append(
-            f"{key}.privacy.grad_sample_mode: 'ghost' clips each row, one pair per row, so it "
-            f"cannot clip a {model.privacy.privacy_unit!r} unit spanning several pairs; use "
-            "grad_sample_mode: hooks with privacy_unit 'user', or privacy_unit: pair with ghost"
-        )
-    if model.backbone != FEATURE_BACKBONE:
-        return problems
         )
     return problems
 
@@ -311,6 +320,11 @@ def _cross_checks(cfg: Config) -> list[str]:
             "data.synthetic.style_preference: needs exactly the groups of group_weights "
             f"({sorted(weights)}), got {sorted(cfg.data.synthetic.style_preference)}"
         )
+    if cfg.groups.mode == "em" and cfg.reward_model.privacy.grad_sample_mode == "ghost":
+        problems.append(
+            "reward_model.privacy.grad_sample_mode: groups.mode 'em' trains with user-level DP, "
+            "which 'ghost' cannot clip (a user spans several pairs); use grad_sample_mode: hooks"
+        )
     return problems
 
 
@@ -320,11 +334,6 @@ def config_from_dict(data: Mapping[str, Any] | None, *, source: str | None = Non
     cfg = build(Config, data or {}, "", problems)
     if cfg is not None and not problems:
         problems.extend(_cross_checks(cfg))
-    if cfg.groups.mode == "em" and cfg.reward_model.privacy.grad_sample_mode == "ghost":
-        problems.append(
-            "reward_model.privacy.grad_sample_mode: groups.mode 'em' trains with user-level DP, "
-            "which 'ghost' cannot clip (a user spans several pairs); use grad_sample_mode: hooks"
-        )
     if problems:
         raise ConfigError(problems, source=source)
     return cfg

@@ -39,7 +39,9 @@ def evaluate_scoring_model(
 
     Reward models: ``eval/pair_accuracy`` (chosen scored above rejected; ties count ½). Cost models: pair accuracy
     on pairs with a ``safer`` annotation (the less safe response costs more), and, on responses with
-    safety labels, ``eval/safety_accuracy`` (sign of the cost) and ``eval/safety_auroc``.
+    safety labels, ``eval/safety_accuracy`` (sign of the cost), ``eval/safety_auroc``,
+    ``eval/unsafe_recall`` (unsafe-labelled responses with cost > 0), and the calibration pair
+    ``eval/unsafe_rate`` (labels) against ``eval/predicted_unsafe_rate`` (mean σ(cost)).
     """
     if len(pairs) == 0:
         return {"eval/pairs": 0}
@@ -71,4 +73,11 @@ def evaluate_scoring_model(
         metrics["eval/safety_accuracy"] = float(((values > 0) == unsafe).double().mean())
         metrics["eval/safety_auroc"] = auroc(values, unsafe)
         metrics["eval/labelled_responses"] = len(labels)
+        # Calibration in the large: P(unsafe) = σ(c) averaged, against the labels' unsafe rate. A
+        # DP cost model drifts toward the majority (safe) class when clipping binds (clipped
+        # per-pair gradients vote by direction, not size): it then under-predicts both.
+        metrics["eval/unsafe_rate"] = float(unsafe.double().mean())
+        metrics["eval/predicted_unsafe_rate"] = float(torch.sigmoid(values.double()).mean())
+        if unsafe.any():
+            metrics["eval/unsafe_recall"] = float((values[unsafe] > 0).double().mean())
     return metrics

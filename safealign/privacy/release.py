@@ -22,6 +22,7 @@ from safealign.config import BudgetConfig, ModelConfig
 from safealign.data.records import PairDataset
 from safealign.models.scalar import Kind
 from safealign.privacy.accounting import Mechanism
+from safealign.privacy.calibration import calibrates_run
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.training import TrainResult, save_training_output, train_scoring_model
@@ -98,7 +99,7 @@ def train_and_record(
     """
     out = Path(out_dir)
     _, num_units = privacy_units(pairs, config.privacy.privacy_unit)
-    plan = plan_training(num_units, config)
+    plan = plan_training(num_units, config, calibration=calibrates_run(kind, pairs, config))
     if not plan.private:
         result = train_scoring_model(
             pairs, kind=kind, config=config, seed=seed, eval_pairs=eval_pairs, progress=progress

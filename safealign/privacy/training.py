@@ -7,7 +7,7 @@ independently (σ, q, steps, δ, accountant) plus provenance and held-out metric
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from safealign.models.evaluate import evaluate_scoring_model
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import Kind, ScoringModel, build_scoring_model, save_scoring_model
 from safealign.privacy.accounting import Mechanism, compute_epsilon
+from safealign.privacy.calibration import apply_shift, calibrates_run, calibration_shift
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units, run_dp_sgd
 
 
@@ -53,6 +54,8 @@ class PrivacyReceipt:
     backbone: str
     metrics: dict[str, Any] = field(default_factory=dict)
     safealign_version: str = __version__
+    calibration_steps: int = 0  # the last of `steps`: DP calibration of a cost model's level
+    grad_sample_mode: str | None = None  # how units were clipped (None: non-private, older runs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,16 +111,19 @@ def train_scoring_model(
             "a cost model needs safety labels or 'safer' annotations; none found", path=pairs.name
         )
     units, num_units = privacy_units(pairs, config.privacy.privacy_unit)
-    plan = plan or plan_training(num_units, config)
+    plan = plan or plan_training(
+        num_units, config, calibration=calibrates_run(kind, pairs, config)
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scoring = build_scoring_model(config, kind=kind, seed=seed)
     scoring.model.to(device)
     data = encode_pairs(scoring, pairs)
+    training_steps = plan.steps - plan.calibration_steps
     steps, losses = run_dp_sgd(
         scoring,
         data,
         units,
-        plan,
+        replace(plan, steps=training_steps),
         config=config,
         kind=kind,
         seed=seed,
@@ -125,7 +131,18 @@ def train_scoring_model(
         on_step=on_step,
         progress=progress,
     )
+    shift = None
+    if plan.calibration_steps and steps == training_steps:
+        shift = calibration_shift(
+            scoring, pairs, units, num_units,
+            sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=config.privacy.max_grad_norm, steps=plan.calibration_steps, seed=seed,
+        )  # fmt: skip
+        apply_shift(scoring, shift)
+        steps += plan.calibration_steps
     metrics = evaluate_scoring_model(scoring, eval_pairs) if eval_pairs is not None else {}
+    if shift is not None:
+        metrics["train/calibration_shift"] = shift
     finite = [x for x in losses if x == x]
     metrics["train/final_loss"] = sum(finite[-20:]) / len(finite[-20:]) if finite else None
     privacy = config.privacy
@@ -146,6 +163,7 @@ def train_scoring_model(
         sample_rate=plan.sample_rate,
         steps=steps,
         planned_steps=plan.steps,
+        calibration_steps=plan.calibration_steps if shift is not None else 0,
         max_grad_norm=privacy.max_grad_norm if plan.private else None,
         accountant=accounting.accountant
         if accounting
@@ -158,6 +176,7 @@ def train_scoring_model(
         seed=seed,
         backbone=config.backbone,
         metrics=metrics,
+        grad_sample_mode=privacy.grad_sample_mode if plan.private else None,
     )
     return TrainResult(model=scoring, receipt=receipt, losses=tuple(losses))
 
