@@ -307,13 +307,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lora-r", type=int, default=8, help="text backbones only")
     parser.add_argument("--max-length", type=int, default=48)
     parser.add_argument("--em-iters", type=int, default=6)
-    parser.add_argument("--em-init", choices=["pooled", "random"], default="pooled",
+    defaults = GroupsConfig()
+    parser.add_argument("--em-init", choices=["pooled", "random"], default=defaults.em_init,
                         help="EM's start (GroupsConfig.em_init)")  # fmt: skip
-    parser.add_argument("--count-noise", type=float, default=None, help="EM prior from noisy sizes")
+    parser.add_argument("--count-noise", type=float, default=defaults.em_count_noise,
+                        help="EM prior from noisy sizes (GroupsConfig.em_count_noise)")  # fmt: skip
     parser.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=False,
                         help="E-step on held-out halves of each user's pairs (the pipeline's "
                              "EM does not hold out)")  # fmt: skip
-    parser.add_argument("--normalize", choices=["reference", "regret"], default="reference",
+    parser.add_argument("--normalize", choices=["reference", "regret"], default=defaults.normalize,
                         help="group rewards before the min (GroupsConfig.normalize)")  # fmt: skip
     parser.add_argument("--prompts", type=int, default=500, help="held-out prompts to evaluate")
     parser.add_argument("--candidates", type=int, default=16)

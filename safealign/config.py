@@ -190,7 +190,13 @@ class GroupsConfig:
     )
     num_groups: int = field(default=2, metadata=doc("Clusters for EM.", _at_least(1)))
     normalize: Literal["reference", "regret"] = field(
-        default="reference", metadata=doc("Make group rewards comparable before taking the min.")
+        default="regret",
+        metadata=doc(
+            "Make group rewards comparable before taking the min: 'regret' (each group's shortfall "
+            "from its own best policy at the same KL price: the worst-off group is the one furthest "
+            "from what it could get) or 'reference' (gain over the reference policy, which credits a "
+            "group whose noisier DP model inflates its rewards)."
+        ),
     )
     em_max_iters: int = field(default=5, metadata=doc("Cap on EM iterations (each is a DP release).", _at_least(1)))
     em_init: Literal["pooled", "random"] = field(
@@ -202,10 +208,11 @@ class GroupsConfig:
         ),
     )
     em_count_noise: float | None = field(
-        default=None,
+        default=5.0,
         metadata=doc(
             "Std (in users) of Gaussian noise on EM's cluster sizes, whose shares then act as a prior in the "
-            "E-step (one more small mechanism per iteration); null: no prior.",
+            "E-step (one more small mechanism per iteration; without it EM drifts toward equal cluster "
+            "sizes); null: no prior.",
             _positive,
         ),
     )

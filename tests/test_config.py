@@ -110,7 +110,8 @@ def test_every_field_is_documented():
 def test_em_start_and_size_prior_are_validated():
     cfg = load_config(None, ["groups.mode=em", "groups.em_init=random", "groups.em_count_noise=5"])
     assert (cfg.groups.em_init, cfg.groups.em_count_noise) == ("random", 5.0)
-    assert GroupsConfig().em_init == "pooled" and GroupsConfig().em_count_noise is None
+    assert GroupsConfig().em_init == "pooled" and GroupsConfig().em_count_noise == 5.0
+    assert GroupsConfig().normalize == "regret"
     with pytest.raises(ConfigError) as info:
         load_config(None, ["groups.em_init=kmeans", "groups.em_count_noise=0"])
     assert len(info.value.problems) == 2

@@ -2,8 +2,9 @@
 
 With groups, MaxMin-RLHF's dual weights ``w`` (Chakraborty et al. 2024) turn the group rewards into
 one egalitarian reward ``Σ_g w_g r_g``, and HC-RLHF step 1 then picks the cost multiplier λ for it.
-Normalising the group rewards (centring on the reference samples) matters only for finding ``w``:
-a per-prompt shift cancels inside the softmax, so the deployed policy uses the raw scores.
+Normalising the group rewards (``groups.normalize``: a per-prompt shift per group, regret or
+centring on the reference samples) matters only for finding ``w``: a per-prompt shift cancels
+inside the softmax, so the deployed policy uses the raw scores.
 """
 
 from __future__ import annotations
