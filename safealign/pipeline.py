@@ -18,6 +18,7 @@ from safealign.audits.report import build_report, write_report_files
 from safealign.audits.signing import sign_report
 from safealign.config import Config, to_plain
 from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
+from safealign.constraints.groups import normalize_group_rewards
 from safealign.constraints.hc_rlhf import certify
 from safealign.constraints.policy_file import (
     POLICY_FILE,
@@ -44,6 +45,7 @@ from safealign.run_stages import (
     ledger_summary,
     load_scorers,
     models_stage,
+    report_groups,
     say,
     true_outcomes,
 )
@@ -229,23 +231,42 @@ def certify_stage(
     """HC-RLHF step 2: the safety test of ``policy`` on the sealed safety prompts.
 
     Each safety prompt gets K fresh reference samples, scored by ``scorers``, and one of them is
-    drawn by best-of-K with the policy's exact settings. Without a policy (step 1 found none) the
-    result is NSF without a test, carrying ``reason``.
+    drawn by best-of-K with the policy's exact settings. With groups, the certificate's
+    ``groups`` also bound each group's cost and normalised reward on the same picks (given
+    groups on the safety prompts their pairs carry, EM clusters on all). Without a policy (step 1
+    found none) the result is NSF without a test, carrying ``reason``.
 
     Returns:
         The certificate as plain data (``passed`` False means NSF: release nothing).
     """
     if policy is None:
         return infeasible_certificate(config, reason, splits.safety)
+    names = list(scorers.group_rewards or ())
 
     def score_fresh(prompts):  # K fresh reference samples per safety prompt, scored by the models
         scored = score_candidates(
             sampler.candidates(prompts, seed=config.seed + 2, sealed=splits.safety), scorers
         )
-        return scored.rewards, scored.costs, scored.log_p
+        if scored.group_rewards is None:
+            return scored.rewards, scored.costs, scored.log_p
+        # Each group's reward normalised over the prompt's K fresh candidates, as in alignment:
+        # BT rewards have no fixed zero, so only normalised rewards have a meaning to bound.
+        normalized = normalize_group_rewards(
+            scored.group_rewards, mode=config.groups.normalize, beta=policy.beta, log_p=scored.log_p
+        )
+        groups = dict(zip(names, normalized, strict=True))
+        return scored.rewards, scored.costs, scored.log_p, groups
 
     sample = best_of_k_sampler(score_fresh, seed=config.seed)
-    return certify(policy, splits.safety, sample, safety=config.safety).to_dict()
+    certificate = certify(
+        policy,
+        splits.safety,
+        sample,
+        safety=config.safety,
+        group_prompts="own" if config.groups.mode == "given" else "all",
+        reward_normalization=config.groups.normalize,
+    )
+    return certificate.to_dict()
 
 
 def certify_policy_stage(config: Config, out_dir: str | Path) -> dict:
@@ -307,9 +328,7 @@ def write_certificate_dict(certificate: dict, path: Path) -> None:
 
 def _report(config, out, receipts, certificate, aligned, splits, truth, fingerprint):
     ledger = ledger_summary(config, fingerprint)
-    groups = aligned.group_rewards and {
-        g: {"size": None, "reward": v} for g, v in aligned.group_rewards.items()
-    }
+    groups = aligned.group_rewards and report_groups(aligned.group_rewards, certificate)
     # Every file of the run except the report itself, the keys, and the ledger: a live database
     # whose bytes change as it is read (its state is in the report's privacy.ledger section).
     ledger_path = Path(config.budget.ledger).resolve()

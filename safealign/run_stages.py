@@ -1,7 +1,7 @@
 """Pieces of ``pipeline.run`` that are not one library call: the reference sampler of a run,
 persisted group models, the scorers of a run directory, the NSF certificate of an infeasible
-selection, the ledger state for the report, and (synthetic world only) the released policy's true
-outcomes."""
+selection, the ledger state and per-group entries for the report, and (synthetic world only) the
+released policy's true outcomes."""
 
 from __future__ import annotations
 
@@ -212,6 +212,28 @@ def infeasible_certificate(config: Config, reason: str, sealed: SealedDataset) -
         "value_range": None,
         "reason": reason,
     }
+
+
+def report_groups(group_rewards: dict[str, float], certificate: dict) -> dict:
+    """The report's per-group entries: the model reward on the candidate prompts, with the bounds
+    the safety test's sample gives (``cost_upper_bound``, ``reward_lower_bound``, ``safety_test``).
+
+    ``size`` stays None: the exact number of users or pairs per group in the training data
+    (``GroupModels.assignment_counts``) is not covered by the DP guarantee, which the report
+    states for everything it releases about the training data.
+    """
+    bounds = (certificate.get("groups") or {}).get("groups") or {}
+    entries = {}
+    for name, reward in group_rewards.items():
+        entry = {"size": None, "reward": reward}
+        if name in bounds:
+            b = bounds[name]
+            entry["cost_upper_bound"] = b["cost_upper_bound"]
+            entry["reward_lower_bound"] = b["reward_lower_bound"]
+            keys = ("n", "prompts", "cost_mean", "reward_mean", "reason")
+            entry["safety_test"] = {key: b[key] for key in keys}
+        entries[name] = entry
+    return entries
 
 
 def ledger_summary(config: Config, fingerprint: str) -> dict | None:

@@ -94,9 +94,15 @@ def test_policy_json_records_the_selection_groups_models_and_provenance(aligned,
 def test_certify_after_align_writes_the_pipelines_certificate(aligned, capsys):
     out_args = ["--out", str(aligned), *_overrides(aligned)]
     assert main(["certify", CONFIG, *out_args]) == 0
-    assert "CERTIFIED" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "CERTIFIED" in printed
     certificate = json.loads((aligned / "certificate.json").read_text())
     policy = json.loads((aligned / "policy.json").read_text())
+    # Given groups: each group's bounds on its own safety prompts, printed under the verdict.
+    assert set(certificate["groups"]["groups"]) == set(policy["groups"]["weights"])
+    for name, entry in certificate["groups"]["groups"].items():
+        assert entry["prompts"] == "own"
+        assert f"  group {name}: " in printed
     assert certificate["result"] == "certified" and certificate["source"] == "policy"
     assert certificate["sampler_settings"] == policy["policy"]
     assert certificate["n"] == policy["selection"]["n_safety"]

@@ -6,11 +6,90 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from safealign.audits.report import validate_report
 from safealign.audits.signing import load_public_key, verify_report
 from safealign.cli import main
-from safealign.pipeline import demo_config, run
+from safealign.cli.training import _print_run
+from safealign.config import load_config
+from safealign.constraints.align import Scorers, score_candidates
+from safealign.constraints.bounds import upper_bound
+from safealign.constraints.group_bounds import group_rows, safety_prompt_groups
+from safealign.constraints.groups import normalize_group_rewards
+from safealign.constraints.tilting import TiltedPolicy
+from safealign.data.source import load_source, make_splits
+from safealign.pipeline import certify_stage, demo_config, run
 from safealign.privacy.ledger import PrivacyLedger
+from safealign.run_stages import ReferenceSampler
+
+
+class _TrueScorer:
+    """A scoring model that returns the synthetic world's truth (a stand-in for a trained one)."""
+
+    def __init__(self, score) -> None:
+        self._score = score
+
+    def score(self, prompts, responses, batch_size: int = 256) -> torch.Tensor:
+        return torch.as_tensor(self._score(list(prompts), list(responses)), dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("mode", "normalize"), [("given", "regret"), ("em", "reference")])
+def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_response(
+    tmp_path, mode, normalize
+):
+    config = load_config(
+        None,
+        [
+            "data.synthetic.num_prompts=120",
+            "data.synthetic.num_users=8",
+            "data.synthetic.pairs_per_user=30",
+            f"groups.mode={mode}",
+            f"groups.normalize={normalize}",
+            "policy.num_candidates=4",
+            f"budget.ledger={tmp_path / 'ledger.sqlite'}",
+        ],
+    )
+    pairs, world = load_source(config)
+    splits = make_splits(pairs, config)
+    sampler = ReferenceSampler(config, world, splits)
+    names = list(world.group_weights)
+    scorers = Scorers(
+        cost=_TrueScorer(world.true_cost),
+        group_rewards={g: _TrueScorer(lambda p, r, g=g: world.true_reward(p, r, g)) for g in names},
+        group_weights={"majority": 0.3, "minority": 0.7},
+    )
+    policy = TiltedPolicy(beta=config.policy.beta, lambda_=1.0, num_candidates=4, seed=config.seed)
+    certificate = certify_stage(
+        config, policy=policy, reason="", scorers=scorers, splits=splits, sampler=sampler
+    )
+    # By hand: the same fresh candidates and pick, each group's reward normalised per prompt.
+    safety_pairs = splits.safety.unseal(purpose="certify")
+    cands = sampler.candidates(safety_pairs.prompts, seed=config.seed + 2, sealed=splits.safety)
+    scored = score_candidates(cands, scorers)
+    normalized = normalize_group_rewards(
+        scored.group_rewards, mode=normalize, beta=policy.beta, log_p=scored.log_p
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    picks = policy.sample(scored.rewards, scored.costs, generator=generator, log_p=scored.log_p)
+    every = torch.arange(len(picks))
+    owners = safety_prompt_groups(safety_pairs)
+    block = certificate["groups"]
+    assert block["reward_normalization"] == normalize and block["simultaneous"] is False
+    for g, name in enumerate(names):
+        rows = group_rows(owners, name) if mode == "given" else list(range(len(picks)))
+        reward = normalized[g, every, picks][rows]
+        cost = scored.costs[every, picks][rows]
+        entry = block["groups"][name]
+        assert entry["n"] == len(rows) and entry["prompts"] == ("own" if mode == "given" else "all")
+        assert entry["reward_lower_bound"] == pytest.approx(
+            -upper_bound(-reward, confidence=config.safety.confidence).upper_bound, rel=1e-12
+        )
+        assert entry["cost_upper_bound"] == pytest.approx(
+            upper_bound(cost, confidence=config.safety.confidence).upper_bound, rel=1e-12
+        )
+    population = upper_bound(scored.costs[every, picks], confidence=config.safety.confidence)
+    assert certificate["upper_bound"] == pytest.approx(population.upper_bound, rel=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +127,35 @@ def test_demo_report_matches_receipts_and_certificate(demo_run):
     )
     assert verdict.valid, verdict.problems
     assert {"report.html", "report.md"} <= {p.name for p in result.report_paths}
+    # Per-group certification: the report carries the certificate's per-group bounds.
+    validate_report(report)
+    bounds = certificate["groups"]
+    assert bounds["reward_normalization"] == config.groups.normalize
+    assert report["safety"]["groups"] == bounds
+    assert set(report["groups"]["groups"]) == set(bounds["groups"]) == set(group_meta["names"])
+    for name, entry in report["groups"]["groups"].items():
+        own = bounds["groups"][name]
+        assert own["prompts"] == "own" and own["n"] >= 2 and own["reason"] is None
+        assert entry["cost_upper_bound"] == own["cost_upper_bound"]
+        assert entry["reward_lower_bound"] == own["reward_lower_bound"] < own["reward_mean"]
+        assert entry["safety_test"]["n"] == own["n"]
+    assert sum(g["n"] for g in bounds["groups"].values()) >= certificate["n"]
+    assert "n (safety prompts)" in (out / "report.md").read_text()
+
+
+@pytest.mark.integration
+def test_demo_summary_prints_each_groups_bounds(demo_run, capsys):
+    config, result = demo_run
+    _print_run(result)
+    printed = capsys.readouterr().out
+    words = {"regret": "regret, r - beta log Z", "reference": "centred on reference"}
+    for name, entry in result.report["groups"]["groups"].items():
+        assert (
+            f"group     {name}: reward (model, {words[config.groups.normalize]}) "
+            f"{entry['reward']:+.4f}; on the safety prompts: reward >= "
+            f"{entry['reward_lower_bound']:+.4f}, cost <= {entry['cost_upper_bound']:+.4f} "
+            f"(n={entry['safety_test']['n']})"
+        ) in printed
 
 
 @pytest.mark.integration

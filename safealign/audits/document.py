@@ -72,7 +72,7 @@ def report_document(report: dict[str, Any]) -> tuple[Section, ...]:
         _summary(report),
         _privacy(report["privacy"]),
         _safety(report.get("safety")),
-        _groups(report.get("groups")),
+        _groups(report.get("groups"), (report.get("safety") or {}).get("groups")),
         _privacy_utility(report.get("extra") or {}),
         _provenance(report),
         _environment(report["environment"]),
@@ -173,12 +173,14 @@ def _safety(safety: dict[str, Any] | None) -> Section:
     return Section("Safety", tuple(blocks))
 
 
-def _groups(groups: dict[str, Any] | None) -> Section | None:
+def _groups(groups: dict[str, Any] | None, bounds: dict[str, Any] | None) -> Section | None:
+    """The groups table; ``bounds`` is the certificate's per-group block (``safety.groups``)."""
     if not groups:
         return None
     rows = []
     for name, entry in sorted(groups["groups"].items()):
         interval = entry.get("reward_ci") or [None, None]
+        test = entry.get("safety_test") or {}
         rows.append(
             (
                 name + (" (worst)" if name == groups["worst_group"] else ""),
@@ -187,16 +189,31 @@ def _groups(groups: dict[str, Any] | None) -> Section | None:
                 f"[{fmt(interval[0])}, {fmt(interval[1])}]",
                 fmt(entry.get("reward_lower_bound")),
                 fmt(entry.get("cost_upper_bound")),
+                fmt(test.get("n")),
             )
         )
-    headers = ("group", "size", "reward", "reward interval", "reward lower bound", "cost UB")
-    return Section(
-        "Groups",
-        (
-            Table(headers, tuple(rows)),
-            Figure("groups", "Expected reward per group, with intervals."),
-        ),
+    headers = (
+        "group",
+        "size",
+        "reward",
+        "reward interval",
+        "reward lower bound",
+        "cost UB",
+        "n (safety prompts)",
     )
+    blocks: list[Block] = [Table(headers, tuple(rows))]
+    if bounds:
+        blocks.append(
+            Para(
+                "Reward lower bound and cost UB: on the safety prompts that count for each "
+                f"group (n), at confidence {fmt(bounds.get('confidence'))}; rewards are model "
+                "rewards normalised per prompt "
+                f"({bounds.get('reward_normalization') or 'unspecified'}). "
+                + str(bounds.get("note") or "")
+            )
+        )
+    blocks.append(Figure("groups", "Expected reward per group, with intervals."))
+    return Section("Groups", tuple(blocks))
 
 
 def _privacy_utility(extra: dict[str, Any]) -> Section | None:

@@ -123,4 +123,21 @@ def _print_verdict(certificate: dict, path: Path) -> int:
         f"threshold {certificate['cost_threshold']:g} at confidence {certificate['confidence']:g} "
         f"(n={certificate['n']}); wrote {path}"
     )
+    _print_group_bounds(certificate.get("groups"))
     return EXIT_OK if certificate["passed"] else EXIT_CHECK_FAILED
+
+
+def _print_group_bounds(groups: dict | None) -> None:
+    """Each group's bounds from the same sample (each at the certificate's confidence alone)."""
+    if not groups:
+        return
+    for name, entry in groups["groups"].items():
+        if entry["cost_upper_bound"] is None:
+            print(f"  group {name}: no bound ({entry['reason']})")
+            continue
+        print(
+            f"  group {name}: reward ({groups['reward_normalization']}) >= "
+            f"{entry['reward_lower_bound']:+.4f}, {groups['metric']} <= "
+            f"{entry['cost_upper_bound']:+.4f} (n={entry['n']}, prompts: {entry['prompts']})"
+        )
+    print("  (each group's bound holds at the stated confidence on its own, not simultaneously)")

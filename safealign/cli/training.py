@@ -49,6 +49,28 @@ def cmd_train(kind: str):
     return handler
 
 
+#: How the report's group rewards were normalised (``groups.normalize``), in words.
+_NORMALIZATION_WORDS = {
+    "reference": "centred on reference",
+    "regret": "regret, r - beta log Z",
+}
+
+
+def _group_bounds_text(entry: dict, metric: str) -> str:
+    """``"; on the safety prompts: reward >= L, cost <= U (n=N)"`` for a report group entry with
+    bounds from the safety test (``cost_upper_bound``, ``reward_lower_bound``, ``safety_test``)."""
+    test = entry.get("safety_test")
+    if not test:
+        return ""
+    if entry.get("cost_upper_bound") is None or entry.get("reward_lower_bound") is None:
+        return f"; on the safety prompts: no bound ({test.get('reason')})"
+    return (
+        f"; on the safety prompts: reward >= {entry['reward_lower_bound']:+.4f}, "
+        f"{'cost' if metric == 'expected_cost' else 'unsafe rate'} <= "
+        f"{entry['cost_upper_bound']:+.4f} (n={test['n']})"
+    )
+
+
 def _print_run(result) -> None:
     report = result.report
     privacy, safety = report["privacy"], report["safety"]
@@ -75,9 +97,11 @@ def _print_run(result) -> None:
             f"safety    NO SOLUTION FOUND: nothing released{bound}; threshold {safety['threshold']:g}"
         )
     groups = (report.get("groups") or {}).get("groups") or {}
+    normalization = _NORMALIZATION_WORDS.get(report["config"]["groups"]["normalize"], "normalised")
     for name, values in groups.items():
         print(
-            f"group     {name}: expected reward (model, centred on reference) {values['reward']:+.4f}"
+            f"group     {name}: reward (model, {normalization}) {values['reward']:+.4f}"
+            f"{_group_bounds_text(values, safety['metric'])}"
         )
     truth = result.truth
     if truth and "released" in truth:

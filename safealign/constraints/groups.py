@@ -43,6 +43,7 @@ from torch import Tensor
 
 from safealign.config import GroupsConfig, ModelConfig
 from safealign.constraints.bounds import BoundKind, upper_bound
+from safealign.constraints.group_bounds import PromptGroups, group_rows
 from safealign.constraints.solvers import _prepare
 from safealign.data.records import PairDataset
 from safealign.errors import ConfigError, DataError
@@ -578,7 +579,7 @@ def _per_prompt(q, values: Tensor, name: str, prompt_groups) -> Tensor:
             raise DataError(
                 f"prompt_groups has {len(prompt_groups)} entries for {len(rows)} prompts"
             )
-        rows = torch.tensor([i for i, g in enumerate(prompt_groups) if g == name], dtype=torch.long)
+        rows = torch.tensor(group_rows(prompt_groups, name), dtype=torch.long)
     if rows.numel() < 2:
         raise DataError(f"group {name!r} has {rows.numel()} evaluation prompts; at least 2 needed")
     return (policy[rows] * values[rows].to(policy)).sum(-1)
@@ -590,7 +591,7 @@ def group_report(
     *,
     names: Sequence[str],
     sizes: Mapping[str, int] | None = None,
-    prompt_groups: Sequence[str | None] | None = None,
+    prompt_groups: Sequence[PromptGroups] | None = None,
     confidence: float = 0.95,
 ) -> dict:
     """Each group's expected reward under ``q`` with a Student-t interval, and the worst group.
@@ -603,7 +604,8 @@ def group_report(
         rewards: ``[G, N, K]``, true (synthetic) or normalised model rewards.
         names: Group names, parallel to ``rewards``.
         sizes: Group sizes (users); default the number of evaluation prompts.
-        prompt_groups: Each prompt's group, to evaluate a group on its own prompts only
+        prompt_groups: Each prompt's group, or a collection of groups (a prompt asked by users
+            of several groups counts for each), to evaluate a group on its own prompts only
             (default: every prompt counts for every group).
         confidence: Coverage of the two-sided interval.
 
@@ -636,7 +638,7 @@ def certify_groups(
     names: Sequence[str],
     costs: Tensor | None = None,
     sizes: Mapping[str, int] | None = None,
-    prompt_groups: Sequence[str | None] | None = None,
+    prompt_groups: Sequence[PromptGroups] | None = None,
     confidence: float = 0.95,
     bound: BoundKind = "student_t",
     cost_range: tuple[float, float] | None = None,

@@ -12,6 +12,8 @@ at least ``confidence``; otherwise it answers *No Solution Found* (NSF).
   its deployment settings, scores it with the cost model and passes iff the upper confidence bound
   ``U`` is at most ``tau``. The safety prompts are independent of step 1 and used once, so
   ``P(release a policy with J_c > tau) <= 1 - confidence`` (under the bound's assumptions).
+  With groups, the same sample also bounds each group's cost and reward
+  (:mod:`~safealign.constraints.group_bounds`), beside the population test, never part of it.
 
 :func:`certify` is the only code in safealign that unseals the safety split.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -32,8 +34,13 @@ from torch import Tensor
 from safealign._atomic import atomic_write_text
 from safealign.config import SafetyConfig
 from safealign.constraints.bounds import mean_plus_k_std, pessimism_k, upper_bound
+from safealign.constraints.group_bounds import (
+    certify_group_samples,
+    check_group_prompts,
+    safety_prompt_groups,
+)
 from safealign.constraints.solvers import SolverResult, solve_constrained, solve_pessimistic
-from safealign.constraints.tilting import ArrayLike, TiltedPolicy, metric_costs
+from safealign.constraints.tilting import ArrayLike, SafetySample, TiltedPolicy, metric_costs
 from safealign.data.splits import CERTIFY, SealedDataset
 from safealign.errors import ConfigError, DataError, InfeasibleError, IsolationError
 
@@ -49,8 +56,9 @@ class DeployablePolicy(Protocol):
 
 
 # (policy, safety prompts) -> cost-model score of one response per prompt sampled from the
-# policy with its deployment settings, [n]; e.g. tilting.best_of_k_sampler.
-SafetySampler = Callable[[Any, tuple[str, ...]], ArrayLike]
+# policy with its deployment settings, [n], or a SafetySample that adds each group's normalised
+# reward of the same responses; e.g. tilting.best_of_k_sampler.
+SafetySampler = Callable[[Any, tuple[str, ...]], ArrayLike | SafetySample]
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,9 @@ class Certificate:
         assumptions: The conditions under which the guarantee holds, in words.
         value_range: The declared range of the per-response metric, if any.
         source: ``"policy"`` (sampled by :func:`certify`) or ``"samples"`` (brought by the user).
+        groups: With groups, each group's cost upper bound and reward lower bound from the same
+            sample (:func:`group_bounds.certify_group_samples`); None without (and then absent
+            from :meth:`to_dict`). Informational: ``passed`` is the population test's alone.
     """
 
     metric: str
@@ -130,12 +141,15 @@ class Certificate:
     assumptions: tuple[str, ...]
     value_range: tuple[float, float] | None = None
     source: str = "samples"
+    groups: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data."""
+        """Plain JSON-serialisable data (no ``groups`` key without groups)."""
         data = asdict(self)
         data["assumptions"] = list(self.assumptions)
         data["value_range"] = None if self.value_range is None else list(self.value_range)
+        if self.groups is None:
+            del data["groups"]
         return data
 
 
@@ -206,18 +220,26 @@ def certify(
     sample_costs: SafetySampler,
     *,
     safety: SafetyConfig,
+    group_prompts: str = "all",
+    reward_normalization: str | None = None,
 ) -> Certificate:
     """HC-RLHF step 2: the one-shot safety test of ``policy`` on the sealed safety prompts.
 
     The only code path that unseals the safety split. For each distinct safety prompt,
     ``sample_costs(policy, prompts)`` must sample one response from ``policy`` with its deployment
     settings and return the cost-model score of each, ``[n_s]`` (see :func:`tilting.best_of_k_sampler`).
+    If it returns a :class:`~safealign.constraints.tilting.SafetySample`, the certificate's
+    ``groups`` also bound each group's cost and reward on the same responses; the population
+    test and its verdict are computed from the costs alone, exactly as without groups.
 
     Args:
         policy: The selected policy; its ``sampler_settings()`` go into the certificate.
         safety_split: The sealed safety split.
         sample_costs: Samples and scores one response per prompt.
         safety: Threshold, confidence, metric and bound.
+        group_prompts: Which safety prompts count for a group: ``"own"``, those its pairs in the
+            safety split carry (given groups); ``"all"``, every prompt (EM clusters).
+        reward_normalization: How the sampler's group rewards were normalised (recorded).
 
     Returns:
         A :class:`Certificate` with ``result="certified"`` or ``"NSF"``.
@@ -228,21 +250,38 @@ def certify(
         DataError: The sampler returned the wrong number of costs or non-finite ones.
     """
     check_safety_config(safety)
+    check_group_prompts(group_prompts)
     if not isinstance(safety_split, SealedDataset):
         raise IsolationError(
             f"certify needs the sealed safety split (a SealedDataset), got {type(safety_split).__name__}: "
             "only a sealed split guarantees that nothing else read the safety prompts"
         )
     settings = policy.sampler_settings()
-    prompts = tuple(safety_split.unseal(purpose=CERTIFY).prompts)
-    costs = _checked_costs(sample_costs(policy, prompts), n=len(prompts))
-    return certify_samples(
+    pairs = safety_split.unseal(purpose=CERTIFY)
+    prompts = tuple(pairs.prompts)
+    sampled = sample_costs(policy, prompts)
+    grouped = isinstance(sampled, SafetySample)
+    costs = _checked_costs(sampled.costs if grouped else sampled, n=len(prompts))
+    certificate = certify_samples(
         costs,
         safety=safety,
         sampler_settings=settings,
         safety_fingerprint=safety_split.fingerprint,
         source="policy",
     )
+    if not grouped:
+        return certificate
+    groups = certify_group_samples(
+        costs,
+        sampled.group_rewards,
+        metric=safety.metric,
+        confidence=safety.confidence,
+        bound=safety.bound,
+        value_range=certificate.value_range,
+        prompt_groups=safety_prompt_groups(pairs) if group_prompts == "own" else None,
+        reward_normalization=reward_normalization,
+    )
+    return replace(certificate, groups=groups)
 
 
 def certify_samples(

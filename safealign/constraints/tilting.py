@@ -174,22 +174,39 @@ class TiltedPolicy:
         return torch.log_softmax(lp, dim=-1) + logits
 
 
+@dataclass(frozen=True)
+class SafetySample:
+    """What the safety sampler returns with groups: one picked response per safety prompt.
+
+    Attributes:
+        costs: Cost-model score of each picked response, ``[n]``.
+        group_rewards: Per group, the normalised model reward of each picked response, ``[n]``
+            (normalised over that prompt's K fresh candidates, as the score function did).
+    """
+
+    costs: Tensor
+    group_rewards: Mapping[str, Tensor]
+
+
 def best_of_k_sampler(
-    score_candidates: Callable[[tuple[str, ...]], tuple[ArrayLike, ...]], *, seed: int | None = None
-) -> Callable[[TiltedPolicy, tuple[str, ...]], Tensor]:
+    score_candidates: Callable[[tuple[str, ...]], tuple[Any, ...]], *, seed: int | None = None
+) -> Callable[[TiltedPolicy, tuple[str, ...]], Tensor | SafetySample]:
     """Deploy a :class:`TiltedPolicy` as a best-of-K resampler: the safety sampler of ``certify``.
 
     The returned function draws, for each prompt, K *fresh* reference candidates, picks one from
-    ``q_lambda`` and returns the cost-model score of the pick, ``[n]``.
+    ``q_lambda`` and returns the cost-model score of the pick, ``[n]``; when the score function
+    also gives group rewards, a :class:`SafetySample` with each group's reward of the same pick.
 
     Args:
-        score_candidates: Maps prompts to ``(rewards [n, K], costs [n, K])`` or
-            ``(rewards, costs, log_p)``: K fresh reference samples per prompt, drawn with the
-            policy's reference sampler and scored by the reward and cost models.
+        score_candidates: Maps prompts to ``(rewards [n, K], costs [n, K])``, ``(rewards, costs,
+            log_p)`` or ``(rewards, costs, log_p, group_rewards)``: K fresh reference samples per
+            prompt, drawn with the policy's reference sampler and scored by the reward and cost
+            models; ``group_rewards`` maps each group to its normalised rewards ``[n, K]`` (they
+            are only read off the pick, never used to draw it).
         seed: Seed of the resampling draw; defaults to the policy's own ``seed``.
     """
 
-    def sample(policy: TiltedPolicy, prompts: tuple[str, ...]) -> Tensor:
+    def sample(policy: TiltedPolicy, prompts: tuple[str, ...]) -> Tensor | SafetySample:
         draw_seed = policy.seed if seed is None else seed
         if draw_seed is None:
             raise ConfigError("best_of_k_sampler needs a seed (pass seed= or give the policy one)")
@@ -198,7 +215,16 @@ def best_of_k_sampler(
         log_p = scored[2] if len(scored) > 2 else None
         generator = torch.Generator().manual_seed(int(draw_seed))
         index = policy.sample(scored[0], costs, generator=generator, log_p=log_p)
-        return costs[torch.arange(costs.shape[0]), index]
+        rows = torch.arange(costs.shape[0])
+        picked = costs[rows, index]
+        if len(scored) < 4 or scored[3] is None:
+            return picked
+        # Only the picks are checked: a padded slot (log_p = -inf) is never picked.
+        groups = {
+            name: _as_float64(torch.as_tensor(values)[rows, index], f"group {name!r} rewards")
+            for name, values in scored[3].items()
+        }
+        return SafetySample(picked, groups)
 
     return sample
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from jsonschema import Draft202012Validator
 
 from safealign.audits import report as report_module
@@ -36,10 +37,12 @@ from safealign.audits.signing import (
     verify_report,
 )
 from safealign.config import Config
+from safealign.constraints.group_bounds import certify_group_samples
 from safealign.errors import DataError
 from safealign.privacy.accounting import Mechanism, compute_epsilon, naive_epsilon_sum
 from safealign.privacy.ledger_records import BudgetSummary
 from safealign.privacy.training import PrivacyReceipt
+from safealign.run_stages import report_groups
 
 TRAIN, EVAL, CANDIDATE, SAFETY = (hashlib.sha256(n.encode()).hexdigest() for n in "tecs")
 DELTA = 1e-5
@@ -328,6 +331,45 @@ def test_safety_groups_artifacts_and_config_hash(
         assert entry["sha256"] == sha256_file(base / entry["path"])
     assert report["config_sha256"] == hashlib.sha256(canonical_json(report["config"])).hexdigest()
     assert report["config"]["budget"]["ledger"] == HOSTILE
+
+
+def test_per_group_bounds_of_the_safety_test_validate_and_render(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    costs = torch.randn(6, generator=generator, dtype=torch.float64)
+    rewards = {g: torch.randn(6, generator=generator, dtype=torch.float64) for g in "ab"}
+    block = certify_group_samples(
+        costs,
+        rewards,
+        metric="expected_cost",
+        confidence=0.95,
+        bound="student_t",
+        value_range=None,
+        prompt_groups=["a", "a", {"a", "b"}, "b", "a", None],
+        reward_normalization="regret",
+    )
+    certificate = make_certificate() | {"groups": block}
+    groups = report_groups({"a": 0.1, "b": -0.2}, certificate)
+    built = make_report(tmp_path, certificate=certificate, groups=groups)
+    validate_report(built)
+    assert built["safety"]["groups"] == json.loads(json.dumps(block))
+    b = built["groups"]["groups"]["b"]
+    assert b["size"] is None and b["safety_test"]["n"] == 2
+    assert b["reward_lower_bound"] == block["groups"]["b"]["reward_lower_bound"]
+    markdown = render_markdown(built)
+    assert "n (safety prompts)" in markdown and "not simultaneously" in markdown
+    assert "(regret)" in markdown
+    for path, value in (
+        (("safety", "groups", "simultaneous"), True),
+        (("safety", "groups", "groups", "a", "prompts"), "some"),
+        (("groups", "groups", "a", "safety_test", "n"), -1),
+    ):
+        broken = copy.deepcopy(built)
+        target = broken
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        with pytest.raises(DataError, match="does not match report.schema.json"):
+            validate_report(broken)
 
 
 def test_nan_and_numpy_values_become_canonical_json(tmp_path: Path) -> None:

@@ -162,6 +162,20 @@ def test_certify_groups_bounds_each_group_on_its_own_prompts() -> None:
     assert report["worst_group"] in ("a", "b")
 
 
+def test_a_prompt_asked_by_two_groups_counts_for_both() -> None:
+    rewards, log_p = _rewards(4, groups=2, n=20)
+    q = solve_unconstrained(rewards.mean(0), beta=1.0, log_p=log_p)
+    owners = ["a"] * 8 + [("a", "b")] * 5 + ["b"] * 6 + [None]
+    report = certify_groups(q, rewards, names=["a", "b"], prompt_groups=owners, confidence=0.9)
+    for g, (name, rows) in enumerate((("a", range(13)), ("b", range(8, 19)))):
+        reward = (q[list(rows)] * rewards[g, list(rows)]).sum(-1)
+        assert report[name]["size"] == len(rows)
+        assert report[name]["reward"] == pytest.approx(float(reward.mean()), rel=1e-12)
+        assert report[name]["reward_lower_bound"] == pytest.approx(
+            -upper_bound(-reward, confidence=0.9).upper_bound, rel=1e-12
+        )
+
+
 # ---- training -----------------------------------------------------------------------------------
 def _world(users: int, pairs_per_user: int) -> SyntheticWorld:
     config = SyntheticConfig(

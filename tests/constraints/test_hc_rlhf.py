@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from safealign.config import SafetyConfig, SyntheticConfig
-from safealign.constraints.bounds import pessimism_k
+from safealign.constraints.bounds import pessimism_k, upper_bound
 from safealign.constraints.hc_rlhf import (
     Certificate,
     certify,
@@ -303,6 +303,65 @@ def test_certify_rejects_a_sampler_that_skips_prompts(world) -> None:
             _sealed(world, 20),
             lambda _p, prompts: np.zeros(len(prompts) - 1),
             safety=SafetyConfig(),
+        )
+
+
+def _grouped_scorer(world: SyntheticWorld, seed: int):
+    """Population reward, true cost and each group's reward centred on the candidates' mean."""
+
+    def score(prompts: tuple[str, ...]):
+        cands = world.sample_candidates(prompts, num_candidates=16, seed=seed)
+        groups = {
+            g: torch.from_numpy(r - r.mean(-1, keepdims=True))
+            for g, r in cands.true_rewards.items()
+        }
+        return cands.population_reward, cands.true_cost, None, groups
+
+    return score
+
+
+def test_certify_with_groups_bounds_each_group_and_leaves_the_population_test_alone(world) -> None:
+    # Prompts 0-29 asked by majority users, 20-39 by minority users: 20-29 count for both.
+    prompts = world.prompts[:40]
+    pairs = [PreferencePair(p, "a", "b", group="majority") for p in prompts[:30]]
+    pairs += [PreferencePair(p, "c", "d", group="minority") for p in prompts[20:]]
+    sealed = SealedDataset(PairDataset(tuple(pairs), name="test:safety"))
+    policy = TiltedPolicy(beta=BETA, lambda_=2.0, num_candidates=16, seed=4)
+    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9)
+    plain = certify(policy, sealed, best_of_k_sampler(_scorer(world, 9)), safety=safety)
+    grouped = certify(
+        policy,
+        sealed,
+        best_of_k_sampler(_grouped_scorer(world, 9)),
+        safety=safety,
+        group_prompts="own",
+        reward_normalization="reference",
+    )
+    as_dict = grouped.to_dict()
+    block = as_dict.pop("groups")
+    assert as_dict == plain.to_dict() and "groups" not in plain.to_dict()
+    assert block["reward_normalization"] == "reference" and block["confidence"] == 0.9
+    # By hand: the same picks, each group's bounds on the prompts its pairs carry.
+    r, c, _, groups = _grouped_scorer(world, 9)(tuple(prompts))
+    picks = policy.sample(r, c, generator=torch.Generator().manual_seed(4))
+    rows = torch.arange(40)
+    for name, own in (("majority", list(range(30))), ("minority", list(range(20, 40)))):
+        cost = upper_bound(torch.from_numpy(c)[rows, picks][own], confidence=0.9)
+        reward = -upper_bound(-groups[name][rows, picks][own], confidence=0.9).upper_bound
+        entry = block["groups"][name]
+        assert entry["n"] == len(own)
+        assert entry["prompts"] == "own"
+        assert entry["cost_upper_bound"] == pytest.approx(cost.upper_bound, rel=1e-12)
+        assert entry["reward_lower_bound"] == pytest.approx(reward, rel=1e-12)
+    # EM clusters are not released per user: every safety prompt counts for every cluster.
+    everyone = certify(policy, sealed, best_of_k_sampler(_grouped_scorer(world, 9)), safety=safety)
+    assert {e["n"] for e in everyone.groups["groups"].values()} == {40}
+    assert everyone.groups["groups"]["majority"]["cost_upper_bound"] == pytest.approx(
+        plain.upper_bound, rel=1e-12
+    )
+    with pytest.raises(ConfigError, match="group_prompts"):
+        certify(
+            policy, sealed, best_of_k_sampler(_scorer(world, 9)), safety=safety, group_prompts="x"
         )
 
 

@@ -1,0 +1,182 @@
+"""Per-group bounds from the safety test's own sample: each group's cost and reward, certified.
+
+The HC-RLHF safety test (:func:`safealign.constraints.hc_rlhf.certify`) samples one response per
+safety prompt from the released policy. With user groups, the *same* picks also give each group a
+one-sided upper confidence bound on its expected cost and a lower bound on its expected model
+reward, over the safety prompts that count for it. They sit next to the population certificate
+and never change it: whether the policy is released is decided by the population test alone.
+
+* Which prompts count: where groups are given, a safety prompt counts for every group whose
+  safety pairs carry it (a prompt asked by users of two groups counts for both); for EM clusters,
+  which are not released per user, every prompt counts for every cluster (``prompts: "all"``).
+  A group's bound is then about its own prompts' distribution, assuming they too are i.i.d.
+* Rewards are normalised per prompt over that prompt's K fresh candidates (``groups.normalize``):
+  Bradley–Terry rewards have no fixed zero, so bounding raw scores would mean nothing.
+* Each bound holds at the certificate's confidence on its own, not simultaneously (as in
+  :func:`safealign.constraints.groups.certify_groups`); all 2G of them hold together with
+  probability at least ``1 - 2G (1 - confidence)`` (union bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from safealign.constraints.bounds import upper_bound
+from safealign.constraints.tilting import metric_costs
+from safealign.data.records import PairDataset
+from safealign.errors import ConfigError, DataError
+
+#: Where a group's prompts come from: its own pairs' prompts, or every prompt.
+GROUP_PROMPTS: tuple[str, ...] = ("own", "all")
+
+# One prompt's groups: a name, several names, or None (the prompt counts for no group).
+PromptGroups = str | Collection[str] | None
+
+
+def group_rows(prompt_groups: Sequence[PromptGroups], name: str) -> list[int]:
+    """Positions of the prompts that count for group ``name``.
+
+    Args:
+        prompt_groups: Per prompt, the group it belongs to, a collection of groups (a prompt
+            asked by users of several groups counts for each), or None.
+        name: The group.
+    """
+    return [i for i, entry in enumerate(prompt_groups) if name in _names(entry)]
+
+
+def safety_prompt_groups(pairs: PairDataset) -> tuple[frozenset[str], ...]:
+    """Each distinct prompt's groups (in ``pairs.prompts`` order): the groups of its pairs."""
+    groups: dict[str, set[str]] = {p: set() for p in pairs.prompts}
+    for pair in pairs:
+        if pair.group is not None:
+            groups[pair.prompt].add(pair.group)
+    return tuple(frozenset(g) for g in groups.values())
+
+
+def certify_group_samples(
+    costs: Tensor,
+    group_rewards: Mapping[str, Tensor],
+    *,
+    metric: str,
+    confidence: float,
+    bound: str,
+    value_range: tuple[float, float] | None,
+    prompt_groups: Sequence[PromptGroups] | None = None,
+    reward_normalization: str | None = None,
+) -> dict[str, Any]:
+    """Each group's cost upper bound and reward lower bound from one response per safety prompt.
+
+    The cost bound is the population test's own bound (``metric``, ``bound``, ``value_range``) on
+    the group's prompts; the reward bound is ``-upper_bound(-rewards)``, with the same bound where
+    it applies to a reward: ``hoeffding`` needs a declared range and ``clopper_pearson`` 0/1
+    outcomes, which normalised rewards have not, so those two give a Student t reward bound (the
+    block's ``reward_bound`` says which). A group with fewer than 2 prompts gets nulls and a
+    ``reason``.
+
+    Args:
+        costs: Raw cost-model scores of the picked responses, ``[n]`` (the metric is applied here).
+        group_rewards: Per group, the normalised model reward of the same picks, ``[n]``.
+        metric: ``"expected_cost"`` or ``"unsafe_rate"``, as in the population test.
+        confidence: ``1 - delta`` of every bound.
+        bound: The population test's bound kind.
+        value_range: The declared range of the per-response metric, if any.
+        prompt_groups: Per prompt, its group(s) (see :func:`group_rows`); None: every prompt
+            counts for every group.
+        reward_normalization: How ``group_rewards`` were normalised (recorded).
+
+    Returns:
+        ``{"confidence", "metric", "cost_bound", "reward_bound", "reward_normalization",
+        "simultaneous": False, "note", "groups": {name: {"n", "prompts", "cost_mean",
+        "cost_upper_bound", "reward_mean", "reward_lower_bound", "reason"}}}``.
+    """
+    values = metric_costs(costs, metric)
+    n = values.shape[0]
+    if prompt_groups is not None and len(prompt_groups) != n:
+        raise DataError(f"prompt_groups has {len(prompt_groups)} entries for {n} prompts")
+    rewards = {name: _checked(r, name, n) for name, r in group_rewards.items()}
+    reward_bound = bound if bound == "student_t" else "student_t"
+    groups = {}
+    for name, reward in rewards.items():
+        rows = list(range(n)) if prompt_groups is None else group_rows(prompt_groups, name)
+        entry: dict[str, Any] = {
+            "n": len(rows),
+            "prompts": "all" if prompt_groups is None else "own",
+            "cost_mean": None,
+            "cost_upper_bound": None,
+            "reward_mean": None,
+            "reward_lower_bound": None,
+            "reason": None,
+        }
+        if len(rows) < 2:
+            entry["reason"] = (
+                f"{len(rows)} safety prompt(s) count for this group; a bound needs at least 2"
+            )
+            groups[name] = entry
+            continue
+        index = torch.tensor(rows, dtype=torch.long)
+        cost = upper_bound(
+            values[index], confidence=confidence, bound=bound, value_range=value_range
+        )
+        lower = upper_bound(-reward[index], confidence=confidence, bound=reward_bound)
+        entry.update(
+            cost_mean=cost.mean,
+            cost_upper_bound=float(cost.upper_bound),
+            reward_mean=-lower.mean,
+            reward_lower_bound=-float(lower.upper_bound),
+        )
+        groups[name] = entry
+    return {
+        "confidence": confidence,
+        "metric": metric,
+        "cost_bound": bound,
+        "reward_bound": reward_bound,
+        "reward_normalization": reward_normalization,
+        "simultaneous": False,
+        "note": _note(confidence, len(groups), bound, reward_bound),
+        "groups": groups,
+    }
+
+
+def check_group_prompts(group_prompts: str) -> None:
+    """Reject an unknown ``group_prompts`` before anything is unsealed."""
+    if group_prompts not in GROUP_PROMPTS:
+        raise ConfigError(
+            f"group_prompts must be one of {', '.join(GROUP_PROMPTS)} (got {group_prompts!r})"
+        )
+
+
+def _names(entry: PromptGroups) -> Collection[str]:
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else entry
+
+
+def _checked(values: Tensor, name: str, n: int) -> Tensor:
+    reward = torch.as_tensor(values).detach().to(torch.float64)
+    if reward.shape != (n,):
+        raise DataError(
+            f"group {name!r}: one reward per safety prompt needed, [{n}] (got {tuple(reward.shape)})"
+        )
+    if not bool(torch.isfinite(reward).all()):
+        raise DataError(f"group {name!r}: rewards contain NaN or infinite values")
+    return reward
+
+
+def _note(confidence: float, groups: int, bound: str, reward_bound: str) -> str:
+    joint = 1 - (1 - confidence) * 2 * groups
+    text = (
+        f"Each group's bound holds with probability {confidence:g} on its own, not "
+        f"simultaneously: all {2 * groups} bounds hold together with probability at least "
+        f"{max(joint, 0.0):g} (union bound). They come from the safety test's own sample, one "
+        "response per prompt, and do not enter the release decision."
+    )
+    if reward_bound != bound:
+        text += (
+            f" Rewards use the {reward_bound} bound: normalised rewards are neither 0/1 nor in a "
+            f"declared range, which {bound} needs."
+        )
+    return text
