@@ -18,7 +18,7 @@ from safealign.audits.report import build_report, write_report_files
 from safealign.audits.signing import sign_report
 from safealign.config import Config, to_plain
 from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
-from safealign.constraints.groups import normalize_group_rewards
+from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import certify
 from safealign.constraints.policy_file import (
     POLICY_FILE,

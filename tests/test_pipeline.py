@@ -16,7 +16,7 @@ from safealign.config import load_config
 from safealign.constraints.align import Scorers, score_candidates
 from safealign.constraints.bounds import upper_bound
 from safealign.constraints.group_bounds import group_rows, safety_prompt_groups
-from safealign.constraints.groups import normalize_group_rewards
+from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.tilting import TiltedPolicy
 from safealign.data.source import load_source, make_splits
 from safealign.pipeline import certify_stage, demo_config, run

@@ -17,7 +17,7 @@ import torch
 
 from safealign.config import GroupsConfig, PolicyConfig, SafetyConfig
 from safealign.constraints.candidates import Candidates
-from safealign.constraints.groups import normalize_group_rewards
+from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import SelectionResult, select_candidate_policy
 from safealign.constraints.maxmin_solver import solve_maxmin
 from safealign.models.scalar import ScoringModel

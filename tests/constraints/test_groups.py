@@ -18,16 +18,18 @@ from safealign.config import (
     TrainConfig,
 )
 from safealign.constraints.bounds import upper_bound
-from safealign.constraints.groups import (
+from safealign.constraints.em import (
     COIN_FLIP,
     assign_users,
+    holdout_split,
+    pooled_initial_assignment,
+)
+from safealign.constraints.group_rewards import (
     certify_groups,
     group_report,
-    holdout_split,
     normalize_group_rewards,
-    pooled_initial_assignment,
-    train_group_reward_models,
 )
+from safealign.constraints.groups import train_group_reward_models
 from safealign.constraints.maxmin_solver import solve_maxmin
 from safealign.constraints.solvers import policy_objective, solve_unconstrained
 from safealign.data.records import PairDataset

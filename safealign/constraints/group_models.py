@@ -1,0 +1,142 @@
+"""What both ways of finding groups share: the result, the ledger charge, seeds and plans.
+
+:func:`safealign.constraints.groups.train_group_reward_models` trains group reward models from
+given groups (:mod:`safealign.constraints.groups`) or by EM over users
+(:mod:`safealign.constraints.em`); both return :class:`GroupModels`, charge each release through
+:class:`Charger` and train each group on :func:`group_plan` of one shared schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from safealign.config import ModelConfig
+from safealign.data.records import PairDataset
+from safealign.errors import DataError
+from safealign.models.scalar import ScoringModel
+from safealign.privacy.accounting import Mechanism
+from safealign.privacy.dp_sgd import TrainingPlan
+from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.training import PrivacyReceipt, TrainResult
+
+
+@dataclass(frozen=True)
+class GroupModels:
+    """One DP reward model per group, with what the ledger and the report need.
+
+    Attributes:
+        names: Group names (the data's groups, or ``cluster-0``, ... for EM).
+        models: The reward models, parallel to ``names`` (an EM cluster that never had users
+            holds the pooled model).
+        receipts: One per training run, in order (EM: the pooled start model if trained here,
+            then one per non-empty cluster and iteration).
+        mechanisms: What the ledger composes sequentially: the pooled start model's if trained
+            here, then one per EM iteration (plus the count release with ``count_noise``); one
+            for given groups; empty if non-private.
+        iterations: EM iterations run (1 for given groups).
+        assignment_counts: Users (EM) or privacy units (given) per group: exact aggregates,
+            not DP-protected (sensitivity 1 each).
+        converged: EM stopped because no user moved (True for given groups).
+        release_ids: Ledger releases charged (one per iteration, after the pooled start
+            model's if trained here), empty without a ledger.
+    """
+
+    names: tuple[str, ...]
+    models: tuple[ScoringModel, ...]
+    receipts: tuple[PrivacyReceipt, ...]
+    mechanisms: tuple[Mechanism, ...]
+    iterations: int
+    assignment_counts: dict[str, int]
+    converged: bool
+    release_ids: tuple[int, ...] = ()
+
+    def score_candidates(
+        self, prompts: Sequence[str], responses: Sequence[Sequence[str]]
+    ) -> Tensor:
+        """Model rewards ``[G, N, K]`` (float64); see :func:`score_candidates`."""
+        return score_candidates(self.models, prompts, responses)
+
+
+def score_candidates(
+    models: Sequence[ScoringModel], prompts: Sequence[str], responses: Sequence[Sequence[str]]
+) -> Tensor:
+    """Rewards ``[G, N, K]`` of ``responses[n][k]`` to ``prompts[n]`` under each model."""
+    k = len(responses[0]) if responses else 0
+    if any(len(row) != k for row in responses) or len(responses) != len(prompts):
+        raise DataError("responses must be N rows of K candidates, one row per prompt")
+    flat_prompts = [p for p in prompts for _ in range(k)]
+    flat = [r for row in responses for r in row]
+    scores = [m.score(flat_prompts, flat).double().view(len(prompts), k) for m in models]
+    return torch.stack(scores)
+
+
+@dataclass(frozen=True)
+class Charger:
+    """Reserve → train → commit one release per M-step (no-op without a ledger or privacy)."""
+
+    ledger: PrivacyLedger | None
+    fingerprint: str
+    config: ModelConfig
+
+    def run(
+        self, plan: TrainingPlan, label: str, train: Callable, extra: tuple[Mechanism, ...] = ()
+    ) -> tuple[list[TrainResult], tuple[Mechanism, ...], int | None]:
+        """Train; return the results, the mechanisms to compose and the release id (or None)."""
+        if not plan.private:
+            return train(), (), None
+        if self.ledger is None:
+            results = train()
+            return results, (_dominating(r.receipt.mechanism for r in results), *extra), None
+        accountant = self.config.privacy.accountant
+        reservation = self.ledger.reserve(
+            self.fingerprint, (plan.mechanism, *extra), label=label, accountant=accountant
+        )
+        try:
+            results = train()
+        except BaseException:
+            # The run may already have touched the data: charge the whole plan (conservative).
+            self.ledger.commit(reservation.id, run_info={"failed": True})
+            raise
+        spent = (_dominating(r.receipt.mechanism for r in results), *extra)
+        self.ledger.commit(reservation.id, mechanisms=spent)
+        return results, spent, reservation.id
+
+
+def _dominating(mechanisms) -> Mechanism:
+    """``(min σ, max q, max T)``: dominates each cluster's mechanism (parallel composition).
+
+    The subsampled Gaussian's privacy loss grows as σ falls, q rises or T rises, so charging this
+    is conservative whatever cluster a user is in. With the shared schedule every cluster runs
+    the same (σ, q, T), and this is exactly it.
+    """
+    spent = [m for m in mechanisms if m is not None]
+    return Mechanism(
+        min(m.noise_multiplier for m in spent),
+        max(m.sample_rate for m in spent),
+        max(m.steps for m in spent),
+    )
+
+
+def group_plan(shared: TrainingPlan, num_units: int) -> TrainingPlan:
+    """The shared (σ, q, T) on one group of ``num_units`` units (expected batch q·n)."""
+    return replace(shared, num_units=num_units, expected_batch_size=shared.sample_rate * num_units)
+
+
+def derive_seed(seed: int, *path: int) -> int:
+    """A seed of its own for each ``path`` (e.g. ``(iteration, cluster)``) under ``seed``."""
+    # Independent noise per (iteration, cluster): two releases drawing the same Gaussian noise
+    # would let an observer cancel it. run_dp_sgd uses seed and seed + 1, so no consecutive seeds.
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0] >> 1)
+
+
+def subset(pairs: PairDataset | None, keep: Callable, name: str) -> PairDataset | None:
+    """The pairs ``keep`` accepts, named ``<pairs.name>[<name>]``; None if none (or no pairs)."""
+    if pairs is None:
+        return None
+    kept = tuple(p for p in pairs if keep(p))
+    return PairDataset(kept, name=f"{pairs.name}[{name}]") if kept else None
