@@ -34,9 +34,6 @@ from safealign.data.source import load_source, make_splits
 from safealign.data.splits import Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
-from safealign.models.scalar import Kind
-from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
-from safealign.privacy.release import RecordedTraining, budgeted_ledger
 from safealign.run_stages import (
     ReferenceSampler,
     candidates_stage,
@@ -49,7 +46,7 @@ from safealign.run_stages import (
     say,
     true_outcomes,
 )
-from safealign.runs import record_training, signing_key
+from safealign.runs import signing_key
 
 
 @dataclass(frozen=True)
@@ -356,83 +353,3 @@ def _report(config, out, receipts, certificate, aligned, splits, truth, fingerpr
     signed = sign_report(report, key, base_dir=out)
     paths = write_report_files(signed, out, formats=config.audit.formats)
     return signed, paths, note
-
-
-def train_model_stage(
-    config: Config, *, kind: Kind, out_dir: str | Path, progress: bool = True
-) -> RecordedTraining:
-    """Train the reward or cost model on the training split, charged to the source's budget."""
-    pairs, _ = load_source(config)
-    return record_training(
-        config,
-        kind=kind,
-        out=Path(out_dir),
-        pairs=pairs,
-        splits=make_splits(pairs, config),
-        progress=progress,
-    )
-
-
-def privacy_audit_stage(
-    config: Config,
-    *,
-    out_dir: str | Path,
-    num_canaries: int,
-    noise_off: bool,
-    progress: bool = True,
-) -> AuditResult:
-    """One-run empirical privacy audit of the reward-model training, charged to the ledger.
-
-    The audited run trains on the real training split (plus canaries), so it is a release like any
-    other and is reserved in the ledger first. Switching the noise off is a non-private release:
-    allowed only on the synthetic world, whose data is not anyone's.
-    """
-    if noise_off and config.data.source != "synthetic":
-        raise ConfigError(
-            "--no-noise trains without privacy; it is allowed only with data.source: synthetic"
-        )
-    if config.reward_model.backbone == "features":
-        raise ConfigError(
-            "reward_model.backbone: the privacy audit's canaries are random words, which the "
-            "features backbone parses to one and the same input, so the audit could never detect "
-            "anything; audit a text backbone (tiny, tiny-gpt2, or a Hugging Face model)"
-        )
-    pairs, _ = load_source(config)
-    splits = make_splits(pairs, config)
-    model_config = config.reward_model
-    setup = prepare_audit(
-        splits.train,
-        config=model_config,
-        seed=config.seed,
-        num_canaries=num_canaries,
-        noise_off=noise_off,
-    )
-    if not (setup.plan.private and not noise_off):
-        result = run_privacy_audit(setup, config=model_config, seed=config.seed, progress=progress)
-    else:
-        ledger = budgeted_ledger(
-            config.budget,
-            dataset_fingerprint=pairs.fingerprint,
-            dataset_name=pairs.name,
-            accountant=model_config.privacy.accountant,
-        )
-        reservation = ledger.reserve(
-            pairs.fingerprint,
-            setup.plan.mechanism,
-            label="privacy audit",
-            accountant=model_config.privacy.accountant,
-        )
-        try:
-            result = run_privacy_audit(
-                setup, config=model_config, seed=config.seed, progress=progress
-            )
-        finally:
-            # Success or failure, the data may have been touched: charge the planned spend (a
-            # release here would under-charge an audit interrupted after its first step).
-            reservation.commit()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(
-        out / "privacy_audit.json", json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
-    )
-    return result

@@ -1,7 +1,8 @@
 """Pieces of ``pipeline.run`` that are not one library call: the reference sampler of a run,
 persisted group models, the scorers of a run directory, the NSF certificate of an infeasible
 selection, the ledger state and per-group entries for the report, and (synthetic world only) the
-released policy's true outcomes."""
+released policy's true outcomes; and the single-model stages of the command line
+(``train-reward``/``train-cost`` and ``privacy-audit``)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,15 @@ from safealign.constraints.groups import train_group_reward_models
 from safealign.constraints.policy_file import FROM_FILE, FROM_REFERENCE, ModelDirs
 from safealign.constraints.tilting import TiltedPolicy
 from safealign.data.records import PairDataset
+from safealign.data.source import load_source, make_splits
 from safealign.data.splits import CERTIFY, SealedDataset, Splits
-from safealign.models.scalar import load_scoring_model, save_scoring_model
+from safealign.errors import ConfigError
+from safealign.models.scalar import Kind, load_scoring_model, save_scoring_model
+from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.privacy.release import budgeted_ledger
+from safealign.privacy.release import RecordedTraining, budgeted_ledger
 from safealign.privacy.training import PrivacyReceipt
-from safealign.runs import trained_model
+from safealign.runs import record_training, trained_model
 
 
 def say(progress: bool, message: str) -> None:
@@ -282,6 +286,86 @@ def true_outcomes(
         key = "expected_cost" if config.safety.metric == "expected_cost" else "unsafe_rate"
         out["guarantee_holds"] = bool(out["released"][key] <= config.safety.cost_threshold)
     return out
+
+
+def train_model_stage(
+    config: Config, *, kind: Kind, out_dir: str | Path, progress: bool = True
+) -> RecordedTraining:
+    """Train the reward or cost model on the training split, charged to the source's budget."""
+    pairs, _ = load_source(config)
+    return record_training(
+        config,
+        kind=kind,
+        out=Path(out_dir),
+        pairs=pairs,
+        splits=make_splits(pairs, config),
+        progress=progress,
+    )
+
+
+def privacy_audit_stage(
+    config: Config,
+    *,
+    out_dir: str | Path,
+    num_canaries: int,
+    noise_off: bool,
+    progress: bool = True,
+) -> AuditResult:
+    """One-run empirical privacy audit of the reward-model training, charged to the ledger.
+
+    The audited run trains on the real training split (plus canaries), so it is a release like any
+    other and is reserved in the ledger first. Switching the noise off is a non-private release:
+    allowed only on the synthetic world, whose data is not anyone's.
+    """
+    if noise_off and config.data.source != "synthetic":
+        raise ConfigError(
+            "--no-noise trains without privacy; it is allowed only with data.source: synthetic"
+        )
+    if config.reward_model.backbone == "features":
+        raise ConfigError(
+            "reward_model.backbone: the privacy audit's canaries are random words, which the "
+            "features backbone parses to one and the same input, so the audit could never detect "
+            "anything; audit a text backbone (tiny, tiny-gpt2, or a Hugging Face model)"
+        )
+    pairs, _ = load_source(config)
+    splits = make_splits(pairs, config)
+    model_config = config.reward_model
+    setup = prepare_audit(
+        splits.train,
+        config=model_config,
+        seed=config.seed,
+        num_canaries=num_canaries,
+        noise_off=noise_off,
+    )
+    if not (setup.plan.private and not noise_off):
+        result = run_privacy_audit(setup, config=model_config, seed=config.seed, progress=progress)
+    else:
+        ledger = budgeted_ledger(
+            config.budget,
+            dataset_fingerprint=pairs.fingerprint,
+            dataset_name=pairs.name,
+            accountant=model_config.privacy.accountant,
+        )
+        reservation = ledger.reserve(
+            pairs.fingerprint,
+            setup.plan.mechanism,
+            label="privacy audit",
+            accountant=model_config.privacy.accountant,
+        )
+        try:
+            result = run_privacy_audit(
+                setup, config=model_config, seed=config.seed, progress=progress
+            )
+        finally:
+            # Success or failure, the data may have been touched: charge the planned spend (a
+            # release here would under-charge an audit interrupted after its first step).
+            reservation.commit()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        out / "privacy_audit.json", json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
+    return result
 
 
 def _values(q, true_cost, true_rewards, world) -> dict:

@@ -21,7 +21,7 @@ def cmd_train(kind: str):
 
     def handler(args: argparse.Namespace) -> int:
         from safealign.config import load_config
-        from safealign.pipeline import train_model_stage
+        from safealign.run_stages import train_model_stage
 
         config = load_config(args.config, args.overrides)
         recorded = train_model_stage(config, kind=kind, out_dir=args.out)
@@ -173,7 +173,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_privacy_audit(args: argparse.Namespace) -> int:
     """``safealign privacy-audit CONFIG``: exit 1 if the measured epsilon exceeds the claim."""
     from safealign.config import load_config
-    from safealign.pipeline import privacy_audit_stage
+    from safealign.run_stages import privacy_audit_stage
 
     config = load_config(args.config, args.overrides)
     result = privacy_audit_stage(

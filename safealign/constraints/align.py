@@ -18,8 +18,8 @@ import torch
 from safealign.config import GroupsConfig, PolicyConfig, SafetyConfig
 from safealign.constraints.candidates import Candidates
 from safealign.constraints.group_rewards import normalize_group_rewards
-from safealign.constraints.hc_rlhf import SelectionResult, select_candidate_policy
 from safealign.constraints.maxmin_solver import solve_maxmin
+from safealign.constraints.selection import SelectionResult, select_candidate_policy
 from safealign.models.scalar import ScoringModel
 
 

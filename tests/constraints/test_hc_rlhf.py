@@ -16,9 +16,9 @@ from safealign.constraints.hc_rlhf import (
     Certificate,
     certify,
     certify_samples,
-    select_candidate_policy,
     write_certificate,
 )
+from safealign.constraints.selection import select_candidate_policy
 from safealign.constraints.solvers import solve_constrained
 from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.records import PairDataset, PreferencePair

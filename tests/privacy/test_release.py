@@ -125,7 +125,7 @@ def test_cli_refusal_exits_2_and_ledger_show(tmp_path, capsys):
 
 
 def test_privacy_audit_is_charged_even_when_it_fails(tmp_path, monkeypatch):
-    import safealign.pipeline as pipeline
+    import safealign.run_stages as run_stages
 
     ledger_path = tmp_path / "ledger.sqlite"
     config = load_config(None, [*TINY, "budget.epsilon=5", f"budget.ledger={ledger_path}"])
@@ -133,9 +133,9 @@ def test_privacy_audit_is_charged_even_when_it_fails(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # after the data may have been touched
 
-    monkeypatch.setattr(pipeline, "run_privacy_audit", crash)
+    monkeypatch.setattr(run_stages, "run_privacy_audit", crash)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.privacy_audit_stage(
+        run_stages.privacy_audit_stage(
             config, out_dir=tmp_path / "audit", num_canaries=8, noise_off=False, progress=False
         )
     releases = [r for s in PrivacyLedger(ledger_path).summary() for r in s.releases]
