@@ -46,28 +46,6 @@ def calibrates_run(kind: str, pairs: PairDataset, config: ModelConfig) -> bool:
     return kind == "cost" and private and config.train.calibration_epochs > 0 and labelled
 
 
-def calibration_shift(
-    scoring: ScoringModel,
-    pairs: PairDataset,
-    units: torch.Tensor,
-    num_units: int,
-    *,
-    sample_rate: float,
-    noise_multiplier: float,
-    max_grad_norm: float,
-    steps: int,
-    seed: int,
-) -> float:
-    """The DP shift ``b`` for ``scoring`` on ``pairs`` (module doc); ``units`` ``[P]`` maps pairs
-    to privacy units."""
-    costs, unsafe, weights = labelled_costs(scoring, pairs)
-    return fit_shift(
-        costs, unsafe, weights, units, num_units,
-        sample_rate=sample_rate, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, steps=steps, seed=seed,
-    )  # fmt: skip
-
-
 def fit_shift(
     costs: torch.Tensor,
     unsafe: torch.Tensor,
@@ -81,7 +59,8 @@ def fit_shift(
     steps: int,
     seed: int,
 ) -> float:
-    """DP gradient descent on ``b`` from ``[P, 2]`` costs, unsafe labels and label weights."""
+    """The DP shift ``b`` (module doc) from ``[P, 2]`` costs, unsafe labels and label weights
+    (:func:`labelled_costs`); ``units`` ``[P]`` maps pairs to privacy units."""
     generator = torch.Generator().manual_seed(
         int(np.random.SeedSequence([seed, 0xCA1B]).generate_state(1)[0] >> 1)
     )

@@ -22,7 +22,7 @@ from safealign.models.evaluate import evaluate_scoring_model
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import Kind, ScoringModel, build_scoring_model, save_scoring_model
 from safealign.privacy.accounting import Mechanism, compute_epsilon
-from safealign.privacy.calibration import apply_shift, calibrates_run, calibration_shift
+from safealign.privacy.calibration import apply_shift, calibrates_run, fit_shift, labelled_costs
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units, run_dp_sgd
 
 
@@ -111,9 +111,7 @@ def train_scoring_model(
             "a cost model needs safety labels or 'safer' annotations; none found", path=pairs.name
         )
     units, num_units = privacy_units(pairs, config.privacy.privacy_unit)
-    plan = plan or plan_training(
-        num_units, config, calibration=calibrates_run(kind, pairs, config)
-    )
+    plan = plan or plan_training(num_units, config, calibration=calibrates_run(kind, pairs, config))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scoring = build_scoring_model(config, kind=kind, seed=seed)
     scoring.model.to(device)
@@ -133,8 +131,8 @@ def train_scoring_model(
     )
     shift = None
     if plan.calibration_steps and steps == training_steps:
-        shift = calibration_shift(
-            scoring, pairs, units, num_units,
+        shift = fit_shift(
+            *labelled_costs(scoring, pairs), units, num_units,
             sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
             max_grad_norm=config.privacy.max_grad_norm, steps=plan.calibration_steps, seed=seed,
         )  # fmt: skip

@@ -50,13 +50,24 @@ def test_without_noise_full_batch_descent_reaches_the_maximum_likelihood_shift()
     assert shift == pytest.approx(2.0, abs=0.3)
 
 
-def test_pair_gradients_never_reach_a_clipping_norm_of_one():
-    # The per-pair gradient in b is a weighted mean of sigmoid(c + b) - y over the pair's labelled
-    # responses, so at max_grad_norm >= 1 clipping cannot bind and the noisy step is unbiased.
-    costs, unsafe, weights = _biased_world(2000, offset=0.0)
-    costs = costs * 50  # confidently wrong and right
-    per_pair = ((torch.sigmoid(costs) - unsafe) * weights).sum(1)
-    assert per_pair.abs().max() <= 1.0
+def test_clipping_at_one_never_binds_so_the_step_is_unbiased():
+    # A pair's gradient in b is a weighted mean of sigmoid(c + b) - y over its labelled responses,
+    # so at max_grad_norm >= 1 clipping cannot change it: without noise and with every pair in
+    # every batch, the fitted shift is the same at a clipping norm of 1 as at one far above.
+    # Pairs with one label (weight 1) and with two (weights 1/2 each), confidently wrong and right.
+    costs, unsafe, weights = _biased_world(2000, offset=2.0)
+    costs = costs * 50
+    weights[::3] = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    n = len(costs)
+
+    def shift(norm: float) -> float:
+        return fit_shift(
+            costs, unsafe, weights, torch.arange(n), n,
+            sample_rate=1.0, noise_multiplier=0.0, max_grad_norm=norm, steps=30, seed=0,
+        )  # fmt: skip
+
+    assert shift(1.0) == shift(1e6)
+    assert shift(0.01) != shift(1e6)  # a norm below the gradients does bind: the check can fail
 
 
 def test_dp_shift_recovers_the_offset_across_seeds():
