@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from safealign._atomic import atomic_write_text
 from safealign.pipeline import demo_config, run
 
 
@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": platform.processor() or platform.machine(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     times = [r["seconds"] for r in runs]
     print(
         f"demo_truth: {payload['certified']}/{len(runs)} seeds certified, "

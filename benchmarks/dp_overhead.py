@@ -27,13 +27,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
+from safealign._atomic import atomic_write_text
 from safealign.config import ModelConfig, PrivacyConfig, SyntheticConfig, TrainConfig
 from safealign.data.loaders import load_pairs
 from safealign.data.records import PairDataset
@@ -185,16 +185,6 @@ def plot(payload: dict[str, object], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_atomic(path: Path, payload: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
@@ -257,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     png = args.out.with_suffix(".png")
     plot(payload, png)
     payload["plot"] = png.name
-    _write_atomic(args.out, payload)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     summary = "; ".join(
         f"{r['backbone']} ({r['pairs']} pairs x {r['tokens_per_row']} tok): non-private "
         f"{r['non_private_cpu_seconds']:.2f} CPU s, hooks {r['hooks']['ratio']:.2f}x, "

@@ -29,7 +29,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from safealign._atomic import atomic_write_text
 from safealign.config import LoraConfig, ModelConfig, PrivacyConfig, SyntheticConfig, TrainConfig
 from safealign.data.loaders import load_pairs
 from safealign.data.records import PairDataset
@@ -364,16 +364,6 @@ def plot(payload: dict[str, object], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_atomic(path: Path, payload: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-    os.replace(tmp, path)
-
-
 def _targets(payload: dict[str, object]) -> dict[str, object]:
     out = {}
     if "hh_cost" in payload and "3" in payload["hh_cost"]["pair_accuracy"]:
@@ -491,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
     png = args.out.with_suffix(".png")
     plot(payload, png)
     payload["plot"] = png.name
-    _write_atomic(args.out, payload)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     bits = []
     if "hh_cost" in payload:
         acc = payload["hh_cost"]["pair_accuracy"]

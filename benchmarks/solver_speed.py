@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from safealign._atomic import atomic_write_text
 from safealign.constraints.oracle import solve_oracle
 from safealign.constraints.solvers import policy_objective, solve_constrained, solve_unconstrained
 
@@ -78,15 +77,6 @@ def run(prompts: int, candidates: int, beta: float, seed: int, repeats: int) -> 
     }
 
 
-def _write_atomic(path: Path, payload: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON result")
@@ -99,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     payload = run(args.prompts, args.candidates, args.beta, args.seed, args.repeats)
-    _write_atomic(args.out, payload)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     print(
         f"solver_speed: {args.prompts}x{args.candidates}, torch {payload['torch_seconds'] * 1e3:.1f} ms, "
         f"cvxpy/Clarabel {payload['cvxpy_seconds']:.2f} s, speedup {payload['speedup']:.0f}x, "
