@@ -12,9 +12,8 @@ and never change it: whether the policy is released is decided by the population
   A group's bound is then about its own prompts' distribution, assuming they too are i.i.d.
 * Rewards are normalised per prompt over that prompt's K fresh candidates (``groups.normalize``):
   Bradley–Terry rewards have no fixed zero, so bounding raw scores would mean nothing.
-* Each bound holds at the certificate's confidence on its own, not simultaneously (as in
-  :func:`safealign.constraints.group_rewards.certify_groups`); all 2G of them hold together with
-  probability at least ``1 - 2G (1 - confidence)`` (union bound).
+* Each bound holds at the certificate's confidence on its own, not simultaneously; all 2G of
+  them hold together with probability at least ``1 - 2G (1 - confidence)`` (union bound).
 """
 
 from __future__ import annotations

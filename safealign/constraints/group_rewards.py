@@ -1,8 +1,9 @@
 """Group rewards for MaxMin: comparable across group models, reported and certified per group.
 
 :func:`normalize_group_rewards` removes each group model's per-prompt offset before MaxMin takes
-the minimum; :func:`group_report` and :func:`certify_groups` give each group's expected reward
-under a policy, with confidence bounds on its reward and cost. The models themselves come from
+the minimum; :func:`group_report` gives each group's expected reward under a policy with a
+confidence interval. Per-group bounds for a certificate come from the safety test's own sample
+(:mod:`safealign.constraints.group_bounds`). The models themselves come from
 :mod:`safealign.constraints.groups`.
 """
 
@@ -15,7 +16,6 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from safealign.constraints.bounds import BoundKind, upper_bound
 from safealign.constraints.group_bounds import PromptGroups, group_rows
 from safealign.constraints.solvers import _prepare
 from safealign.errors import ConfigError, DataError
@@ -102,8 +102,7 @@ def group_report(
         confidence: Coverage of the two-sided interval.
 
     Returns:
-        ``{name: {"size", "reward", "reward_ci": [lo, hi], "cost_upper_bound": None,
-        "reward_lower_bound": None}, ..., "worst_group": name}``.
+        ``{name: {"size", "reward", "reward_ci": [lo, hi]}, ..., "worst_group": name}``.
     """
     if rewards.ndim != 3 or len(names) != rewards.shape[0]:
         raise DataError(f"rewards {tuple(rewards.shape)} must be [G, N, K] with G = {len(names)}")
@@ -116,50 +115,6 @@ def group_report(
             "size": int(sizes[name] if sizes is not None else n),
             "reward": mean,
             "reward_ci": [mean - half, mean + half],
-            "cost_upper_bound": None,
-            "reward_lower_bound": None,
         }
     report["worst_group"] = min(names, key=lambda name: report[name]["reward"])
-    return report
-
-
-def certify_groups(
-    q,
-    rewards: Tensor,
-    *,
-    names: Sequence[str],
-    costs: Tensor | None = None,
-    sizes: Mapping[str, int] | None = None,
-    prompt_groups: Sequence[PromptGroups] | None = None,
-    confidence: float = 0.95,
-    bound: BoundKind = "student_t",
-    cost_range: tuple[float, float] | None = None,
-    reward_range: tuple[float, float] | None = None,
-) -> dict:
-    """:func:`group_report` plus each group's cost upper and reward lower confidence bound.
-
-    Where groups are given, evaluate each on its own held-out prompts (``prompt_groups``): the
-    cost bound is :func:`bounds.upper_bound` of the group's per-prompt expected costs, and
-    ``reward_lower_bound = -upper_bound(-v)`` of its expected rewards. Each bound holds with
-    probability ``confidence`` alone; for all 2G at once pass ``1 - (1 - confidence) / (2G)``.
-
-    Args:
-        q, rewards, names, sizes, prompt_groups, confidence: As in :func:`group_report`.
-        costs: Costs ``[N, K]``; without them ``cost_upper_bound`` stays None.
-        bound: ``student_t`` or ``hoeffding`` (which needs the ranges).
-        cost_range: Declared range of the costs (for ``hoeffding``).
-        reward_range: Declared range of the rewards (for ``hoeffding``).
-    """
-    report = group_report(
-        q, rewards, names=names, sizes=sizes, prompt_groups=prompt_groups, confidence=confidence
-    )
-    flipped = None if reward_range is None else (-reward_range[1], -reward_range[0])
-    for g, name in enumerate(names):
-        values = _per_prompt(q, rewards[g], name, prompt_groups)
-        lower = upper_bound(-values, confidence=confidence, bound=bound, value_range=flipped)
-        report[name]["reward_lower_bound"] = -lower.upper_bound
-        if costs is not None:
-            spend = _per_prompt(q, costs, name, prompt_groups)
-            upper = upper_bound(spend, confidence=confidence, bound=bound, value_range=cost_range)
-            report[name]["cost_upper_bound"] = upper.upper_bound
     return report
