@@ -7,6 +7,7 @@ schedule it was made for, so a resumed run takes exactly the steps the uninterru
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from safealign._atomic import atomic_write_bytes
 from safealign.config import ModelConfig
 from safealign.errors import DataError
 from safealign.models.scalar import Kind
@@ -49,9 +51,9 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "plan": plan.__dict__,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def restore_checkpoint(
