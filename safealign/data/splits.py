@@ -211,22 +211,7 @@ def split_pairs(
                 f"{len(pairs)} have none (add user ids, or use privacy_unit: pair and a groups "
                 "mode other than em)"
             )
-    buckets: list[list[PreferencePair]] = [[], [], [], []]  # safety, candidate, eval, train
-    positions: dict[tuple[str, str], float] = {}
-
-    def position(kind: SplitUnit, identity: str) -> float:
-        if (kind, identity) not in positions:
-            positions[kind, identity] = split_position(kind, identity, seed=seed)
-        return positions[kind, identity]
-
-    rest = 1.0 - safety_fraction
-    for pair in pairs:
-        index = _bucket(position("prompt", normalise_text(pair.prompt)), fractions)
-        if unit == "user" and index > 0:
-            # Not sealed: the user's own position picks among candidate / eval / train.
-            share = (candidate_fraction / rest, eval_fraction / rest)
-            index = 1 + _bucket(position("user", pair.user_id), share)
-        buckets[index].append(pair)
+    buckets = _assign(pairs, seed=seed, fractions=fractions, unit=unit)
     base = pairs.name
     splits = Splits(
         train=PairDataset(tuple(buckets[3]), name=f"{base}:train"),
@@ -238,6 +223,32 @@ def split_pairs(
     )
     _require_filled(splits, pairs, fractions)
     return splits
+
+
+def _assign(
+    pairs: PairDataset, *, seed: int, fractions: tuple[float, float, float], unit: SplitUnit
+) -> list[list[PreferencePair]]:
+    """The pairs of each split, in the order safety, candidate, eval, train."""
+    buckets: list[list[PreferencePair]] = [[], [], [], []]
+    prompt_bucket = {
+        prompt: _bucket(split_position("prompt", normalise_text(prompt), seed=seed), fractions)
+        for prompt in pairs.prompts
+    }
+    safety_fraction, candidate_fraction, eval_fraction = fractions
+    rest = 1.0 - safety_fraction
+    shares = (candidate_fraction / rest, eval_fraction / rest)
+    user_bucket: dict[str, int] = {}
+    for pair in pairs:
+        index = prompt_bucket[pair.prompt]
+        if unit == "user" and index > 0:
+            # Not sealed: the user's own position picks among candidate / eval / train, so the
+            # user's non-safety pairs stay together and no other user's data decides where.
+            if pair.user_id not in user_bucket:
+                position = split_position("user", pair.user_id, seed=seed)
+                user_bucket[pair.user_id] = 1 + _bucket(position, shares)
+            index = user_bucket[pair.user_id]
+        buckets[index].append(pair)
+    return buckets
 
 
 def _check_fractions(fractions: tuple[float, float, float], unit: str) -> None:
@@ -266,14 +277,14 @@ def _require_filled(splits: Splits, pairs: PairDataset, fractions: tuple[float, 
         empty.append("train")
     if not empty:
         return
-    units = (
-        f"{len(pairs.prompts)} distinct prompts"
-        if splits.unit == "prompt"
-        else f"{len(pairs.prompts)} distinct prompts from {len(pairs.user_ids)} users"
-    )
+    if splits.unit == "prompt":
+        units = f"{len(pairs.prompts)} distinct prompts"
+        how = "each prompt lands in a split by its own hash"
+    else:
+        units = f"{len(pairs.prompts)} distinct prompts from {len(pairs.user_ids)} users"
+        how = "each prompt is sealed or not by its own hash, and each user's other pairs by the user's"
     raise ConfigError(
         f"data: the {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: "
-        f"{pairs.name} has {len(pairs)} pairs over {units}, and each {splits.unit} lands in a split "
-        "by its own hash (neighbour-stable splits have random, binomial sizes); use more data or "
-        "larger fractions for the empty splits"
+        f"{pairs.name} has {len(pairs)} pairs over {units}, and {how} (neighbour-stable splits "
+        "have random, binomial sizes); use more data or larger fractions for the empty splits"
     )

@@ -159,6 +159,7 @@ def test_user_level_splits_by_user_and_keeps_the_seal(config):
     for trial in range(20):
         data = _users_dataset(random.Random(trial), num_users=150)
         splits = make_splits(data, config)
+        assert splits.unit == "user"
         where = _pair_splits(splits)
         assert len(where) == len(data)
         by_user: dict[str, set[str]] = {}
@@ -169,6 +170,11 @@ def test_user_level_splits_by_user_and_keeps_the_seal(config):
         sealed = {normalise_text(p) for p in _prompt_sets(splits)["safety"]}
         for name in ("train", "eval", "candidate"):
             assert not sealed & {normalise_text(p) for p in _prompt_sets(splits)[name]}, name
+
+
+def test_pair_level_configs_split_by_prompt():
+    assert make_splits(_dataset(range(100)), config_from_dict({})).unit == "prompt"
+    assert make_splits(_dataset(range(100)), _user_level("pair", "given")).unit == "prompt"
 
 
 def test_user_level_adding_or_removing_a_user_moves_no_other_pair():
