@@ -150,7 +150,7 @@ def preflight(
         load_private_key(config.audit.signing_key)
     _check_writable_dir(Path(out_dir))
     if any(getattr(config, f"{kind}_model").privacy.target_epsilon is not None for kind in trains):
-        PrivacyLedger(config.budget.ledger)  # opening it checks that it is usable
+        _check_ledger(Path(config.budget.ledger))
 
 
 def _check_writable_dir(out: Path) -> None:
@@ -158,14 +158,40 @@ def _check_writable_dir(out: Path) -> None:
         raise DataError("cannot use it as the output directory: it is not a directory", path=str(out))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".preflight-")
-        os.close(fd)
-        os.unlink(probe)
+        _probe(out)
     except OSError as exc:
         raise DataError(
             f"cannot use it as the output directory ({exc.strerror}); choose one you can write",
             path=str(out),
         ) from None
+
+
+def _check_ledger(path: Path) -> None:
+    """Open an existing ledger (its own checks run); for a new one, check it could be created
+    without creating it: a refused command leaves no ledger behind."""
+    if path.exists():
+        PrivacyLedger(path)
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(parent))
+        _probe(parent)
+    except OSError as exc:
+        raise DataError(
+            f"budget.ledger: cannot create the ledger here ({parent}: {exc.strerror}); set "
+            "budget.ledger to a path in a directory you can write",
+            path=str(path),
+        ) from None
+
+
+def _probe(directory: Path) -> None:
+    """Create and delete a file in ``directory``: the one sure test that it can be written."""
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".safealign-preflight-")
+    os.close(fd)
+    os.unlink(probe)
 
 
 def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunResult:
