@@ -127,16 +127,19 @@ class _Refused(Exception):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):  # the common case, at C speed
+        return obj
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
             raise _Refused(
                 f"duplicate key {key!r} in one object; give each field once (which of the two "
                 "values was meant is ambiguous, and JSON readers disagree on which one wins)",
                 key,
             )
-        obj[key] = value
-    return obj
+        seen.add(key)
+    raise AssertionError("unreachable: fewer keys than pairs means a duplicate")  # pragma: no cover
 
 
 def _no_constant(name: str) -> Any:
@@ -199,6 +202,11 @@ def _check_text(text: str, field: str | None, *, what: str | None = None) -> Non
     )
 
 
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=_int, parse_float=_float
+)
+
+
 def parse_json(text: str, *, path: str, line: int | None = None) -> Any:
     """Parse one JSON document strictly (see the module docstring for what is refused).
 
@@ -206,13 +214,7 @@ def parse_json(text: str, *, path: str, line: int | None = None) -> Any:
         DataError: naming ``path``, ``line`` and, when known, the field.
     """
     try:
-        obj = json.loads(
-            text,
-            object_pairs_hook=_unique_keys,
-            parse_constant=_no_constant,
-            parse_int=_int,
-            parse_float=_float,
-        )
+        obj = _DECODER.decode(text)
         # Only escapes make surrogates (the text itself was decoded as strict UTF-8), and only
         # brackets make depth: skip the walk for the plain rows that are almost all of a file.
         check_text = "\\u" in text
