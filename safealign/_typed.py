@@ -1,6 +1,8 @@
 """Build frozen dataclasses from plain mappings, collecting every problem with its key path.
 
 This is the machinery behind :mod:`safealign.config`: it knows nothing about safealign's stages.
+:func:`load_yaml` reads the YAML strictly (duplicate keys and unreadable integers are errors with
+their line: PyYAML alone keeps the last of two equal keys without a word).
 Each dataclass field may carry ``metadata={"doc": ..., "check": fn}``; ``fn(value)`` returns an
 error string or None. Validation never stops at the first problem: the user sees all of them.
 """
@@ -15,6 +17,8 @@ import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
 
 _MISSING = object()
 #: Integers a config may hold: torch and numpy take 64-bit integers; a larger one is a typo.
@@ -255,3 +259,59 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
             default = to_plain(f.default_factory())
         rows.append((key, f.metadata.get("doc", ""), default))
     return rows
+
+
+class YamlRefusal(yaml.YAMLError):
+    """A YAML document refused by :class:`_StrictLoader`, with the 1-based line of the fault."""
+
+    def __init__(self, reason: str, line: int | None) -> None:
+        super().__init__(reason)
+        self.reason, self.line = reason, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and reporting over-long integers by line."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<' merges: keys given beside it override the merged ones
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if duplicate:
+                    raise YamlRefusal(
+                        f"duplicate key {key!r} (first given on line {seen[key]}); give each "
+                        "key once (YAML readers would silently keep only the last one)",
+                        line,
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # Python's limit on int-string conversion
+            digits = len(str(node.value).lstrip("+-").replace("_", ""))
+            raise YamlRefusal(
+                f"an integer with {digits} digits; no setting takes such a number",
+                node.start_mark.line + 1,
+            ) from None
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with :class:`_StrictLoader`; raise :class:`YamlRefusal` for what it refuses."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except RecursionError:
+        raise YamlRefusal(
+            "nested too deeply for the YAML parser; a config is a few levels of mappings", None
+        ) from None

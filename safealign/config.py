@@ -6,9 +6,9 @@ did-you-mean), ranges are checked, and *all* problems are reported at once with 
 
 Overrides use dotted paths, ``safety.confidence=0.99``; the value is parsed as YAML.
 
-YAML is read strictly (:class:`_StrictLoader`): PyYAML keeps the last of two equal keys without a
-word, so a config that says ``seed`` twice would run with whichever came last; here it is an error
-naming the line, as are integers too long to read and nesting deep enough to exhaust the parser.
+YAML is read strictly (:func:`safealign._typed.load_yaml`): PyYAML keeps the last of two equal
+keys without a word, so a config saying ``seed`` twice would run with whichever came last; here it
+is an error naming the line, as are integers too long to read and nesting that exhausts the parser.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from safealign._typed import build, doc, field_docs, to_plain
+from safealign._typed import YamlRefusal, build, doc, field_docs, load_yaml, to_plain
 from safealign.errors import ConfigError
 
 
@@ -52,62 +52,6 @@ MAX_SEED = 2**32 - 1
 
 def _seed_range(v: int) -> str | None:
     return None if 0 <= v <= MAX_SEED else f"must be in [0, {MAX_SEED}] (an unsigned 32-bit seed)"
-
-
-class _Refusal(yaml.YAMLError):
-    """A YAML document refused by :class:`_StrictLoader`, with the 1-based line of the fault."""
-
-    def __init__(self, reason: str, line: int | None) -> None:
-        super().__init__(reason)
-        self.reason, self.line = reason, line
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys and reporting over-long integers by line."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # '<<' merges: keys given beside it override the merged ones
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    duplicate = key in seen
-                except TypeError:
-                    continue  # an unhashable key: the base class reports it
-                if duplicate:
-                    raise _Refusal(
-                        f"duplicate key {key!r} (first given on line {seen[key]}); give each "
-                        "key once (YAML readers would silently keep only the last one)",
-                        line,
-                    )
-                seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_yaml_int(self, node):
-        try:
-            return super().construct_yaml_int(node)
-        except ValueError:  # Python's limit on int-string conversion
-            digits = len(str(node.value).lstrip("+-").replace("_", ""))
-            raise _Refusal(
-                f"an integer with {digits} digits; no setting takes such a number",
-                node.start_mark.line + 1,
-            ) from None
-
-
-_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
-
-
-def _load_yaml(text: str) -> Any:
-    """Parse YAML with :class:`_StrictLoader`; raise :class:`_Refusal` for what it refuses."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise _Refusal(
-            "nested too deeply for the YAML parser; a config is a few levels of mappings", None
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -428,8 +372,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             problems.append(f"override {item!r}: expected key.path=value")
             continue
         try:
-            value = _load_yaml(raw) if raw != "" else ""
-        except _Refusal as exc:
+            value = load_yaml(raw) if raw != "" else ""
+        except YamlRefusal as exc:
             problems.append(f"override {item!r}: {exc.reason}")
             continue
         except yaml.YAMLError as exc:
@@ -477,8 +421,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the file ({exc})", source=source) from None
         try:
-            loaded = _load_yaml(text)
-        except _Refusal as exc:
+            loaded = load_yaml(text)
+        except YamlRefusal as exc:
             where = f"line {exc.line}: " if exc.line is not None else ""
             raise ConfigError(where + exc.reason, source=source) from None
         except yaml.YAMLError as exc:
