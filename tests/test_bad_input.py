@@ -226,6 +226,7 @@ CONFIG_CASES = [
     Case("config-seed-10**26", _with_base("seed: 100000000000000000000000000\n"), 2, SEED_RANGE),
     Case("config-negative-seed", _with_base("seed: -1\n"), 2, SEED_RANGE),
     Case("config-negative-seed-override", _run("", "seed=-5"), 2, SEED_RANGE),
+    Case("config-world-export-negative-seed", lambda tmp, mp: ["world", "export", "--out", str(tmp / "w"), "--seed", "-1"], 2, SEED_RANGE),
     Case("config-demo-negative-seed", lambda tmp, mp: ["demo", "--out", str(tmp / "out"), "--seed", "-1"], 2, SEED_RANGE),
     Case("config-nonexistent-file", _run_missing_config, 2, "{tmp}/absent.yaml: file not found"),
     Case("config-duplicate-key", _with_base("seed: 0\nseed: 1\n"), 2, "line 2: duplicate key 'seed'"),
@@ -279,6 +280,11 @@ def _ledger_under_a_file(tmp: Path, mp) -> list[str]:
     return _run("", f"budget.ledger={tmp}/file/ledger.sqlite")(tmp, mp)
 
 
+def _keys_out_is_a_file(tmp: Path, _mp) -> list[str]:
+    (tmp / "keys").write_text("a regular file\n")
+    return ["keys", "generate", "--out", str(tmp / "keys")]
+
+
 def _data_source_missing(tmp: Path, mp) -> list[str]:
     return _run(
         "",
@@ -299,6 +305,8 @@ PREFLIGHT_CASES = [
     Case("train-out-is-a-file", _out_is_a_file("train-reward"), 2, "{tmp}/out: cannot use it as the output directory"),
     Case("run-ledger-under-a-file", _ledger_under_a_file, 2, "{tmp}/file"),
     Case("run-data-source-missing", _data_source_missing, 2, "{tmp}/absent.jsonl: file not found"),
+    Case("certify-without-policy", _run(command="certify"), 2, "{tmp}/out: no policy.json in this directory"),
+    Case("keys-out-is-a-file", _keys_out_is_a_file, 2, "{tmp}/keys: File exists"),
 ]
 # fmt: on
 
