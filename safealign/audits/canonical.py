@@ -21,11 +21,13 @@ import hashlib
 import json
 import math
 import os
+import stat
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from safealign._atomic import atomic_write_bytes, atomic_write_text
+from safealign.audits._problem import Problem
 from safealign.errors import DataError
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "canonical_json",
     "check_manifest",
     "sha256_file",
+    "unlisted_files",
 ]
 
 _CHUNK_BYTES = 1 << 20  # 1 MiB: model weights are hashed without loading them into memory.
@@ -144,7 +147,8 @@ def build_manifest(
         The manifest entries, sorted by ``path``.
 
     Raises:
-        DataError: If a path is outside ``base_dir``, missing, or not a regular file.
+        DataError: If a path is outside ``base_dir``, missing, a symlink (verification refuses
+            them, so a signer must not pin one) or not a regular file.
     """
     base = Path(os.path.abspath(base_dir))
     entries: dict[str, str] = {}
@@ -158,32 +162,40 @@ def build_manifest(
                 "relative to it, so move the file there or choose a common parent as base_dir",
                 path=str(given),
             ) from None
-        if not absolute.is_file():
-            reason = "does not exist" if not absolute.exists() else "is not a regular file"
+        unsafe = _unsafe_file(base, PurePosixPath(relative.as_posix()))
+        if unsafe is not None:
+            reason = "does not exist" if unsafe[0] == "missing" else unsafe[1]
             raise DataError(f"the artifact {reason}", path=str(given))
         entries[relative.as_posix()] = sha256_file(absolute)
     return [{"path": name, "sha256": entries[name]} for name in sorted(entries)]
 
 
-def check_manifest(artifacts: Any, *, base_dir: str | os.PathLike[str]) -> tuple[list[str], int]:
-    """Re-hash every manifest entry under ``base_dir`` and list each one that does not match.
+def check_manifest(
+    entries: Any, *, base_dir: str | os.PathLike[str], kind: str = "artifact"
+) -> tuple[list[Problem], int]:
+    """Re-hash every manifest entry under ``base_dir`` and name each one that does not match.
+
+    A manifest path may only name a regular file inside ``base_dir``: absolute paths, ``..``,
+    symlinks anywhere along the path and special files are refused, so a report cannot make its
+    verifier hash (and reveal) files elsewhere, nor hang it on a FIFO. A NUL byte, which no file
+    name can hold, makes the report malformed input (``bad_input``).
 
     Args:
-        artifacts: The manifest as found in a report (validated here, so any value is accepted).
+        entries: The manifest as found in a report (validated here, so any value is accepted).
         base_dir: The directory the entry paths are relative to (the report's directory).
+        kind: ``"artifact"`` or ``"rendering"``: the name of the check in each problem.
 
     Returns:
-        ``(problems, checked)``: one problem per malformed, missing, unreadable or changed entry,
-        naming its path, and the number of files found and re-hashed (matching or not).
+        ``(problems, checked)``: one :class:`Problem` per malformed, unsafe, missing, unreadable
+        or changed entry, naming its path, and the number of files re-hashed (matching or not).
     """
     base = Path(base_dir)
-    if not isinstance(artifacts, list):
-        return [
-            f"'artifacts' must be a list of {{path, sha256}} objects, got {type(artifacts).__name__}"
-        ], 0
-    problems: list[str] = []
+    if not isinstance(entries, list):
+        message = f"must be a list of {{path, sha256}} objects, got {type(entries).__name__}"
+        return [Problem(kind, message)], 0
+    problems: list[Problem] = []
     checked = 0
-    for index, entry in enumerate(artifacts):
+    for index, entry in enumerate(entries):
         if not (
             isinstance(entry, dict)
             and set(entry) == {"path", "sha256"}
@@ -191,13 +203,16 @@ def check_manifest(artifacts: Any, *, base_dir: str | os.PathLike[str]) -> tuple
             and isinstance(entry["sha256"], str)
         ):
             problems.append(
-                f'artifacts[{index}] must be {{"path": str, "sha256": str}}, got {entry!r}'
+                Problem(kind, f'entry {index} must be {{"path": str, "sha256": str}}, got {entry!r}')
             )
             continue
         name = entry["path"]
+        if "\0" in name:
+            problems.append(
+                Problem("manifest-path", f"{kind} path {name!r} holds a NUL byte", bad_input=True)
+            )
+            continue
         relative = PurePosixPath(name)
-        # The manifest may only name files beside the report: no absolute paths, no "..", so a
-        # report cannot make its verifier hash (and reveal the presence of) arbitrary files.
         if (
             not name
             or relative.is_absolute()
@@ -206,22 +221,66 @@ def check_manifest(artifacts: Any, *, base_dir: str | os.PathLike[str]) -> tuple
             or ".." in PureWindowsPath(name).parts
         ):
             problems.append(
-                f"artifact {name!r}: path must be relative to the report directory, without '..'"
+                Problem(
+                    "manifest-path",
+                    f"{kind} {name!r}: path must be relative to the report directory, without '..'",
+                )
             )
+            continue
+        unsafe = _unsafe_file(base, relative)
+        if unsafe is not None:
+            check, reason = unsafe
+            problems.append(Problem(kind if check == "missing" else check, f"{kind} {name!r} {reason}"))
             continue
         try:
             actual = sha256_file(base / relative)
-        except FileNotFoundError:
-            problems.append(f"artifact {name!r} is missing (expected at {base / relative})")
-            continue
         except OSError as exc:
-            problems.append(f"artifact {name!r} cannot be read ({exc.strerror})")
+            problems.append(Problem(kind, f"{kind} {name!r} cannot be read ({exc.strerror})"))
             continue
         checked += 1
         if actual != entry["sha256"]:
             problems.append(
-                f"artifact {name!r} has changed: sha256 is {actual}, the manifest records {entry['sha256']}"
+                Problem(
+                    kind,
+                    f"{kind} {name!r} has changed: sha256 is {actual}, the manifest records "
+                    f"{entry['sha256']}",
+                )
             )
     return problems, checked
 
 
+def _unsafe_file(base: Path, relative: PurePosixPath) -> tuple[str, str] | None:
+    """``(check, reason)`` if ``base/relative`` is not a plain file reached without symlinks."""
+    current = base
+    for index, part in enumerate(relative.parts):
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return "missing", f"is missing (expected at {base / relative})"
+        except OSError as exc:
+            return "missing", f"cannot be read ({exc.strerror})"
+        # A symlink would let the directory's holder point the verifier at any file on its
+        # machine (a system file's hash was printed), so none is followed, at any depth.
+        if stat.S_ISLNK(mode):
+            return "symlink", f"is reached through a symlink ({current.relative_to(base)}), refused"
+        last = index == len(relative.parts) - 1
+        if last and not stat.S_ISREG(mode):
+            return "special-file", "is not a regular file"
+    return None
+
+
+def unlisted_files(base_dir: str | os.PathLike[str], listed: Iterable[str]) -> list[str]:
+    """Every file (or symlink) under ``base_dir`` that no manifest names, as sorted POSIX paths.
+
+    Nothing the signature does not cover should sit in a directory a reviewer trusts as a whole;
+    verification lists these (and fails on them with ``--strict``). Symlinks are not followed.
+    """
+    base = Path(base_dir)
+    known = set(listed)
+    found = []
+    for root, dirs, files in os.walk(base, followlinks=False):
+        here = Path(root)
+        names = files + [d for d in dirs if (here / d).is_symlink()]
+        found.extend((here / name).relative_to(base).as_posix() for name in names)
+    return sorted(name for name in found if name not in known)

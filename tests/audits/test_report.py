@@ -33,7 +33,6 @@ from safealign.audits.signing import (
     generate_keypair,
     load_private_key,
     load_public_key,
-    sign_report,
     verify_report,
 )
 from safealign.config import Config
@@ -570,24 +569,30 @@ def test_written_report_verifies_and_json_is_canonical(tmp_path: Path) -> None:
     base.mkdir()
     built = make_report(base)
     private_path, public_path = generate_keypair(tmp_path / "keys")
-    signed = sign_report(built, load_private_key(private_path), base_dir=base)
-    paths = write_report_files(signed, base, ["json", "html", "md"])
+    signed, paths = write_report_files(
+        built, base, ["json", "html", "md"], private_key=load_private_key(private_path)
+    )
     assert [p.name for p in paths] == ["report.json", "report.html", "report.md"]
     assert paths[0].read_bytes() == canonical_json(signed) + b"\n"
     assert verify_report(paths[0], public_key=load_public_key(public_path)).valid
     assert "signed with Ed25519 key " + signed["signature"]["key_id"] in paths[1].read_text()
-    assert paths[2].read_text(encoding="utf-8") == render_markdown(signed)
+    # The renderings are made before signing, from the signed content minus its own hashes.
+    content = {k: v for k, v in signed.items() if k not in ("signature", "renderings")}
+    assert paths[2].read_text(encoding="utf-8") == render_markdown(content)
+    assert [r["path"] for r in signed["renderings"]] == ["report.html", "report.md"]
     assert not [p for p in base.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_write_report_files_refuses_unknown_formats_and_invalid_reports(
     tmp_path: Path, report: dict[str, Any]
 ) -> None:
+    key = load_private_key(generate_keypair(tmp_path / "keys")[0])
+    out = tmp_path / "out"
     with pytest.raises(DataError, match="unknown report formats"):
-        write_report_files(report, tmp_path, ["json", "pdf"])
+        write_report_files(report, out, ["json", "pdf"], private_key=key)
     with pytest.raises(DataError, match="does not match"):
-        write_report_files(report | {"schema_version": 0}, tmp_path, ["json"])
-    assert not list(tmp_path.iterdir())
+        write_report_files(report | {"schema_version": 0}, out, ["json"], private_key=key)
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------
