@@ -8,8 +8,11 @@ A signature is only as good as the bytes it covers. Three things make those byte
   numbers are written as Python writes them (``1e-07``, ``1.0``), which is exact and stable for
   a verifier written in Python, and a non-Python verifier only has to compare bytes.
 * :func:`build_manifest` records the SHA-256 of every artifact (data, weights, config) relative
-  to the report's directory; :func:`check_manifest` re-hashes them. Signing the manifest inside
-  the report extends the signature to those files.
+  to the report's directory; :func:`check_manifest` re-hashes them, refusing paths that leave the
+  directory, symlinks and special files; :func:`unlisted_files` lists what no manifest covers.
+  Signing the manifest inside the report extends the signature to those files.
+* :func:`read_canonical_report` parses a report file strictly and checks that its bytes are its
+  canonical form.
 * :func:`atomic_write_bytes` writes a temp file in the target's directory, flushes it to disk and
   renames it over the target, so a reader (or a crash) sees the old file or the new one, never a
   half-written report, key or manifest.
@@ -36,6 +39,7 @@ __all__ = [
     "build_manifest",
     "canonical_json",
     "check_manifest",
+    "read_canonical_report",
     "sha256_file",
     "unlisted_files",
 ]
@@ -284,3 +288,58 @@ def unlisted_files(base_dir: str | os.PathLike[str], listed: Iterable[str]) -> l
         names = files + [d for d in dirs if (here / d).is_symlink()]
         found.extend((here / name).relative_to(base).as_posix() for name in names)
     return sorted(name for name in found if name not in known)
+
+
+def read_canonical_report(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Parse a report file strictly and check that its bytes are its canonical form.
+
+    The file must be UTF-8 JSON, an object, without duplicate keys or NaN/Infinity, shallow
+    enough to parse, and exactly ``canonical_json(parsed)`` plus at most one newline.
+
+    Returns:
+        ``(report, problems)``: ``report`` is None when the file cannot be processed at all
+        (its one problem is ``read`` or ``json``, with ``bad_input``); else the parsed report,
+        with a ``canonical`` problem if its bytes are not the canonical form.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return None, [Problem("read", f"{path}: cannot read the report ({reason})", bad_input=True)]
+    try:
+        report = json.loads(
+            raw.decode("utf-8"),
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+        )
+        if not isinstance(report, dict):
+            raise ValueError(f"a report must be a JSON object, got {type(report).__name__}")
+        canonical = canonical_json(report)
+    except RecursionError:
+        message = f"{path}: not a valid JSON report (nested too deeply to parse)"
+        return None, [Problem("json", message, bad_input=True)]
+    # JSONDecodeError is a ValueError; DataError: e.g. an escaped lone surrogate "\ud800".
+    except (UnicodeDecodeError, ValueError, DataError) as exc:
+        return None, [Problem("json", f"{path}: not a valid JSON report ({exc})", bad_input=True)]
+    if raw in (canonical, canonical + b"\n"):
+        return report, []
+    offset = next((i for i, (a, b) in enumerate(zip(raw, canonical, strict=False)) if a != b), None)
+    offset = min(len(raw), len(canonical)) if offset is None else offset
+    message = (
+        f"{path}: the file is not in canonical JSON form (first difference at byte {offset}); "
+        "it was edited or re-serialized after signing"
+    )
+    return report, [Problem("canonical", message)]
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from safealign.audits.canonical import (
     build_manifest,
     canonical_json,
     check_manifest,
+    read_canonical_report,
     unlisted_files,
 )
 from safealign.audits.checks import check_report
@@ -244,7 +244,7 @@ def verify_report(
     """
     path = Path(report_path)
     pinned = public_key is not None
-    report, problems = _read_report(path)
+    report, problems = read_canonical_report(path)
     if report is None:
         return VerificationResult(False, tuple(problems), 0, pinned)
     signer_id, signature_problems = _check_signature(report, public_key)
@@ -266,39 +266,6 @@ def verify_report(
     return VerificationResult(
         not problems, tuple(problems), checked, pinned, signer_id, tuple(warnings), demo
     )
-
-
-def _read_report(path: Path) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """The parsed report (None if it cannot be processed) and the problems of its bytes."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        return None, [Problem("read", f"{path}: cannot read the report ({reason})", bad_input=True)]
-    try:
-        report = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-        )
-        if not isinstance(report, dict):
-            raise ValueError(f"a report must be a JSON object, got {type(report).__name__}")
-        canonical = canonical_json(report)
-    except RecursionError:
-        message = f"{path}: not a valid JSON report (nested too deeply to parse)"
-        return None, [Problem("json", message, bad_input=True)]
-    # JSONDecodeError is a ValueError; DataError: e.g. an escaped lone surrogate "\ud800".
-    except (UnicodeDecodeError, ValueError, DataError) as exc:
-        return None, [Problem("json", f"{path}: not a valid JSON report ({exc})", bad_input=True)]
-    if raw in (canonical, canonical + b"\n"):
-        return report, []
-    offset = next((i for i, (a, b) in enumerate(zip(raw, canonical, strict=False)) if a != b), None)
-    offset = min(len(raw), len(canonical)) if offset is None else offset
-    message = (
-        f"{path}: the file is not in canonical JSON form (first difference at byte {offset}); "
-        "it was edited or re-serialized after signing"
-    )
-    return report, [Problem("canonical", message)]
 
 
 def _check_signer(report: dict[str, Any], signer_id: str | None) -> tuple[bool, list[Problem]]:
@@ -341,7 +308,8 @@ def _warnings(report: dict[str, Any], path: Path, demo: bool) -> list[Problem]:
         warnings.append(
             Problem(
                 "unlisted",
-                f"{len(unlisted)} files in {path.parent} are not covered by the signature: "
+                f"{len(unlisted)} file{'s' if len(unlisted) != 1 else ''} in {path.parent} "
+                f"{'are' if len(unlisted) != 1 else 'is'} not covered by the signature: "
                 f"{shown}{more}",
             )
         )
@@ -417,16 +385,3 @@ def _strict_b64(text: Any, size: int, name: str, problems: list[str]) -> bytes |
         problems.append(f"signature {name} is not canonical base64 of {size} bytes: {text!r}")
         return None
     return decoded
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
