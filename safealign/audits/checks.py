@@ -9,6 +9,8 @@ recomputed cheaply:
 
 * ``schema``: the report matches ``report.schema.json`` (types, ``schema_version``, enums);
 * ``safety-verdict``: passed/certified if and only if the upper bound is at most the threshold;
+* ``safety-bound``: the upper bound is the named closed-form bound (Student t, Hoeffding) of the
+  recorded mean, standard deviation and ``n``;
 * ``safety-sample``: ``n`` and ``mean`` agree with the recorded per-prompt costs;
 * ``safety-config``: threshold and confidence are the ones the configuration asked for;
 * ``privacy-private``: ``private`` holds exactly when every mechanism is private;
@@ -33,6 +35,7 @@ from importlib import resources
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from scipy import stats
 
 from safealign.audits._problem import Problem
 from safealign.audits.canonical import canonical_json
@@ -103,6 +106,7 @@ def check_report(report: dict[str, Any]) -> list[Problem]:
         return problems
     for rule in (
         _safety_verdict,
+        _safety_bound,
         _safety_sample,
         _safety_config,
         _privacy_private,
@@ -140,6 +144,34 @@ def _safety_verdict(report: dict[str, Any]) -> list[Problem]:
             )
         )
     return problems
+
+
+def _safety_bound(report: dict[str, Any]) -> list[Problem]:
+    """Recompute the upper bound from the recorded summary statistics, for the closed forms."""
+    safety = report["safety"]
+    if safety is None or safety["upper_bound"] is None or safety["n"] < 2:
+        return []
+    mean, std, n, confidence = safety.get("mean"), safety.get("std"), safety["n"], safety["confidence"]
+    value_range = safety.get("value_range")
+    if mean is None:
+        return []
+    if safety.get("bound") == "student_t" and std is not None:
+        # HC-RLHF safety test: U = mean + t_{1-δ}(n-1) · s / √n (Bessel s).
+        expected = mean + float(stats.t.ppf(confidence, n - 1)) * std / math.sqrt(n)
+    elif safety.get("bound") == "hoeffding" and isinstance(value_range, list) and len(value_range) == 2:
+        width = value_range[1] - value_range[0]
+        expected = mean + width * math.sqrt(math.log(1.0 / (1.0 - confidence)) / (2 * n))
+    else:
+        return []  # other bounds need the sample itself, which the report need not carry
+    if math.isclose(safety["upper_bound"], expected, rel_tol=1e-9, abs_tol=1e-12):
+        return []
+    return [
+        Problem(
+            "safety-bound",
+            f"safety.upper_bound is {safety['upper_bound']} but the {safety['bound']} bound of "
+            f"mean {mean}, std {std}, n {n} at confidence {confidence} is {expected}",
+        )
+    ]
 
 
 def _safety_sample(report: dict[str, Any]) -> list[Problem]:

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import html
 import json
+import math
 import re
 import subprocess
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from jsonschema import Draft202012Validator
+from scipy import stats as scipy_stats
 
 from safealign.audits import report as report_module
 from safealign.audits.canonical import canonical_json, sha256_file
@@ -122,6 +124,11 @@ def _receipt(kind: str, mechanism: Mechanism | None) -> dict[str, Any]:
     ).to_dict()
 
 
+# The std that makes the Student t bound of n = 400 exactly 0.107 above the mean, so the fixture's
+# round bounds (-0.313, 0.157) are the ones verification recomputes (check "safety-bound").
+_STD = 0.107 * math.sqrt(400) / float(scipy_stats.t.ppf(0.95, 399))
+
+
 def make_certificate(*, passed: bool = True, costs: list[float] | None = None) -> dict[str, Any]:
     certificate = {
         "metric": "expected_cost",
@@ -130,7 +137,7 @@ def make_certificate(*, passed: bool = True, costs: list[float] | None = None) -
         "bound": "student_t",
         "n": 400,
         "mean": -0.42 if passed else 0.05,
-        "std": 1.3,
+        "std": _STD,
         "upper_bound": -0.313 if passed else 0.157,
         "passed": passed,
         "result": "certified" if passed else "NSF",

@@ -25,6 +25,7 @@ from safealign.audits.signing import (
     load_public_key,
     verify_report,
 )
+from safealign.audits.summary import plain_summary
 from safealign.cli import main
 from tests.audits._real_report import load, resign, write_real_report
 
@@ -46,6 +47,16 @@ def _scale_noise(report: dict[str, Any]) -> None:
     report["privacy"]["mechanisms"][0]["noise_multiplier"] *= 10  # "more noise": ε unchanged
 
 
+def _resummarised(forge: Forgery) -> Forgery:
+    """The forgery done thoroughly: the plain-words summary rewritten to match the new numbers."""
+
+    def thorough(report: dict[str, Any]) -> None:
+        forge(report)
+        report["summary"] = plain_summary(report).to_dict()
+
+    return thorough
+
+
 def _claim_nsf(report: dict[str, Any]) -> None:
     report["safety"]["passed"], report["safety"]["result"] = False, "NSF"
 
@@ -59,10 +70,11 @@ def _hide_non_private(report: dict[str, Any]) -> None:
 FORGERIES: list[tuple[str, Forgery, str]] = [
     ("certified-with-bound-above-threshold", _set("safety.upper_bound", 5.0), "safety-verdict"),
     ("nsf-although-bound-below-threshold", _claim_nsf, "safety-verdict"),
+    ("bound-lowered", _resummarised(_set("safety.upper_bound", -5.0)), "safety-bound"),
     ("threshold-loosened", _set("safety.threshold", 10.0), "safety-config"),
     ("confidence-raised", _set("safety.confidence", 0.999), "safety-config"),
     ("epsilon-50-within-budget-8", _set("privacy.epsilon", 50.0), "privacy-epsilon"),
-    ("epsilon-lowered", _set("privacy.epsilon", 0.01), "privacy-epsilon"),
+    ("epsilon-lowered", _resummarised(_set("privacy.epsilon", 0.01)), "privacy-epsilon"),
     ("noise-multiplier-raised", _scale_noise, "privacy-epsilon"),
     ("over-budget-flag-cleared", _set("privacy.within_budget", False), "privacy-budget"),
     ("budget-raised", _set("privacy.budget.epsilon", 100.0), "privacy-budget"),
