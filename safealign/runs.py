@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safealign._atomic import atomic_write_bytes
-from safealign.audits.keys import Ed25519PrivateKey  # the type only: audits owns cryptography
+from safealign.audits.keys import (
+    Ed25519PrivateKey,  # for the annotation: only audits imports cryptography
+    public_key_pem,
+)
 from safealign.audits.signing import (
     PRIVATE_KEY_NAME,
     PUBLIC_KEY_NAME,
@@ -91,13 +94,19 @@ def signing_key(config: Config, out: Path) -> SigningKey:
         except DataError:
             if not (keys / PRIVATE_KEY_NAME).exists():  # another run made it meanwhile: reuse it
                 raise
+    private_key = load_private_key(keys / PRIVATE_KEY_NAME)
     public = out / "keys" / PUBLIC_KEY_NAME
     public.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(public, (keys / PUBLIC_KEY_NAME).read_bytes(), mode=0o644)
+    # Derived from the private key, not copied from demo-keys/public.pem, which a crash between
+    # generate_keypair's two writes could leave missing.
+    atomic_write_bytes(public, public_key_pem(private_key.public_key()), mode=0o644)
+    # A run directory made before demo keys moved out holds its own demo private key: anyone
+    # handed the directory could sign with it, so it goes.
+    (out / "keys" / PRIVATE_KEY_NAME).unlink(missing_ok=True)
     note = (
         f"report signed with the per-user DEMO key {keys / PRIVATE_KEY_NAME}: NOT a real identity "
         "(the report says so, and `audit verify --strict` refuses it); its public key is in "
         f"{public}. For real reports make a key with `safealign keys generate --out DIR` and set "
         "audit.signing_key=DIR/private.pem"
     )
-    return SigningKey(load_private_key(keys / PRIVATE_KEY_NAME), True, note)
+    return SigningKey(private_key, True, note)

@@ -25,6 +25,7 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_key",
+    "public_key_pem",
     "raw_public_bytes",
 ]
 
@@ -76,9 +77,7 @@ def generate_keypair(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    public_pem = public_key_pem(private_key.public_key())
     # Private key first: a crash between the two writes leaves a usable private key whose public
     # half can be re-derived, never a public key whose private half is lost.
     atomic_write_bytes(private_path, private_pem, mode=0o600)
@@ -159,6 +158,13 @@ def _read_key_file(path: str | os.PathLike[str]) -> bytes:
         raise DataError("key file not found", path=str(path)) from exc
     except OSError as exc:
         raise DataError(f"cannot read the key file ({exc.strerror})", path=str(path)) from exc
+
+
+def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
+    """The SubjectPublicKeyInfo PEM of a public key, as ``generate_keypair`` writes ``public.pem``."""
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def raw_public_bytes(public_key: Ed25519PublicKey) -> bytes:

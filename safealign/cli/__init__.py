@@ -7,7 +7,8 @@ Handlers import the heavy modules (torch, the pipeline) only when they run, so t
 ``safealign --help`` stays fast.
 
 Exit codes: 0 success; 1 a check that ran and failed; 2 bad input or usage (a message on stderr,
-never a traceback for a user mistake).
+never a traceback for a user mistake); 3 ``audit verify`` checked integrity only (no
+``--public-key``), see :mod:`safealign.cli.common`.
 """
 
 from __future__ import annotations

@@ -278,6 +278,8 @@ def test_the_demo_private_key_never_enters_the_run_directory(tmp_path: Path) -> 
     home = default_data_dir()
     assert str(home) == os.environ["SAFEALIGN_HOME"]  # tests never touch the real home
     out = tmp_path / "run"
+    (out / "keys").mkdir(parents=True)
+    (out / "keys" / "private.pem").write_text("a demo key an older version left here")
     first = signing_key(Config(), out)
     assert first.demo and "NOT a real identity" in first.note and str(home) in first.note
     assert (home / "demo-keys" / "private.pem").is_file()
