@@ -40,6 +40,7 @@ from scipy import stats
 from safealign.audits._problem import Problem
 from safealign.audits.canonical import canonical_json
 from safealign.audits.summary import plain_summary
+from safealign.constraints.bounds import upper_bound
 from safealign.errors import ConfigError, DataError, PrivacyError
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 
@@ -104,19 +105,12 @@ def check_report(report: dict[str, Any]) -> list[Problem]:
     problems = schema_problems(report)
     if problems:
         return problems
-    for rule in (
-        _safety_verdict,
-        _safety_bound,
-        _safety_sample,
-        _safety_config,
-        _privacy_private,
-        _privacy_epsilon,
-        _privacy_budget,
-        _groups_worst,
-        _summary,
-        _config_hash,
-    ):
-        problems.extend(rule(report))
+    for name, rule in _RULES:
+        try:
+            problems.extend(rule(report))
+        except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            # The schema leaves room (an optional field of an odd shape): fail closed, by name.
+            problems.append(Problem(name, f"could not be checked ({type(exc).__name__}: {exc})"))
     return problems
 
 
@@ -149,29 +143,47 @@ def _safety_verdict(report: dict[str, Any]) -> list[Problem]:
 def _safety_bound(report: dict[str, Any]) -> list[Problem]:
     """Recompute the upper bound from the recorded summary statistics, for the closed forms."""
     safety = report["safety"]
-    if safety is None or safety["upper_bound"] is None or safety["n"] < 2:
+    if safety is None or safety["upper_bound"] is None or safety.get("mean") is None:
         return []
-    mean, std, n, confidence = safety.get("mean"), safety.get("std"), safety["n"], safety["confidence"]
-    value_range = safety.get("value_range")
-    if mean is None:
-        return []
-    if safety.get("bound") == "student_t" and std is not None:
-        # HC-RLHF safety test: U = mean + t_{1-δ}(n-1) · s / √n (Bessel s).
-        expected = mean + float(stats.t.ppf(confidence, n - 1)) * std / math.sqrt(n)
-    elif safety.get("bound") == "hoeffding" and isinstance(value_range, list) and len(value_range) == 2:
-        width = value_range[1] - value_range[0]
-        expected = mean + width * math.sqrt(math.log(1.0 / (1.0 - confidence)) / (2 * n))
-    else:
-        return []  # other bounds need the sample itself, which the report need not carry
-    if math.isclose(safety["upper_bound"], expected, rel_tol=1e-9, abs_tol=1e-12):
+    expected = _closed_form_bound(safety)
+    if expected is None or math.isclose(
+        safety["upper_bound"], expected, rel_tol=1e-9, abs_tol=1e-12
+    ):
         return []
     return [
         Problem(
             "safety-bound",
             f"safety.upper_bound is {safety['upper_bound']} but the {safety['bound']} bound of "
-            f"mean {mean}, std {std}, n {n} at confidence {confidence} is {expected}",
+            f"mean {safety['mean']}, std {safety.get('std')}, n {safety['n']} at confidence "
+            f"{safety['confidence']} is {expected}",
         )
     ]
+
+
+def _closed_form_bound(safety: dict[str, Any]) -> float | None:
+    """The bound the recorded statistics give, or None for a bound that needs the sample.
+
+    Raises:
+        ValueError: The statistics cannot give the named bound (no range for Hoeffding, a mean
+            that is not a rate of ``n`` outcomes for Clopper–Pearson).
+    """
+    bound, mean, n, confidence = safety.get("bound"), safety["mean"], safety["n"], safety["confidence"]
+    if bound == "student_t" and safety.get("std") is not None and n >= 2:
+        # HC-RLHF safety test: U = mean + t_{1-δ}(n-1) · s / √n (Bessel s).
+        return mean + float(stats.t.ppf(confidence, n - 1)) * safety["std"] / math.sqrt(n)
+    if bound == "hoeffding":
+        given = safety.get("value_range")
+        low, high = given if isinstance(given, list) and len(given) == 2 else (None, None)
+        if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
+            raise ValueError(f"a hoeffding bound needs value_range [a, b], got {safety.get('value_range')!r}")
+        return mean + (high - low) * math.sqrt(math.log(1.0 / (1.0 - confidence)) / (2 * n))
+    if bound == "clopper_pearson":
+        unsafe = round(mean * n)
+        if not math.isclose(mean * n, unsafe, abs_tol=1e-6):
+            raise ValueError(f"mean {mean} is not a rate of {n} 0/1 outcomes")
+        outcomes = [1.0] * unsafe + [0.0] * (n - unsafe)
+        return upper_bound(outcomes, confidence=confidence, bound="clopper_pearson").upper_bound
+    return None  # another bound: it needs the sample itself, which the report need not carry
 
 
 def _safety_sample(report: dict[str, Any]) -> list[Problem]:
@@ -203,8 +215,12 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
     if safety is None or not isinstance(configured, dict):
         return []
     problems = []
-    for field, key in (("threshold", "cost_threshold"), ("confidence", "confidence")):
-        if key in configured and configured[key] != safety[field]:
+    for field, key in (
+        ("threshold", "cost_threshold"),
+        ("confidence", "confidence"),
+        ("bound", "bound"),
+    ):
+        if key in configured and configured[key] != safety.get(field):
             problems.append(
                 Problem(
                     "safety-config",
@@ -346,3 +362,17 @@ def _config_hash(report: dict[str, Any]) -> list[Problem]:
             )
         ]
     return []
+
+
+_RULES = (
+    ("safety-verdict", _safety_verdict),
+    ("safety-bound", _safety_bound),
+    ("safety-sample", _safety_sample),
+    ("safety-config", _safety_config),
+    ("privacy-private", _privacy_private),
+    ("privacy-epsilon", _privacy_epsilon),
+    ("privacy-budget", _privacy_budget),
+    ("groups-worst", _groups_worst),
+    ("summary", _summary),
+    ("config-hash", _config_hash),
+)

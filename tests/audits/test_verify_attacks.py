@@ -73,6 +73,7 @@ FORGERIES: list[tuple[str, Forgery, str]] = [
     ("bound-lowered", _resummarised(_set("safety.upper_bound", -5.0)), "safety-bound"),
     ("threshold-loosened", _set("safety.threshold", 10.0), "safety-config"),
     ("confidence-raised", _set("safety.confidence", 0.999), "safety-config"),
+    ("bound-renamed", _set("safety.bound", "a-bound-nobody-can-recompute"), "safety-config"),
     ("epsilon-50-within-budget-8", _set("privacy.epsilon", 50.0), "privacy-epsilon"),
     ("epsilon-lowered", _resummarised(_set("privacy.epsilon", 0.01)), "privacy-epsilon"),
     ("noise-multiplier-raised", _scale_noise, "privacy-epsilon"),
@@ -289,3 +290,41 @@ def test_the_demo_private_key_never_enters_the_run_directory(tmp_path: Path) -> 
     assert load_public_key(out / "keys" / "public.pem") == first.private_key.public_key()
     again = signing_key(Config(), tmp_path / "other")  # one demo key per user, reused
     assert again.private_key.public_key() == first.private_key.public_key()
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("5000-digit-integer", b'{"a":' + b"9" * 5000 + b"}"),
+        ("lone-surrogate", b'{"a":"\\ud800"}'),
+        ("not-json", b"report"),
+        ("a-list", b"[1,2]"),
+    ],
+)
+def test_unprocessable_reports_exit_2_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, content: bytes
+) -> None:
+    path = tmp_path / "report.json"
+    path.write_bytes(content)
+    assert main(["audit", "verify", str(path)]) == 2, name
+    err = capsys.readouterr().err
+    assert "cannot verify" in err and str(path) in err and "Traceback" not in err
+
+
+def test_a_directory_given_as_the_report_exits_2(tmp_path: Path, capsys) -> None:
+    assert main(["audit", "verify", str(tmp_path)]) == 2
+    assert "cannot read the report" in capsys.readouterr().err
+
+
+def test_an_odd_but_schema_valid_field_fails_closed_by_name(
+    run_dir: Path, keys: tuple[Path, Path]
+) -> None:
+    path = run_dir / "report.json"
+    report = load(path)
+    report["safety"]["value_range"] = "wide"  # safety allows extra properties of any type
+    report["safety"]["bound"] = "hoeffding"
+    resign(path, report, load_private_key(keys[0]))
+    result = _verify(path, keys)
+    assert not result.valid and not result.bad_input
+    assert {"safety-bound", "safety-config"} <= result.failed_checks
+    assert "value_range" in str(result.problems)
