@@ -211,26 +211,11 @@ def check_manifest(
             )
             continue
         name = entry["path"]
-        if "\0" in name:
-            problems.append(
-                Problem("manifest-path", f"{kind} path {name!r} holds a NUL byte", bad_input=True)
-            )
+        refused = _refused_path(name, kind)
+        if refused is not None:
+            problems.append(refused)
             continue
         relative = PurePosixPath(name)
-        if (
-            not name
-            or relative.is_absolute()
-            or PureWindowsPath(name).anchor
-            or ".." in relative.parts
-            or ".." in PureWindowsPath(name).parts
-        ):
-            problems.append(
-                Problem(
-                    "manifest-path",
-                    f"{kind} {name!r}: path must be relative to the report directory, without '..'",
-                )
-            )
-            continue
         unsafe = _unsafe_file(base, relative)
         if unsafe is not None:
             check, reason = unsafe
@@ -251,6 +236,25 @@ def check_manifest(
                 )
             )
     return problems, checked
+
+
+def _refused_path(name: str, kind: str) -> Problem | None:
+    """A ``manifest-path`` problem if ``name`` may not name a file beside the report."""
+    if "\0" in name:  # no file system can hold it: the report is malformed, not merely wrong
+        return Problem("manifest-path", f"{kind} path {name!r} holds a NUL byte", bad_input=True)
+    relative = PurePosixPath(name)
+    if (
+        not name
+        or relative.is_absolute()
+        or PureWindowsPath(name).anchor
+        or ".." in relative.parts
+        or ".." in PureWindowsPath(name).parts
+    ):
+        return Problem(
+            "manifest-path",
+            f"{kind} {name!r}: path must be relative to the report directory, without '..'",
+        )
+    return None
 
 
 def _unsafe_file(base: Path, relative: PurePosixPath) -> tuple[str, str] | None:
