@@ -43,8 +43,8 @@ def _set(dotted: str, value: Any) -> Forgery:
     return forge
 
 
-def _scale_noise(report: dict[str, Any]) -> None:
-    report["privacy"]["mechanisms"][0]["noise_multiplier"] *= 10  # "more noise": ε unchanged
+def _more_steps(report: dict[str, Any]) -> None:
+    report["privacy"]["mechanisms"][0]["steps"] *= 10  # training the stated ε does not cover
 
 
 def _resummarised(forge: Forgery) -> Forgery:
@@ -74,9 +74,9 @@ FORGERIES: list[tuple[str, Forgery, str]] = [
     ("threshold-loosened", _set("safety.threshold", 10.0), "safety-config"),
     ("confidence-raised", _set("safety.confidence", 0.999), "safety-config"),
     ("bound-renamed", _set("safety.bound", "a-bound-nobody-can-recompute"), "safety-config"),
-    ("epsilon-50-within-budget-8", _set("privacy.epsilon", 50.0), "privacy-epsilon"),
+    ("epsilon-50-within-budget-8", _set("privacy.epsilon", 50.0), "privacy-budget"),
     ("epsilon-lowered", _resummarised(_set("privacy.epsilon", 0.01)), "privacy-epsilon"),
-    ("noise-multiplier-raised", _scale_noise, "privacy-epsilon"),
+    ("steps-not-accounted", _more_steps, "privacy-epsilon"),
     ("over-budget-flag-cleared", _set("privacy.within_budget", False), "privacy-budget"),
     ("budget-raised", _set("privacy.budget.epsilon", 100.0), "privacy-budget"),
     ("non-private-model-hidden", _hide_non_private, "privacy-private"),
