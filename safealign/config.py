@@ -244,7 +244,10 @@ class AuditConfig:
         default=("json", "html", "md"), metadata=doc("Report files to write.")
     )
     signing_key: str | None = field(
-        default=None, metadata=doc("Ed25519 private key (PEM); null makes a demo key pair.")
+        default=None,
+        metadata=doc(
+            "Ed25519 private key (PEM); null signs with the per-user demo key (NOT a real identity)."
+        ),
     )
 
 

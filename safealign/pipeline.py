@@ -18,7 +18,7 @@ import yaml
 
 from safealign._atomic import atomic_write_text
 from safealign.audits.report import build_report, write_report_files
-from safealign.audits.signing import load_private_key, sign_report
+from safealign.audits.signing import load_private_key
 from safealign.config import Config, config_from_dict, to_plain
 from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
 from safealign.constraints.group_rewards import normalize_group_rewards
@@ -413,15 +413,19 @@ def write_certificate_dict(certificate: dict, path: Path) -> None:
 def _report(config, out, receipts, certificate, aligned, splits, truth, fingerprint):
     ledger = ledger_summary(config, fingerprint)
     groups = aligned.group_rewards and report_groups(aligned.group_rewards, certificate)
-    # Every file of the run except the report itself, the keys, and the ledger: a live database
-    # whose bytes change as it is read (its state is in the report's privacy.ledger section).
+    key = signing_key(config, out)
+    # Every file of the run except the report and its renderings (hashed in the signed
+    # renderings manifest), a configured private key placed inside the run, and the ledger: a
+    # live database whose bytes change as it is read (its state is in privacy.ledger).
     ledger_path = Path(config.budget.ledger).resolve()
+    secret = Path(config.audit.signing_key).resolve() if config.audit.signing_key else None
     artifacts = [
         p
         for p in sorted(out.rglob("*"))
         if p.is_file()
+        and not p.is_symlink()
         and p.name not in {"report.json", "report.html", "report.md"}
-        and "keys" not in p.relative_to(out).parts
+        and p.resolve() != secret
         and not p.resolve().name.startswith(ledger_path.name)
     ]
     extra = {"true_outcomes": truth} if truth else None
@@ -436,7 +440,7 @@ def _report(config, out, receipts, certificate, aligned, splits, truth, fingerpr
         base_dir=out,
         extra=extra,
     )
-    key, note = signing_key(config, out)
-    signed = sign_report(report, key, base_dir=out)
-    paths = write_report_files(signed, out, formats=config.audit.formats)
-    return signed, paths, note
+    signed, paths = write_report_files(
+        report, out, formats=config.audit.formats, private_key=key.private_key, demo_key=key.demo
+    )
+    return signed, paths, key.note

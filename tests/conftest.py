@@ -26,3 +26,15 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_safealign_home(tmp_path_factory):
+    """Point the per-user data directory (ledger, its key, demo keys) at a temp dir for the session.
+
+    Session-scoped so that module-scoped fixtures (a demo run) are isolated too: a function-scoped
+    monkeypatch would be applied only after they had already run.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAFEALIGN_HOME", str(tmp_path_factory.mktemp("safealign-home")))
+        yield

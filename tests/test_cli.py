@@ -72,25 +72,22 @@ def test_world_export_rejects_bad_override(tmp_path, capsys):
 
 
 def test_keys_generate_and_verify_exit_codes(tmp_path, capsys):
-    from safealign.audits.signing import load_private_key, sign_report, write_report
+    from safealign.audits.signing import load_private_key
+    from tests.audits._real_report import write_real_report
 
     assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
     assert (tmp_path / "keys" / "private.pem").stat().st_mode & 0o777 == 0o600
     assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 2  # refuses to overwrite
-    (tmp_path / "model.bin").write_bytes(b"weights")
-    report = {"schema_version": 1, "artifacts": [], "safety": {"passed": True}}
-    from safealign.audits.canonical import build_manifest
-
-    report["artifacts"] = build_manifest([tmp_path / "model.bin"], base_dir=tmp_path)
-    signed = sign_report(report, load_private_key(tmp_path / "keys" / "private.pem"), base_dir=tmp_path)
-    write_report(signed, tmp_path / "report.json")
+    report = write_real_report(tmp_path / "run", load_private_key(tmp_path / "keys" / "private.pem"))
     capsys.readouterr()
-    assert main(["audit", "verify", str(tmp_path / "report.json"), "--public-key",
+    assert main(["audit", "verify", str(report), "--public-key",
                  str(tmp_path / "keys" / "public.pem")]) == 0
-    assert "VALID" in capsys.readouterr().out
-    (tmp_path / "model.bin").write_bytes(b"tampered")
-    assert main(["audit", "verify", str(tmp_path / "report.json")]) == 1
-    assert "model.bin" in capsys.readouterr().err
+    assert "VALID (signed by the pinned key" in capsys.readouterr().out
+    assert main(["audit", "verify", str(report)]) == 3  # intact, but nobody was authenticated
+    assert "NOT AUTHENTICATED" in capsys.readouterr().out
+    (tmp_path / "run" / "config.resolved.yaml").write_bytes(b"tampered")
+    assert main(["audit", "verify", str(report)]) == 1
+    assert "config.resolved.yaml" in capsys.readouterr().err
 
 
 def test_privacy_audit_refuses_the_features_backbone(tmp_path, capsys):

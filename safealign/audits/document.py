@@ -266,20 +266,31 @@ def _environment(environment: dict[str, Any]) -> Section:
 
 
 def _verify(report: dict[str, Any]) -> Section:
-    signature = report.get("signature")
-    signer = (
-        f"This report is signed with Ed25519 key {signature['key_id']}."
-        if signature
-        else "This report is NOT signed."
-    )
+    # The page is rendered before signing (its hash is signed), so it reads the signed ``signer``
+    # section, not the signature object.
+    signer = report.get("signer")
+    if not signer:
+        said = "This report is NOT signed."
+    elif signer.get("demo_key"):
+        said = (
+            f"This report is signed with Ed25519 key {signer['key_id']}, a throw-away DEMO key: "
+            "NOT a real identity. The signature shows the report is intact, not who made it."
+        )
+    else:
+        said = f"This report is signed with Ed25519 key {signer['key_id']}."
     return Section(
         "How to verify",
         (
             Para(
-                signer + " The signed record is report.json; this page is a rendering of it. "
-                "Verify the signature and every artifact hash with the signer's public key:"
+                said + " The signed record is report.json; this page is a rendering of it, and "
+                "its hash is signed too. Verify the signature, the report's consistency and every "
+                "artifact hash with the signer's public key:"
             ),
             Code(VERIFY_COMMAND),
-            Para("Exit status 0 means valid; 1 means a byte of the report or an artifact changed."),
+            Para(
+                "Exit status 0: valid, signed by the given key; 1: invalid (a byte, a claim or an "
+                "artifact does not check out); 2: not a readable report; 3: intact but not "
+                "authenticated (no --public-key given)."
+            ),
         ),
     )

@@ -1,31 +1,30 @@
 """The audit report: one canonical-JSON document with the privacy spent, the safety bound, the
 per-group outcomes and the provenance of a run, checked against a shipped JSON Schema.
 
-:func:`build_report` assembles the (unsigned) report; :func:`~safealign.audits.signing.sign_report`
-signs it; :func:`write_report_files` writes ``report.json`` (the canonical bytes that are
-verified) with its HTML and Markdown renderings. The JSON paths other tools rely on are listed
+:func:`build_report` assembles the (unsigned) report; :func:`write_report_files` signs it and writes
+``report.json`` (the canonical bytes that are verified) with its HTML and Markdown renderings,
+whose hashes the signature covers. The JSON paths other tools rely on are listed
 in ``report.schema.json``; ``schema_version`` changes whenever one of them does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import re
 import subprocess
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
-from functools import lru_cache
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from safealign import __version__
 from safealign.audits.canonical import atomic_write_text, build_manifest, canonical_json
+from safealign.audits.checks import SCHEMA_VERSION, load_schema, validate_report
 from safealign.audits.render import render_html, render_markdown
 from safealign.audits.sections import (
     groups_section,
@@ -34,7 +33,7 @@ from safealign.audits.sections import (
     safety_section,
     splits_section,
 )
-from safealign.audits.signing import write_report
+from safealign.audits.signing import sign_report, signer_section, write_report
 from safealign.audits.summary import plain_summary
 from safealign.errors import DataError
 
@@ -48,8 +47,6 @@ __all__ = [
     "write_report_files",
 ]
 
-SCHEMA_VERSION = 1
-SCHEMA_NAME = "report.schema.json"
 FORMATS = {"json": "report.json", "html": "report.html", "md": "report.md"}
 _VERSIONED_PACKAGES = ("torch", "opacus", "transformers", "peft")
 _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -160,50 +157,33 @@ def _git_commit() -> str | None:
     return commit if done.returncode == 0 and _COMMIT.match(commit) else None
 
 
-@lru_cache(maxsize=1)
-def _schema_text() -> str:
-    return resources.files("safealign.audits").joinpath(SCHEMA_NAME).read_text(encoding="utf-8")
-
-
-def load_schema() -> dict[str, Any]:
-    """The report's JSON Schema (draft 2020-12), as shipped in the package."""
-    return json.loads(_schema_text())
-
-
-def validate_report(report: dict[str, Any]) -> None:
-    """Check ``report`` (signed or not) against ``report.schema.json``.
-
-    Raises:
-        DataError: Listing every schema violation with its JSON path, e.g.
-            ``$.privacy.epsilon: 'x' is not of type 'number', 'null'``.
-    """
-    validator = Draft202012Validator(load_schema())
-    errors = sorted(validator.iter_errors(report), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        listed = "\n".join(f"  - {error.json_path}: {error.message}" for error in errors)
-        raise DataError(
-            f"the report does not match {SCHEMA_NAME} (schema_version {SCHEMA_VERSION}); "
-            f"{len(errors)} problems:\n{listed}"
-        )
-
-
 def write_report_files(
-    report_signed: dict[str, Any],
+    report: dict[str, Any],
     out_dir: str | os.PathLike[str],
     formats: Iterable[str] = ("json", "html", "md"),
-) -> list[Path]:
-    """Write the report as ``report.json`` (canonical bytes), ``report.html`` and ``report.md``.
+    *,
+    private_key: Ed25519PrivateKey,
+    demo_key: bool = False,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Sign the report and write ``report.json`` (canonical bytes), ``report.html``, ``report.md``.
 
-    Each file is written atomically. Only ``report.json`` is verified by
-    ``safealign audit verify``; the renderings are views of it.
+    What a person reads must be covered by the signature too (DESIGN.md, threat model of
+    reports): the renderings are written first, from the report with its ``signer`` section,
+    and their SHA-256 go into the signed ``renderings`` manifest, so editing ``report.html``
+    fails ``safealign audit verify`` as editing ``report.json`` does. Each file is written
+    atomically.
 
     Args:
-        report_signed: The report, normally signed by ``sign_report``.
-        out_dir: The report directory (created if missing).
+        report: The unsigned report from :func:`build_report` (an old ``signature`` or
+            ``renderings`` is replaced).
+        out_dir: The report directory (created if missing); artifact paths are relative to it.
         formats: Any of ``json``, ``html``, ``md``.
+        private_key: The signing key.
+        demo_key: True when ``private_key`` is a throw-away demo key, not a real identity: the
+            signed ``signer`` section says so, the renderings show it and verification warns.
 
     Returns:
-        The written paths, in the order of ``formats``.
+        ``(signed, paths)``: the signed report, and the written paths in the order of ``formats``.
 
     Raises:
         DataError: On an unknown format or a report that does not match the schema.
@@ -212,16 +192,20 @@ def write_report_files(
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise DataError(f"unknown report formats {unknown}; choose from {sorted(FORMATS)}")
-    validate_report(report_signed)
+    content = {k: v for k, v in report.items() if k not in ("signature", "renderings")}
+    content["signer"] = signer_section(private_key.public_key(), demo_key=demo_key)
+    validate_report(content)
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name in formats:
-        path = directory / FORMATS[name]
-        if name == "json":
-            written.append(write_report(report_signed, path))
-        elif name == "html":
-            written.append(atomic_write_text(path, render_html(report_signed)))
-        else:
-            written.append(atomic_write_text(path, render_markdown(report_signed)))
-    return written
+    renderers = {"html": render_html, "md": render_markdown}
+    written = {
+        name: atomic_write_text(directory / FORMATS[name], renderers[name](content))
+        for name in formats
+        if name in renderers
+    }
+    content["renderings"] = build_manifest(written.values(), base_dir=directory)
+    signed = sign_report(content, private_key, base_dir=directory)
+    validate_report(signed)
+    if "json" in formats:
+        written["json"] = write_report(signed, directory / FORMATS["json"])
+    return signed, [written[name] for name in formats]

@@ -7,7 +7,8 @@ Handlers import the heavy modules (torch, the pipeline) only when they run, so t
 ``safealign --help`` stays fast.
 
 Exit codes: 0 success; 1 a check that ran and failed; 2 bad input or usage, or a file the operating
-system refused (a message on stderr, never a traceback for a user mistake); 70 an internal error
+system refused (a message on stderr, never a traceback for a user mistake); 3 ``audit verify``
+checked integrity only (no ``--public-key``), see :mod:`safealign.cli.common`; 70 an internal error
 (a bug: one line on stderr, the traceback with ``SAFEALIGN_DEBUG=1``); 130 interrupted (Ctrl-C).
 """
 

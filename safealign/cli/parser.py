@@ -213,10 +213,21 @@ def _add_key_audit_ledger_commands(commands) -> None:
     report = commands.add_parser("audit", help="audit reports")
     report_commands = report.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = report_commands.add_parser(
-        "verify", help="exit 0 if the signature and every artifact hash check out"
+        "verify",
+        help="check signature, schema, consistency and every artifact and rendering hash",
+        description="Exit status: 0 valid and signed by the --public-key given; 1 invalid (the "
+        "failed checks are named); 2 not a readable report; 3 intact but NOT authenticated "
+        "(no --public-key: the embedded key proves integrity, not who signed it).",
     )
     verify.add_argument("report", help="report.json")
-    verify.add_argument("--public-key", default=None, help="the signer's public.pem (pins the key)")
+    verify.add_argument(
+        "--public-key", default=None, help="the signer's public.pem (pins the key; else exit 3)"
+    )
+    verify.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail (exit 1) on a demo signing key and on files no manifest covers",
+    )
     verify.set_defaults(handler=cmd_audit_verify)
 
     ledger = commands.add_parser("ledger", help="the privacy budget ledger")

@@ -122,7 +122,7 @@ def _print_run(result) -> None:
                 f"          true reward {group}: released {value:+.4f} vs reference {reference['reward'][group]:+.4f}"
             )
     if result.key_note:
-        print(f"note      {result.key_note}")
+        print(f"signing   {result.key_note}")
     for path in result.report_paths:
         print(f"report    {path}")
 

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import html
 import json
+import math
 import re
 import subprocess
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from jsonschema import Draft202012Validator
+from scipy import stats as scipy_stats
 
 from safealign.audits import report as report_module
 from safealign.audits.canonical import canonical_json, sha256_file
@@ -33,7 +35,6 @@ from safealign.audits.signing import (
     generate_keypair,
     load_private_key,
     load_public_key,
-    sign_report,
     verify_report,
 )
 from safealign.config import Config
@@ -123,6 +124,11 @@ def _receipt(kind: str, mechanism: Mechanism | None) -> dict[str, Any]:
     ).to_dict()
 
 
+# The std that makes the Student t bound of n = 400 exactly 0.107 above the mean, so the fixture's
+# round bounds (-0.313, 0.157) are the ones verification recomputes (check "safety-bound").
+_STD = 0.107 * math.sqrt(400) / float(scipy_stats.t.ppf(0.95, 399))
+
+
 def make_certificate(*, passed: bool = True, costs: list[float] | None = None) -> dict[str, Any]:
     certificate = {
         "metric": "expected_cost",
@@ -131,7 +137,7 @@ def make_certificate(*, passed: bool = True, costs: list[float] | None = None) -
         "bound": "student_t",
         "n": 400,
         "mean": -0.42 if passed else 0.05,
-        "std": 1.3,
+        "std": _STD,
         "upper_bound": -0.313 if passed else 0.157,
         "passed": passed,
         "result": "certified" if passed else "NSF",
@@ -570,24 +576,30 @@ def test_written_report_verifies_and_json_is_canonical(tmp_path: Path) -> None:
     base.mkdir()
     built = make_report(base)
     private_path, public_path = generate_keypair(tmp_path / "keys")
-    signed = sign_report(built, load_private_key(private_path), base_dir=base)
-    paths = write_report_files(signed, base, ["json", "html", "md"])
+    signed, paths = write_report_files(
+        built, base, ["json", "html", "md"], private_key=load_private_key(private_path)
+    )
     assert [p.name for p in paths] == ["report.json", "report.html", "report.md"]
     assert paths[0].read_bytes() == canonical_json(signed) + b"\n"
     assert verify_report(paths[0], public_key=load_public_key(public_path)).valid
     assert "signed with Ed25519 key " + signed["signature"]["key_id"] in paths[1].read_text()
-    assert paths[2].read_text(encoding="utf-8") == render_markdown(signed)
+    # The renderings are made before signing, from the signed content minus its own hashes.
+    content = {k: v for k, v in signed.items() if k not in ("signature", "renderings")}
+    assert paths[2].read_text(encoding="utf-8") == render_markdown(content)
+    assert [r["path"] for r in signed["renderings"]] == ["report.html", "report.md"]
     assert not [p for p in base.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_write_report_files_refuses_unknown_formats_and_invalid_reports(
     tmp_path: Path, report: dict[str, Any]
 ) -> None:
+    key = load_private_key(generate_keypair(tmp_path / "keys")[0])
+    out = tmp_path / "out"
     with pytest.raises(DataError, match="unknown report formats"):
-        write_report_files(report, tmp_path, ["json", "pdf"])
+        write_report_files(report, out, ["json", "pdf"], private_key=key)
     with pytest.raises(DataError, match="does not match"):
-        write_report_files(report | {"schema_version": 0}, tmp_path, ["json"])
-    assert not list(tmp_path.iterdir())
+        write_report_files(report | {"schema_version": 0}, out, ["json"], private_key=key)
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------

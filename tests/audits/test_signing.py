@@ -23,6 +23,7 @@ from safealign.audits.canonical import (
     sha256_file,
 )
 from safealign.audits.signing import (
+    Problem,
     VerificationResult,
     build_manifest,
     generate_keypair,
@@ -34,6 +35,9 @@ from safealign.audits.signing import (
     write_report,
 )
 from safealign.errors import DataError, SignatureError
+from tests.audits._real_report import write_real_report
+
+BYTE_CHECKS = {"json", "canonical", "signature", "pinned-key"}
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures
@@ -256,23 +260,37 @@ def test_non_ed25519_key_is_rejected(tmp_path: Path) -> None:
 # Signing and verification
 
 
-def test_sign_verify_round_trip(signed_report: Path, keys: tuple[Path, Path]) -> None:
+def byte_level(result: VerificationResult) -> list[Problem]:
+    """The problems of the bytes and the signature alone (the toy report fails the schema)."""
+    return [p for p in result.problems if p.check in BYTE_CHECKS]
+
+
+@pytest.fixture
+def real_report(tmp_path: Path, keys: tuple[Path, Path]) -> Path:
+    return write_real_report(tmp_path / "run", load_private_key(keys[0]))
+
+
+def test_sign_verify_round_trip(real_report: Path, keys: tuple[Path, Path]) -> None:
     public_key = load_public_key(keys[1])
-    result = verify_report(signed_report, public_key=public_key)
+    result = verify_report(real_report, public_key=public_key)
     assert result == VerificationResult(
-        valid=True, problems=[], checked_artifacts=2, key_pinned=True, key_id=key_id(public_key)
+        valid=True, problems=(), checked_artifacts=4, key_pinned=True, key_id=key_id(public_key)
     )
     result.raise_if_invalid()
-    report = json.loads(signed_report.read_bytes())
-    assert report["artifacts"][0]["path"] == "config.yaml"  # sorted, relative, POSIX
-    assert report["artifacts"][1]["path"] == "model/weights.bin"
+    report = json.loads(real_report.read_bytes())
+    assert [a["path"] for a in report["artifacts"]] == [  # sorted, relative, POSIX
+        "config.resolved.yaml",
+        "reward_model/adapter.safetensors",
+    ]
+    assert [a["path"] for a in report["renderings"]] == ["report.html", "report.md"]
+    assert report["signer"] == {"key_id": key_id(public_key), "demo_key": False}
     assert report["signature"]["algorithm"] == "ed25519"
     assert report["signature"]["key_id"] == key_id(public_key)
     assert len(report["signature"]["key_id"]) == 16
 
 
-def test_unpinned_verification_says_so(signed_report: Path) -> None:
-    result = verify_report(signed_report)
+def test_unpinned_verification_says_so(real_report: Path) -> None:
+    result = verify_report(real_report)
     assert result.valid
     assert result.key_pinned is False
 
@@ -293,7 +311,8 @@ def test_wrong_public_key_fails(signed_report: Path, tmp_path: Path) -> None:
     result = verify_report(signed_report, public_key=other)
     assert not result.valid
     assert result.key_pinned
-    assert any(f"not by the expected key {key_id(other)}" in p for p in result.problems)
+    assert any(f"not by the expected key {key_id(other)}" in p.message for p in result.problems)
+    assert {"pinned-key", "signature"} <= result.failed_checks
     with pytest.raises(SignatureError, match="does not verify"):
         result.raise_if_invalid()
 
@@ -303,7 +322,8 @@ def test_every_single_byte_flip_breaks_verification(
 ) -> None:
     public_key = load_public_key(keys[1])
     original = signed_report.read_bytes()
-    # Three flips per position: a low bit (stays printable ASCII, e.g. a digit or base64 char),
+    # The byte layer alone must catch every flip (the toy report is not schema-valid; the content
+    # checks are attacked in test_verify_attacks). Three flips per position: a low bit (stays printable ASCII, e.g. a digit or base64 char),
     # the case bit, and the high bit (breaks UTF-8). Together they hit every byte of the body,
     # the signature object and the trailing newline. Substitutions that decode to the same
     # base64 bytes are covered by test_base64_variants_with_same_decoding_are_rejected.
@@ -314,10 +334,10 @@ def test_every_single_byte_flip_breaks_verification(
             mutated[position] ^= mask
             signed_report.write_bytes(bytes(mutated))
             for key in (public_key, None):
-                if verify_report(signed_report, public_key=key).valid:
+                if not byte_level(verify_report(signed_report, public_key=key)):
                     survivors.append((position, mask, key is None))
     signed_report.write_bytes(original)
-    assert verify_report(signed_report, public_key=public_key).valid
+    assert not byte_level(verify_report(signed_report, public_key=public_key))
     assert survivors == []
 
 
@@ -333,7 +353,7 @@ def test_base64_variants_with_same_decoding_are_rejected(
     signed_report.write_bytes(canonical_json(report) + b"\n")
     result = verify_report(signed_report, public_key=load_public_key(keys[1]))
     assert not result.valid
-    assert any("canonical base64" in p for p in result.problems)
+    assert any("canonical base64" in p.message for p in byte_level(result))
 
 
 @pytest.mark.parametrize(
@@ -354,7 +374,7 @@ def test_same_value_in_other_bytes_is_rejected(
     signed_report.write_bytes(rewrite(report))
     result = verify_report(signed_report)
     assert not result.valid
-    assert [p for p in result.problems if "canonical JSON form" in p]
+    assert [p for p in byte_level(result) if "canonical JSON form" in p.message]
 
 
 def test_tampered_and_missing_artifacts_are_named(
@@ -367,9 +387,10 @@ def test_tampered_and_missing_artifacts_are_named(
     result = verify_report(signed_report, public_key=load_public_key(keys[1]))
     assert not result.valid
     assert result.checked_artifacts == 1
-    assert len(result.problems) == 2
-    assert "'model/weights.bin' has changed" in result.problems[1]
-    assert "'config.yaml' is missing" in result.problems[0]
+    problems = [p for p in result.problems if p.check == "artifact"]
+    assert len(problems) == 2
+    assert "'model/weights.bin' has changed" in problems[1].message
+    assert "'config.yaml' is missing" in problems[0].message
 
 
 def test_malformed_json_is_a_result_not_a_traceback(tmp_path: Path) -> None:
@@ -384,17 +405,17 @@ def test_malformed_json_is_a_result_not_a_traceback(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.json"
         path.write_bytes(data)
         result = verify_report(path)
-        assert not result.valid, name
-        assert result.problems and str(path) in result.problems[0], name
+        assert not result.valid and result.bad_input, name
+        assert result.problems and str(path) in result.problems[0].message, name
     missing = verify_report(tmp_path / "absent.json")
-    assert not missing.valid and "cannot read" in missing.problems[0]
+    assert not missing.valid and missing.bad_input and "cannot read" in missing.problems[0].message
 
 
 def test_unsigned_report_is_invalid(tmp_path: Path) -> None:
     path = write_report({"schema_version": 1, "artifacts": []}, tmp_path / "r.json")
     result = verify_report(path)
     assert not result.valid
-    assert "not signed" in result.problems[0]
+    assert "not signed" in result.problems[0].message
 
 
 @pytest.mark.parametrize("bad_path", ["../secret", "/etc/passwd", "a/../../b", "C:\\x"])
