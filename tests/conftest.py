@@ -26,3 +26,9 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_safealign_home(tmp_path, monkeypatch):
+    """Every test's per-user state (default ledger, its key, demo keys) lives in its tmp_path."""
+    monkeypatch.setenv("SAFEALIGN_HOME", str(tmp_path / "safealign-home"))
