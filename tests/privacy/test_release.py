@@ -9,6 +9,7 @@ charged 33 of 96 steps (ledger ε 0.542, receipt ε 0.999).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -273,3 +274,22 @@ def test_a_checkpoint_without_its_charge_record_is_refused(tmp_path, monkeypatch
     (tmp_path / "run" / release.RESERVATION_FILE).unlink()
     with pytest.raises(PrivacyError, match="checkpoint at step 7 but no reservation.json"):
         _run(config, pairs, tmp_path / "run")
+
+
+def test_the_torchrun_entry_point_charges_the_ledger_like_train_reward(tmp_path, capsys):
+    from safealign.privacy import distributed
+
+    ledger_path = tmp_path / "ledger.sqlite"
+    config = tmp_path / "config.yaml"
+    config.write_text("reward_model: {backbone: tiny}\n")
+    args = [*TINY, "budget.epsilon=1.2", f"budget.ledger={ledger_path}"]
+    # Without torchrun it is one rank: the same entry point, charged by rank 0.
+    assert distributed.main([str(config), "--out", str(tmp_path / "a"), *args]) == 0
+    receipt = json.loads((tmp_path / "a" / "receipt.json").read_text())
+    (budget,) = PrivacyLedger(ledger_path).summary(accountant="rdp")
+    assert [(r.status, r.actual[0].steps) for r in budget.releases] == [
+        ("committed", receipt["steps"])
+    ]
+    assert budget.epsilon == pytest.approx(receipt["epsilon"], rel=1e-9)
+    assert distributed.main([str(config), "--out", str(tmp_path / "b"), *args]) == 2
+    assert "refusing" in capsys.readouterr().err and not (tmp_path / "b").exists()
