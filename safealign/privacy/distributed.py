@@ -24,6 +24,7 @@ accountant's (q, σ, steps) are unchanged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
@@ -154,51 +155,42 @@ def _train(args: argparse.Namespace, ranks: Ranks) -> None:
     num_units = privacy_units(splits.train, privacy.privacy_unit)[1]
     calibrates = calibrates_run(args.kind, splits.train, model_config)
     plan = plan_training(num_units, model_config, calibration=calibrates)
-    target = None
-    if plan.private and ranks.rank == 0:
-        target = _agreed(ranks, lambda: budget_target(
+
+    def reserve():  # rank 0 only: open the ledger, check δ, reserve (the charge stays open)
+        target = budget_target(
             config.budget, pairs, privacy_unit=privacy.privacy_unit,
             dataset_id=config.data.dataset_id,
             target_deltas=[(f"{args.kind}_model.privacy.target_delta", privacy.target_delta)],
-        ))  # fmt: skip
-    elif plan.private:
-        _agreed(ranks, None)
+        )  # fmt: skip
+        label = f"{args.kind} model (distributed, {ranks.world_size} ranks)"
+        return stack.enter_context(
+            charge(target, plan.mechanism, label=label, accountant=privacy.accountant,
+                   counts_steps=True)  # fmt: skip
+        )
 
-    def train(on_step=None):
-        return train_scoring_model(
+    with contextlib.ExitStack() as stack:
+        run = _agreed(ranks, reserve if plan.private and ranks.rank == 0 else None)
+        training_steps = plan.steps - plan.calibration_steps
+        on_step = None
+        if run is not None:  # calibration counted in full once training has ended
+            on_step = lambda step: run.step(plan.steps if step >= training_steps else step)  # noqa: E731
+        result = train_scoring_model(
             splits.train, kind=args.kind, config=model_config, seed=config.seed,
             eval_pairs=splits.eval, plan=plan, on_step=on_step, progress=ranks.rank == 0,
         )  # fmt: skip
-
-    if target is None:
-        result = train()
         check_ranks_agree(result.model.model, ranks)
-    else:
-        label = f"{args.kind} model (distributed, {ranks.world_size} ranks)"
-        with charge(
-            target, plan.mechanism, label=label, accountant=privacy.accountant, counts_steps=True
-        ) as run:
-            result = _train_counted(train, run, plan, ranks)
-            if result.receipt.mechanism is not None:
-                run.spend(result.receipt.mechanism)
+        if run is not None and result.receipt.mechanism is not None:
+            run.spend(result.receipt.mechanism)
     if ranks.rank == 0:
         receipt = save_training_output(result, args.out)
         print(f"{args.kind} model: ε = {result.receipt.epsilon} → {receipt}", flush=True)
 
 
-def _train_counted(train, run, plan, ranks: Ranks):
-    """Rank 0's training with its steps reported to the charge (calibration counted in full)."""
-    training_steps = plan.steps - plan.calibration_steps
-    result = train(on_step=lambda step: run.step(plan.steps if step >= training_steps else step))
-    check_ranks_agree(result.model.model, ranks)
-    return result
-
-
 def _agreed(ranks: Ranks, reserve):
-    """Rank 0 runs ``reserve``; every rank learns whether it failed, and raises if so.
+    """Rank 0 runs ``reserve`` (others pass None); every rank learns whether it failed.
 
     Without this, a refused reservation on rank 0 would leave the other ranks waiting in their
-    first collective, or training on data the ledger refused.
+    first collective, or training on data the ledger refused. Returns rank 0's charge.
     """
     outcome, error = None, None
     if reserve is not None:
