@@ -5,7 +5,7 @@ construction, so a run's pre-flight that opens the ledger learns, before anythin
 whether it can be used: a path that is a directory or lies under a regular file, a directory
 that cannot be written (SQLite keeps its WAL journal beside the ledger), a file that is not a
 ledger (corrupt, truncated), one locked by another process past the busy timeout, or one of
-another schema version. Each is a :class:`ConfigError` or :class:`PrivacyError` naming the
+an unknown schema version (version 1 is migrated in place, :func:`_migrate_v1`). Each is a :class:`ConfigError` or :class:`PrivacyError` naming the
 path and what to do; no sqlite3 exception escapes the ledger.
 """
 
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from safealign.errors import ConfigError, PrivacyError
+from safealign.privacy.identity import dataset_key, ledger_key
 
 # 2: budgets keyed by privacy units (keyed hashes) instead of one dataset fingerprint.
 SCHEMA_VERSION = 2
@@ -127,7 +128,7 @@ def _corrupt(path: Path, why: str) -> str:
 def translate(path: Path, exc: sqlite3.Error, busy_timeout_s: float) -> ConfigError | PrivacyError:
     """The ledger error a sqlite3 error means, naming ``path`` and what to do."""
     text = str(exc)
-    if "locked" in text or "busy" in text:
+    if "database is locked" in text or "busy" in text:
         return PrivacyError(
             f"{path}: the ledger stayed locked by another process for more than "
             f"{busy_timeout_s:g} s (another run is reserving or committing). Retry when it "
@@ -213,11 +214,19 @@ def open_store(path: str | Path, busy_timeout_s: float) -> Store:
     with store.transaction() as conn:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
-        if version != SCHEMA_VERSION and (version or tables.fetchone()[0]):
+        tables = tables.fetchone()[0]
+        if version not in (1, SCHEMA_VERSION) and (version or tables):
             raise PrivacyError(_version_problem(store.path, version))
+        if version == 1:
+            conn.execute("ALTER TABLE datasets RENAME TO v1_datasets")
+            conn.execute("ALTER TABLE releases RENAME TO v1_releases")
+            conn.execute("ALTER TABLE mechanisms RENAME TO v1_mechanisms")
+            conn.execute("DROP INDEX IF EXISTS releases_by_dataset")
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        if version == 1:
+            _migrate_v1(conn, ledger_key(store.path))
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return store
 
@@ -228,12 +237,42 @@ def _version_problem(path: Path, version: int) -> str:
             f"{path}: ledger schema version {version} is newer than this safealign supports "
             f"({SCHEMA_VERSION}); upgrade safealign"
         )
-    # Not migrated: a version-1 budget is keyed on the exact bytes of a record set, and nothing
-    # in it can recognise an edited copy of that data. Silently starting over would be a reset.
-    return (
-        f"{path}: ledger schema version {version} keys budgets on exact dataset fingerprints, "
-        f"which an edit of the data resets; this safealign needs version {SCHEMA_VERSION} "
-        "(budgets keyed on privacy units) and does not migrate old ledgers. Keep this file as "
-        "the record of what was spent, and start a new ledger (budget.ledger) with a budget "
-        "lowered by that spend"
-    )
+    return f"{path}: unknown ledger schema version {version} (this safealign reads 1 and 2)"
+
+
+def _migrate_v1(conn: sqlite3.Connection, key: bytes) -> None:
+    """Version 1 (one budget per exact dataset fingerprint) → 2, in the open transaction.
+
+    Each old budget becomes a budget whose one known unit is the keyed hash of that exact
+    fingerprint (the key :func:`identity.dataset_key` gives), with its releases and mechanisms
+    unchanged. The first run on the same data finds it through that hash and adds its privacy
+    units, from then on edits of that data are recognised too. (Refusing old ledgers would push
+    users to a fresh file: a reset of every budget in it.)
+    """
+    for old in conn.execute("SELECT * FROM v1_datasets ORDER BY fingerprint").fetchall():
+        unit = dataset_key(key, old["fingerprint"])
+        cursor = conn.execute(
+            "INSERT INTO budgets (name, budget_epsilon, budget_delta, created_at) "
+            "VALUES (?, ?, ?, ?)",
+            (old["name"], old["budget_epsilon"], old["budget_delta"], old["created_at"]),
+        )
+        budget_id = int(cursor.lastrowid)
+        conn.execute("INSERT INTO units VALUES (?, ?)", (unit, budget_id))
+        conn.execute(
+            "INSERT INTO datasets VALUES (?, ?, NULL, 1, ?, ?)",
+            (unit, old["name"], old["created_at"], old["created_at"]),
+        )
+        conn.execute("INSERT INTO dataset_budgets VALUES (?, ?)", (unit, budget_id))
+        conn.execute(
+            "INSERT INTO releases SELECT id, ?, label, status, accountant, fallback_reason, "
+            "planned_epsilon, actual_epsilon, composed_epsilon, created_at, updated_at, run_info "
+            "FROM v1_releases WHERE fingerprint = ?",
+            (unit, old["fingerprint"]),
+        )
+        conn.execute(
+            "INSERT INTO charges SELECT ?, id FROM v1_releases WHERE fingerprint = ?",
+            (budget_id, old["fingerprint"]),
+        )
+    conn.execute("INSERT INTO mechanisms SELECT * FROM v1_mechanisms")
+    for table in ("v1_mechanisms", "v1_releases", "v1_datasets"):
+        conn.execute(f"DROP TABLE {table}")

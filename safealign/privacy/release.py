@@ -41,13 +41,25 @@ from safealign.privacy.dp_sgd import plan_training, privacy_units
 from safealign.privacy.ledger import DatasetBudgets, PrivacyLedger
 from safealign.privacy.training import TrainResult, save_training_output, train_scoring_model
 
+LEGACY_LEDGER = "safealign-ledger.sqlite"  # the old default, in the working directory
+
 
 def open_ledger(budget: BudgetConfig) -> PrivacyLedger:
     """The ledger of ``budget.ledger`` (default: the per-user one), opened and checked.
 
     Raises:
+        ConfigError: the default is asked for while the working directory holds a ledger of
+            the old default location (its spend would be forgotten), or see below.
         ConfigError, PrivacyError: the ledger cannot be used (see :class:`PrivacyLedger`).
     """
+    if budget.ledger is None and Path(LEGACY_LEDGER).is_file():
+        raise ConfigError(
+            f"budget.ledger: the working directory holds {LEGACY_LEDGER}, a ledger of an earlier "
+            "safealign (its default location); the default is now the per-user ledger, which "
+            f"does not know what that file has spent. Set budget.ledger={LEGACY_LEDGER} to keep "
+            "charging it (it is migrated when opened), or move it out of this directory once its "
+            "budgets are accounted for"
+        )
     return PrivacyLedger(budget.ledger)
 
 

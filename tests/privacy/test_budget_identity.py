@@ -248,14 +248,81 @@ def test_a_read_only_directory_for_real(tmp_path):
         os.chmod(path.parent, 0o700)
 
 
-def test_an_old_schema_is_refused_not_silently_reset(tmp_path):
+_V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT,
+    budget_epsilon REAL NOT NULL CHECK (budget_epsilon > 0),
+    budget_delta REAL NOT NULL CHECK (budget_delta > 0 AND budget_delta < 1),
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fingerprint TEXT NOT NULL REFERENCES datasets (fingerprint),
+    label TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('reserved', 'committed', 'released')),
+    accountant TEXT NOT NULL,
+    fallback_reason TEXT,
+    planned_epsilon REAL NOT NULL,
+    actual_epsilon REAL,
+    composed_epsilon REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    run_info TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mechanisms (
+    release_id INTEGER NOT NULL REFERENCES releases (id),
+    phase TEXT NOT NULL CHECK (phase IN ('planned', 'actual')),
+    position INTEGER NOT NULL,
+    noise_multiplier REAL NOT NULL,
+    sample_rate REAL NOT NULL,
+    steps INTEGER NOT NULL,
+    PRIMARY KEY (release_id, phase, position)
+);
+CREATE INDEX IF NOT EXISTS releases_by_dataset ON releases (fingerprint, status);
+"""
+
+
+def test_a_version_1_ledger_is_migrated_with_its_spend(tmp_path):
+    from safealign.privacy.accounting import Mechanism, compute_epsilon
+
     path = tmp_path / "ledger.sqlite"
+    dataset = PairDataset(PAIRS, name="prefs")
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE datasets (fingerprint TEXT PRIMARY KEY)")
+    conn.executescript(_V1_SCHEMA)
+    conn.execute("INSERT INTO datasets VALUES (?, 'prefs', 4.0, 1e-5, 't0')", (dataset.fingerprint,))
+    conn.execute(
+        "INSERT INTO releases VALUES (7, ?, 'reward model', 'committed', 'rdp', NULL, 2.1, 2.1, "
+        "2.1, 't0', 't1', '{}')",
+        (dataset.fingerprint,),
+    )
+    conn.executemany(
+        "INSERT INTO mechanisms VALUES (7, ?, 0, 1.0, 0.01, 1000)", [("planned",), ("actual",)]
+    )
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    with pytest.raises(PrivacyError, match=f"schema version 1 .* needs version {SCHEMA_VERSION}"):
+    ledger = PrivacyLedger(path)
+    # The same data finds its old budget (through the exact fingerprint), spend included; from
+    # then on its units are known, so an edited copy lands there too.
+    assert _register(ledger, PAIRS) == (1,)
+    assert _register(ledger, PAIRS[1:]) == (1,)
+    spend = ledger.spent(1, accountant="rdp")
+    assert [(r.id, r.status, r.budget_ids) for r in spend.releases] == [(7, "committed", (1,))]
+    run = Mechanism(1.0, 0.01, 1000)
+    assert spend.epsilon == compute_epsilon([run], target_delta=1e-5, accountant="rdp").epsilon
+    tables = {row[0] for row in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")}
+    assert not any(name.startswith("v1_") for name in tables)
+
+
+def test_an_unknown_schema_is_refused(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE budgets (id INTEGER)")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(PrivacyError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
         PrivacyLedger(path)
 
 
@@ -269,3 +336,14 @@ def test_the_cli_turns_ledger_faults_into_exit_2(tmp_path, capsys, fault):
     assert main(["ledger", "show", "--ledger", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "Traceback" not in err
+
+
+def test_the_old_default_ledger_in_the_working_directory_is_not_forgotten(tmp_path, monkeypatch):
+    from safealign.config import BudgetConfig
+    from safealign.privacy.release import LEGACY_LEDGER, open_ledger
+
+    monkeypatch.chdir(tmp_path)
+    PrivacyLedger(tmp_path / LEGACY_LEDGER)
+    with pytest.raises(ConfigError, match=f"holds {LEGACY_LEDGER}, a ledger of an earlier"):
+        open_ledger(BudgetConfig())
+    assert open_ledger(BudgetConfig(ledger=LEGACY_LEDGER)).path == Path(LEGACY_LEDGER)
