@@ -92,6 +92,14 @@ class DataConfig:
         default=0.2, metadata=doc("Share of prompts reserved for the one-shot safety test.", _open_unit)
     )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata=doc("The synthetic world."))
+    dataset_id: str | None = field(
+        default=None,
+        metadata=doc(
+            "A name for the people in this data (e.g. 'support-chats-2024'): every dataset declaring "
+            "it is charged on the same privacy budget, whatever its records. Optional: budgets are also "
+            "matched by hashed privacy units, so an edited copy is charged on its original's budget."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -233,9 +241,20 @@ class GroupsConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    epsilon: float = field(default=8.0, metadata=doc("Lifetime ε budget per dataset.", _positive))
-    delta: float = field(default=1e-5, metadata=doc("Lifetime δ budget per dataset.", _open_unit))
-    ledger: str = field(default="safealign-ledger.sqlite", metadata=doc("SQLite ledger path."))
+    epsilon: float = field(
+        default=8.0, metadata=doc("Lifetime ε budget of the people in the data (all runs on them).", _positive)
+    )
+    delta: float = field(
+        default=1e-5,
+        metadata=doc("Lifetime δ budget; must be below 1/n for the n privacy units (checked before training).", _open_unit),
+    )
+    ledger: str | None = field(
+        default=None,
+        metadata=doc(
+            "SQLite ledger path; null: the per-user ledger ($SAFEALIGN_HOME/ledger.sqlite, else "
+            "$XDG_DATA_HOME/safealign/ledger.sqlite, else ~/.local/share/safealign/ledger.sqlite)."
+        ),
+    )
 
 
 @dataclass(frozen=True)

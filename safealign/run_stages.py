@@ -31,8 +31,9 @@ from safealign.data.splits import CERTIFY, SealedDataset, Splits
 from safealign.errors import ConfigError
 from safealign.models.scalar import Kind, load_scoring_model, save_scoring_model
 from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
+from safealign.privacy.identity import default_ledger_path
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.privacy.release import RecordedTraining, budgeted_ledger
+from safealign.privacy.release import RecordedTraining, budget_target, charge
 from safealign.privacy.training import PrivacyReceipt
 from safealign.runs import record_training, trained_model
 
@@ -80,14 +81,15 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
     """Per-group reward models (given groups or EM), trained once and kept in ``out``."""
     meta_path = out / "groups.json"
     if not meta_path.exists():
-        ledger = None
-        if config.reward_model.privacy.target_epsilon is not None:
-            ledger = budgeted_ledger(
-                config.budget,
-                dataset_fingerprint=pairs.fingerprint,
-                dataset_name=pairs.name,
-                accountant=config.reward_model.privacy.accountant,
-            )
+        target = None
+        privacy = config.reward_model.privacy
+        if privacy.target_epsilon is not None:
+            # EM trains at user level whatever the config says: then users are the units.
+            unit = "user" if config.groups.mode == "em" else privacy.privacy_unit
+            target = budget_target(
+                config.budget, pairs, privacy_unit=unit, dataset_id=config.data.dataset_id,
+                target_deltas=[("reward_model.privacy.target_delta", privacy.target_delta)],
+            )  # fmt: skip
         # No pooled model is passed: with groups the run trains no separate reward model, so
         # em_init 'pooled' trains its start model inside EM, on these same training pairs at
         # user level, and charges it to the ledger as one more release (its receipt comes first).
@@ -97,8 +99,7 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
             model_config=config.reward_model,
             seed=config.seed,
             eval_pairs=splits.eval,
-            ledger=ledger,
-            dataset_fingerprint=pairs.fingerprint,
+            budget=target,
             count_noise=config.groups.em_count_noise,
             progress=progress,
         )
@@ -241,12 +242,12 @@ def report_groups(group_rewards: dict[str, float], certificate: dict) -> dict:
 
 
 def ledger_summary(config: Config, fingerprint: str) -> dict | None:
-    """The source dataset's ledger state (None when nothing private ran)."""
-    path = Path(config.budget.ledger)
+    """The most-spent budget the source dataset is charged on (None when nothing private ran)."""
+    path = Path(config.budget.ledger or default_ledger_path())
     if not path.exists():
         return None
-    spends = [s for s in PrivacyLedger(path).summary() if s.fingerprint == fingerprint]
-    return dataclasses.asdict(spends[0]) if spends else None
+    spend = PrivacyLedger(path).dataset_spend(fingerprint)
+    return dataclasses.asdict(spend) if spend is not None else None
 
 
 def true_outcomes(
@@ -340,26 +341,17 @@ def privacy_audit_stage(
     if not (setup.plan.private and not noise_off):
         result = run_privacy_audit(setup, config=model_config, seed=config.seed, progress=progress)
     else:
-        ledger = budgeted_ledger(
-            config.budget,
-            dataset_fingerprint=pairs.fingerprint,
-            dataset_name=pairs.name,
-            accountant=model_config.privacy.accountant,
-        )
-        reservation = ledger.reserve(
-            pairs.fingerprint,
-            setup.plan.mechanism,
-            label="privacy audit",
-            accountant=model_config.privacy.accountant,
-        )
-        try:
+        privacy = model_config.privacy
+        target = budget_target(
+            config.budget, pairs, privacy_unit=privacy.privacy_unit,
+            dataset_id=config.data.dataset_id,
+            target_deltas=[("reward_model.privacy.target_delta", privacy.target_delta)],
+        )  # fmt: skip
+        # The audit reports no steps: a failure after it started charges the whole plan.
+        with charge(target, setup.plan.mechanism, label="privacy audit", accountant=privacy.accountant):
             result = run_privacy_audit(
                 setup, config=model_config, seed=config.seed, progress=progress
             )
-        finally:
-            # Success or failure, the data may have been touched: charge the planned spend (a
-            # release here would under-charge an audit interrupted after its first step).
-            reservation.commit()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(

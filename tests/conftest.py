@@ -38,3 +38,10 @@ def _isolated_safealign_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SAFEALIGN_HOME", str(tmp_path_factory.mktemp("safealign-home")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _per_test_safealign_home(tmp_path, monkeypatch):
+    """Every test's own per-user state (default ledger, its key, demo keys) lives in its tmp_path,
+    so no test sees a budget another test spent (module fixtures keep the session's home)."""
+    monkeypatch.setenv("SAFEALIGN_HOME", str(tmp_path / "safealign-home"))

@@ -66,15 +66,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
-    """``safealign ledger show``: budgets, composed spend and every release."""
+    """``safealign ledger show``: budgets, the datasets charged on each, spend and releases."""
+    from safealign.privacy.identity import default_ledger_path
     from safealign.privacy.ledger import PrivacyLedger
     from safealign.privacy.ledger_records import format_ledger
 
-    if not Path(args.ledger).exists():
+    path = Path(args.ledger) if args.ledger else default_ledger_path()
+    if not path.exists():
         print(
-            f"error: {args.ledger}: no ledger here (it is created by the first private training run)",
+            f"error: {path}: no ledger here (it is created by the first private training run; "
+            "the default is the per-user ledger, --ledger PATH reads another)",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
-    print(format_ledger(PrivacyLedger(args.ledger).summary()))
+    print(f"ledger {path}")
+    print(format_ledger(PrivacyLedger(path).summary()))
     return EXIT_OK

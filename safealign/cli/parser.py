@@ -233,5 +233,7 @@ def _add_key_audit_ledger_commands(commands) -> None:
     ledger = commands.add_parser("ledger", help="the privacy budget ledger")
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     show = ledger_commands.add_parser("show", help="budgets, composed spend and every release")
-    show.add_argument("--ledger", default="safealign-ledger.sqlite", help="SQLite ledger path")
+    show.add_argument(
+        "--ledger", default=None, help="SQLite ledger path (default: the per-user ledger)"
+    )
     show.set_defaults(handler=cmd_ledger_show)

@@ -45,7 +45,10 @@ def cmd_train(kind: str):
         print(f"  model:   {Path(args.out) / 'model'}")
         print(f"  receipt: {recorded.receipt_path}")
         if recorded.release_id is not None:
-            print(f"  ledger:  {config.budget.ledger} (release #{recorded.release_id})")
+            from safealign.privacy.identity import default_ledger_path
+
+            ledger = config.budget.ledger or default_ledger_path()
+            print(f"  ledger:  {ledger} (release #{recorded.release_id})")
         return EXIT_OK
 
     return handler

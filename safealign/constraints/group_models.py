@@ -21,7 +21,7 @@ from safealign.errors import DataError
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism
 from safealign.privacy.dp_sgd import TrainingPlan
-from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.release import ChargeTarget, charge
 from safealign.privacy.training import PrivacyReceipt, TrainResult
 
 
@@ -77,10 +77,13 @@ def score_candidates(
 
 @dataclass(frozen=True)
 class Charger:
-    """Reserve → train → commit one release per M-step (no-op without a ledger or privacy)."""
+    """Charge one release per M-step through :func:`~safealign.privacy.release.charge`.
 
-    ledger: PrivacyLedger | None
-    fingerprint: str
+    A no-op without a ledger target or privacy. The block does not report steps, so a failed
+    training commits its whole plan (the release's failure policy for callers without steps).
+    """
+
+    target: ChargeTarget | None
     config: ModelConfig
 
     def run(
@@ -89,22 +92,17 @@ class Charger:
         """Train; return the results, the mechanisms to compose and the release id (or None)."""
         if not plan.private:
             return train(), (), None
-        if self.ledger is None:
+        if self.target is None:
             results = train()
             return results, (_dominating(r.receipt.mechanism for r in results), *extra), None
         accountant = self.config.privacy.accountant
-        reservation = self.ledger.reserve(
-            self.fingerprint, (plan.mechanism, *extra), label=label, accountant=accountant
-        )
-        try:
+        with charge(
+            self.target, (plan.mechanism, *extra), label=label, accountant=accountant
+        ) as run:
             results = train()
-        except BaseException:
-            # The run may already have touched the data: charge the whole plan (conservative).
-            self.ledger.commit(reservation.id, run_info={"failed": True})
-            raise
-        spent = (_dominating(r.receipt.mechanism for r in results), *extra)
-        self.ledger.commit(reservation.id, mechanisms=spent)
-        return results, spent, reservation.id
+            spent = (_dominating(r.receipt.mechanism for r in results), *extra)
+            run.spend(spent)
+        return results, spent, run.release_id
 
 
 def _dominating(mechanisms) -> Mechanism:

@@ -33,7 +33,7 @@ from safealign.data.records import PairDataset
 from safealign.errors import ConfigError, DataError
 from safealign.privacy.accounting import Mechanism
 from safealign.privacy.dp_sgd import plan_training, privacy_units
-from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.release import ChargeTarget
 from safealign.privacy.training import TrainResult, train_reward_model
 
 
@@ -44,8 +44,7 @@ def train_group_reward_models(
     model_config: ModelConfig,
     seed: int,
     eval_pairs: PairDataset | None = None,
-    ledger: PrivacyLedger | None = None,
-    dataset_fingerprint: str | None = None,
+    budget: ChargeTarget | None = None,
     stop_early: bool = True,
     count_noise: float | None = None,
     holdout: bool = False,
@@ -69,8 +68,9 @@ def train_group_reward_models(
         model_config: Backbone, optimisation and privacy of every group model.
         seed: Seed of the initial assignment and of every training run.
         eval_pairs: Held-out pairs for the receipts' metrics (split by group or cluster).
-        ledger: If given, every M-step is reserved and committed as one release.
-        dataset_fingerprint: The dataset the ledger charges (default ``pairs.fingerprint``).
+        budget: The ledger budgets of the source dataset
+            (:func:`~safealign.privacy.release.budget_target`); if given, every M-step is
+            charged as one release.
         stop_early: Stop once no user moves (a data-dependent decision the DP guarantee does
             not cover, :mod:`em` doc); False always runs ``em_max_iters`` iterations.
         count_noise: If set, each iteration also releases the cluster sizes with Gaussian
@@ -97,7 +97,7 @@ def train_group_reward_models(
     """
     if count_noise is not None:
         Mechanism(count_noise, 1.0, 1)  # validates count_noise before any training
-    charge = Charger(ledger, dataset_fingerprint or pairs.fingerprint, model_config)
+    charge = Charger(budget, model_config)
     if groups.mode == "given":
         return _train_given(pairs, model_config, seed, eval_pairs, charge, progress)
     if groups.mode == "em":

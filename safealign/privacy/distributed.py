@@ -9,7 +9,9 @@ Every rank loads the configured data and splits it the same way (``seed``), trai
 ``splits.train`` with :func:`~safealign.privacy.training.train_scoring_model`, checks that all
 ranks ended with bit-identical trainable parameters (each prints its SHA-256), and rank 0 writes
 ``DIR/model/`` and ``DIR/receipt.json``. Without torchrun it is an ordinary single-process run.
-The ledger is not charged here (``safealign train-reward`` does that on one process).
+Rank 0 charges the ledger as ``safealign train-reward`` does (:func:`~.release.charge`, same
+budgets, same failure policy; no resume): it reserves before any rank touches the data, and
+every rank stops with its error if the reservation is refused.
 
 How one distributed step is the single-process mechanism (see :func:`share_of_batch`): all ranks
 draw the *same* Poisson batch from the shared-seed sampler and each processes a disjoint share of
@@ -22,6 +24,7 @@ accountant's (q, σ, steps) are unchanged.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
@@ -139,23 +142,69 @@ def _init_process_group() -> Ranks:
 
 def _train(args: argparse.Namespace, ranks: Ranks) -> None:
     # Imported here: dp_sgd imports this module's helpers, and training imports dp_sgd.
+    from safealign.privacy.calibration import calibrates_run
+    from safealign.privacy.dp_sgd import plan_training, privacy_units
+    from safealign.privacy.release import budget_target, charge
     from safealign.privacy.training import save_training_output, train_scoring_model
 
     config = load_config(args.config, args.overrides)
     pairs, _ = load_source(config)
     splits = make_splits(pairs, config)
-    result = train_scoring_model(
-        splits.train,
-        kind=args.kind,
-        config=config.reward_model if args.kind == "reward" else config.cost_model,
-        seed=config.seed,
-        eval_pairs=splits.eval,
-        progress=ranks.rank == 0,
-    )
-    check_ranks_agree(result.model.model, ranks)
+    model_config = config.reward_model if args.kind == "reward" else config.cost_model
+    privacy = model_config.privacy
+    num_units = privacy_units(splits.train, privacy.privacy_unit)[1]
+    calibrates = calibrates_run(args.kind, splits.train, model_config)
+    plan = plan_training(num_units, model_config, calibration=calibrates)
+
+    def reserve():  # rank 0 only: open the ledger, check δ, reserve (the charge stays open)
+        target = budget_target(
+            config.budget, pairs, privacy_unit=privacy.privacy_unit,
+            dataset_id=config.data.dataset_id,
+            target_deltas=[(f"{args.kind}_model.privacy.target_delta", privacy.target_delta)],
+        )  # fmt: skip
+        label = f"{args.kind} model (distributed, {ranks.world_size} ranks)"
+        return stack.enter_context(
+            charge(target, plan.mechanism, label=label, accountant=privacy.accountant,
+                   counts_steps=True)  # fmt: skip
+        )
+
+    with contextlib.ExitStack() as stack:
+        run = _agreed(ranks, reserve if plan.private and ranks.rank == 0 else None)
+        training_steps = plan.steps - plan.calibration_steps
+        on_step = None
+        if run is not None:  # calibration counted in full once training has ended
+            on_step = lambda step: run.step(plan.steps if step >= training_steps else step)  # noqa: E731
+        result = train_scoring_model(
+            splits.train, kind=args.kind, config=model_config, seed=config.seed,
+            eval_pairs=splits.eval, plan=plan, on_step=on_step, progress=ranks.rank == 0,
+        )  # fmt: skip
+        check_ranks_agree(result.model.model, ranks)
+        if run is not None and result.receipt.mechanism is not None:
+            run.spend(result.receipt.mechanism)
     if ranks.rank == 0:
         receipt = save_training_output(result, args.out)
         print(f"{args.kind} model: ε = {result.receipt.epsilon} → {receipt}", flush=True)
+
+
+def _agreed(ranks: Ranks, reserve):
+    """Rank 0 runs ``reserve`` (others pass None); every rank learns whether it failed.
+
+    Without this, a refused reservation on rank 0 would leave the other ranks waiting in their
+    first collective, or training on data the ledger refused. Returns rank 0's charge.
+    """
+    outcome, error = None, None
+    if reserve is not None:
+        try:
+            outcome = reserve()
+        except SafeAlignError as exc:
+            error = str(exc)
+    if ranks.distributed:
+        message = [error]
+        dist.broadcast_object_list(message, src=0)
+        error = message[0]
+    if error is not None:
+        raise PrivacyError(f"the ledger refused this run on rank 0: {error}")
+    return outcome
 
 
 def main(argv: Sequence[str] | None = None) -> int:

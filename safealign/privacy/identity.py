@@ -13,13 +13,18 @@ missing one against it, as they could against a plain SHA-256.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import secrets
+import sys
 import tempfile
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
+from safealign.data.records import PreferencePair
 from safealign.errors import ConfigError
 
 KEY_FILE_SUFFIX = ".key"
@@ -87,9 +92,58 @@ def _create_key(path: Path) -> bytes:
 
 def keyed_digest(key: bytes, *parts: str | bytes) -> str:
     """HMAC-SHA256 of ``parts`` (length-prefixed, so part boundaries matter), as hex."""
-    mac = hmac.new(key, digestmod=hashlib.sha256)
+    return _digest(hmac.new(key, digestmod=hashlib.sha256), parts)
+
+
+def _digest(mac: hmac.HMAC, parts) -> str:
     for part in parts:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
-        mac.update(len(data).to_bytes(8, "big"))
-        mac.update(data)
+        mac.update(len(data).to_bytes(8, "big") + data)
     return mac.hexdigest()
+
+
+@functools.cache
+def _invisible() -> dict[int, None]:
+    """Category Cf (zero-width space/joiners, BOM, bidi controls, soft hyphen): invisible."""
+    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"}
+
+
+def normalise_text(text: str) -> str:
+    """``text`` as the ledger compares it: NFKC, format characters removed, casefolded,
+    whitespace collapsed to single spaces and stripped.
+
+    Why: a privacy unit must not become a "new" person by a trailing space, a zero-width joiner,
+    a full-width letter or a change of case. Two texts equal after this are treated as one.
+    """
+    if not text.isascii():  # ASCII is already NFKC and has no format characters
+        text = unicodedata.normalize("NFKC", text).translate(_invisible())
+        text = unicodedata.normalize("NFKC", text.casefold())
+    return " ".join(text.casefold().split())
+
+
+def unit_keys(key: bytes, pairs: Iterable[PreferencePair], privacy_unit: str) -> set[str]:
+    """Keyed hashes of the privacy units in ``pairs``, as the ledger stores them.
+
+    A pair is its normalised prompt and its two normalised responses, in either order (which one
+    was chosen, and every label, are not part of its identity: relabelling a pair does not make it
+    a new one). Pair keys are always included; with ``privacy_unit='user'`` the normalised user
+    id of every pair is added (the unit user-level DP protects).
+    """
+    keys = set()
+    base = hmac.new(key, digestmod=hashlib.sha256)  # copied per unit: the key is set up once
+    for pair in pairs:
+        responses = sorted((normalise_text(pair.chosen), normalise_text(pair.rejected)))
+        keys.add(_digest(base.copy(), ("pair", normalise_text(pair.prompt), *responses)))
+        if privacy_unit == "user" and pair.user_id is not None:
+            keys.add(_digest(base.copy(), ("user", normalise_text(pair.user_id))))
+    return keys
+
+
+def declared_key(key: bytes, dataset_id: str) -> str:
+    """The keyed hash of a declared dataset identity (``data.dataset_id``), normalised."""
+    return keyed_digest(key, "dataset_id", normalise_text(dataset_id))
+
+
+def dataset_key(key: bytes, fingerprint: str) -> str:
+    """The keyed hash of a dataset's exact fingerprint (never store the plain SHA-256)."""
+    return keyed_digest(key, "dataset", fingerprint)

@@ -16,12 +16,15 @@ class ReleaseRecord:
     Attributes:
         planned: Mechanisms reserved. actual: mechanisms committed (``None`` until committed).
         planned_epsilon / actual_epsilon: ε of the release alone at the budget's δ.
-        composed_epsilon: The dataset's composed ε including this release, at reservation time.
+        composed_epsilon: The composed ε including this release, at reservation time (the
+            largest over the budgets it is charged on).
+        dataset_key: Keyed hash of the charged dataset's fingerprint (meaningless without the
+            ledger's key). budget_ids: The budgets it is charged on.
         run_info: Free-form JSON metadata (run id, config hash, ...), merged at commit.
     """
 
     id: int
-    fingerprint: str
+    dataset_key: str
     label: str
     status: str
     accountant: str
@@ -33,6 +36,7 @@ class ReleaseRecord:
     composed_epsilon: float
     created_at: str
     updated_at: str
+    budget_ids: tuple[int, ...]
     run_info: dict[str, Any] = field(compare=False)
 
     @property
@@ -44,10 +48,25 @@ class ReleaseRecord:
 
 
 @dataclass(frozen=True)
-class BudgetSummary:
-    """The spend of one dataset. ``epsilon`` composes committed *and* reserved releases."""
+class DatasetRecord:
+    """A dataset charged on a budget, as ``ledger show`` lists it (never its hashes)."""
 
-    fingerprint: str
+    name: str | None
+    dataset_id: str | None
+    num_units: int
+    first_seen: str
+    last_seen: str
+
+
+@dataclass(frozen=True)
+class BudgetSummary:
+    """The spend of one budget. ``epsilon`` composes committed *and* reserved releases.
+
+    ``datasets`` are the datasets charged on it: every dataset sharing a privacy unit, the
+    exact fingerprint or the declared ``dataset_id`` with one charged before.
+    """
+
+    budget_id: int
     name: str | None
     budget_epsilon: float
     budget_delta: float
@@ -57,6 +76,7 @@ class BudgetSummary:
     accountant: str
     fallback_reason: str | None
     releases: tuple[ReleaseRecord, ...]
+    datasets: tuple[DatasetRecord, ...] = ()
 
     @property
     def remaining_epsilon(self) -> float:
@@ -69,9 +89,9 @@ def _describe(mechanisms: Sequence[Mechanism]) -> list[str]:
 
 
 def _format_dataset(spend: BudgetSummary) -> list[str]:
-    title = f"{spend.name} ({spend.fingerprint})" if spend.name else spend.fingerprint
+    title = f"budget #{spend.budget_id}" + (f" ({spend.name})" if spend.name else "")
     lines = [
-        f"dataset {title}",
+        title,
         f"  budget    epsilon={spend.budget_epsilon:g} at target_delta={spend.budget_delta:g}",
         f"  spent     epsilon={spend.epsilon:.4f} composed ({spend.accountant} accountant; "
         f"committed only: {spend.committed_epsilon:.4f}; naive sum: {spend.naive_epsilon:.4f})",
@@ -79,6 +99,12 @@ def _format_dataset(spend: BudgetSummary) -> list[str]:
     ]
     if spend.fallback_reason:
         lines.append(f"  note      fell back to RDP: {spend.fallback_reason}")
+    for d in spend.datasets:
+        declared = f", dataset_id {d.dataset_id!r}" if d.dataset_id else ""
+        lines.append(
+            f"  dataset   {d.name or '(unnamed)'}{declared}: {d.num_units} unit hashes, "
+            f"last charged {d.last_seen[:19]}"
+        )
     if not spend.releases:
         return [*lines, "  (no releases)"]
     lines.append(
@@ -98,14 +124,17 @@ def _format_dataset(spend: BudgetSummary) -> list[str]:
 
 
 def format_ledger(summary: BudgetSummary | Sequence[BudgetSummary]) -> str:
-    """A plain-text table of budgets, composed spend and releases (``safealign ledger show``).
+    """A plain-text table of budgets, their datasets, composed spend and releases
+    (``safealign ledger show``).
 
-    The epsilon of each release is its ε alone at the budget's δ; the dataset's spend is the
-    composition of all reserved and committed releases, which is less than their sum.
+    A budget is identified by its privacy units (module doc of :mod:`.ledger`); every dataset
+    sharing a unit with it is listed under it. The epsilon of each release is its ε alone at the
+    budget's δ; the budget's spend is the composition of all reserved and committed releases,
+    which is less than their sum.
     """
     spends = (summary,) if isinstance(summary, BudgetSummary) else tuple(summary)
     if not spends:
-        return "privacy ledger: no dataset budgets set\n"
+        return "privacy ledger: no budgets set\n"
     blocks = ["\n".join(_format_dataset(spend)) for spend in spends]
     legend = (
         "status: reserved = granted, not finished (a crashed run stays reserved and counts); "

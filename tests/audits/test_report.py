@@ -384,7 +384,7 @@ def test_nan_and_numpy_values_become_canonical_json(tmp_path: Path) -> None:
 
 def test_ledger_budget_takes_precedence_over_the_config(tmp_path: Path) -> None:
     summary = BudgetSummary(
-        fingerprint=TRAIN,
+        budget_id=1,
         name="prefs",
         budget_epsilon=6.0,
         budget_delta=1e-6,

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from safealign.config import (
+    BudgetConfig,
     GroupsConfig,
     ModelConfig,
     PrivacyConfig,
@@ -34,7 +35,7 @@ from safealign.data.records import PairDataset
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
 from safealign.privacy.accounting import Mechanism, compute_epsilon
-from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.release import budget_target
 from safealign.privacy.training import train_reward_model
 
 
@@ -207,8 +208,10 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start
     # Calibration is tested in privacy/; a fixed σ keeps this test fast.
     monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
     pairs = _world(users=6, pairs_per_user=4).pairs
-    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
-    ledger.set_budget(pairs.fingerprint, budget_epsilon=1e3, budget_delta=1e-3)
+    budget = budget_target(
+        BudgetConfig(epsilon=1e3, delta=1e-3, ledger=str(tmp_path / "ledger.sqlite")),
+        pairs, privacy_unit="user", dataset_id=None,
+    )  # fmt: skip
     config = _config(5.0, epochs=1)
     pooled = None  # a released pooled model is charged by whoever trained it, not by EM
     if start == "given pooled":
@@ -216,7 +219,7 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start
     init = "random" if start == "random" else "pooled"
     result = train_group_reward_models(
         pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=2, em_init=init),
-        model_config=config, seed=1, ledger=ledger, stop_early=False,
+        model_config=config, seed=1, budget=budget, stop_early=False,
         count_noise=count_noise, pooled=pooled,
     )  # fmt: skip
     assert result.iterations == 2
@@ -232,7 +235,7 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start
     first = [("group reward models, EM start (pooled model)", "committed", (training,))]
     first = first if start == "pooled trained here" else []
     assert result.mechanisms == tuple(m for _, _, ms in first for m in ms) + per_iteration * 2
-    summary = ledger.spent(pairs.fingerprint, accountant="rdp")
+    summary = budget.ledger.dataset_spend(pairs.fingerprint, accountant="rdp")
     assert [(r.label, r.status, r.actual) for r in summary.releases] == [
         *first,
         ("group reward models, EM iteration 1", "committed", per_iteration),

@@ -119,7 +119,7 @@ def test_calibration_steps_are_planned_spent_and_charged_inside_the_budget(tmp_p
     assert plan.calibration_steps == 2 * round(len(pairs) / 16)
     recorded = train_and_record(
         pairs, kind="cost", config=config.cost_model, budget=config.budget,
-        dataset_fingerprint=pairs.fingerprint, dataset_name="w", seed=0,
+        source=pairs, seed=0,
         out_dir=tmp_path / "cost", progress=False,
     )  # fmt: skip
     receipt = recorded.result.receipt
@@ -134,7 +134,8 @@ def test_calibration_steps_are_planned_spent_and_charged_inside_the_budget(tmp_p
         accountant="rdp",
     )
     assert again.epsilon == pytest.approx(receipt.epsilon) and receipt.epsilon <= 2.0
-    spent = PrivacyLedger(tmp_path / "ledger.sqlite").spent(pairs.fingerprint, accountant="rdp")
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+    spent = ledger.dataset_spend(pairs.fingerprint, accountant="rdp")
     assert spent.epsilon == pytest.approx(receipt.epsilon, rel=1e-6)
 
 

@@ -1,15 +1,26 @@
-"""Training under the ledger: refusal leaves everything unchanged; interruptions are charged once."""
+"""Training under the ledger: refusal leaves everything unchanged; interruptions are charged once.
+
+The failure policy of :func:`safealign.privacy.release.charge`, path by path: in each, the
+ledger's final composed ε for the dataset is at least the receipt's ε of the released model.
+Measured on the old code (issue 12, finding 3): killed at step 63 of 96, a retry with another
+batch size exited 2 but *released* the killed run's reservation, and the correct re-run was
+charged 33 of 96 steps (ledger ε 0.542, receipt ε 0.999).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import sqlite3
 
 import pytest
 
+import safealign.privacy.release as release
 from safealign.cli import main
 from safealign.config import load_config
 from safealign.data.synthetic import SyntheticWorld
-from safealign.errors import BudgetExceededError
+from safealign.errors import BudgetExceededError, ConfigError, PrivacyError
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.release import train_and_record
 
@@ -39,8 +50,7 @@ def _run(config, pairs, out, **kwargs):
         kind="reward",
         config=config.reward_model,
         budget=config.budget,
-        dataset_fingerprint=pairs.fingerprint,
-        dataset_name="w",
+        source=pairs,
         seed=0,
         out_dir=out,
         progress=False,
@@ -68,9 +78,7 @@ def test_interrupted_run_is_charged_once(tmp_path):
     pairs = SyntheticWorld(config.data.synthetic, seed=0).pairs
     reference = _run(config, pairs, tmp_path / "ref")
     fingerprint = pairs.fingerprint
-    alone = PrivacyLedger(ledger_path).spent(fingerprint, accountant="rdp").epsilon
-
-    import safealign.privacy.release as release
+    alone = PrivacyLedger(ledger_path).dataset_spend(fingerprint, accountant="rdp").epsilon
 
     original = release.train_scoring_model
 
@@ -88,11 +96,12 @@ def test_interrupted_run_is_charged_once(tmp_path):
             _run(config, pairs, tmp_path / "run")
     finally:
         release.train_scoring_model = original
-    statuses = [r.status for r in PrivacyLedger(ledger_path).spent(fingerprint).releases]
+    spend = PrivacyLedger(ledger_path).dataset_spend(fingerprint)
+    statuses = [r.status for r in spend.releases]
     assert statuses == ["committed", "committed"]  # the 2 steps taken are charged
     resumed = _run(config, pairs, tmp_path / "run")
     assert resumed.result.receipt.epsilon == pytest.approx(reference.result.receipt.epsilon)
-    summary = PrivacyLedger(ledger_path).spent(fingerprint, accountant="rdp")
+    summary = PrivacyLedger(ledger_path).dataset_spend(fingerprint, accountant="rdp")
     # Two full runs' worth composed: the interrupted one is charged exactly once in total.
     assert len(summary.releases) == 3
     from safealign.privacy.accounting import compute_epsilon
@@ -140,3 +149,147 @@ def test_privacy_audit_is_charged_even_when_it_fails(tmp_path, monkeypatch):
         )
     releases = [r for s in PrivacyLedger(ledger_path).summary() for r in s.releases]
     assert [(r.label, r.status) for r in releases] == [("privacy audit", "committed")]
+
+
+# ---- every failure path of charge(): the ledger never ends below the receipt ------------------
+
+STEPS = [*TINY, "reward_model.train.epochs=3", "budget.epsilon=5"]  # 15 steps of q = 0.2
+
+
+def _setup(tmp_path, *extra):
+    config = load_config(None, [*STEPS, f"budget.ledger={tmp_path / 'ledger.sqlite'}", *extra])
+    return config, SyntheticWorld(config.data.synthetic, seed=0).pairs
+
+
+def _interrupting(at_step: int, how):
+    """train_scoring_model, with ``how()`` called at step ``at_step`` (after its checkpoint)."""
+    original = release.train_scoring_model
+
+    def train(*args, on_step=None, **kwargs):
+        def hook(step):
+            if step == at_step:
+                how()
+            on_step(step)
+
+        return original(*args, on_step=hook, **kwargs)
+
+    return train
+
+
+def _killed(config, pairs, out, at_step: int, monkeypatch) -> None:
+    """Run in a forked child that SIGKILLs itself at ``at_step``: a hard crash, no handler runs."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child never returns)
+        try:
+            kill = lambda: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+            monkeypatch.setattr(release, "train_scoring_model", _interrupting(at_step, kill))
+            _run(config, pairs, out)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _ledger_at_least_receipt(config, pairs, receipt) -> float:
+    ledger = PrivacyLedger(config.budget.ledger)
+    spend = ledger.dataset_spend(pairs.fingerprint, accountant="rdp")
+    assert spend.epsilon >= receipt.epsilon * (1 - 1e-9), (spend.epsilon, receipt.epsilon)
+    return spend.epsilon
+
+
+@pytest.mark.parametrize("at_step", [1, 7])
+def test_a_killed_run_stays_charged_and_its_resume_is_charged_once(tmp_path, monkeypatch, at_step):
+    config, pairs = _setup(tmp_path)
+    _killed(config, pairs, tmp_path / "run", at_step, monkeypatch)
+    (record,) = PrivacyLedger(config.budget.ledger).dataset_spend(pairs.fingerprint).releases
+    assert record.status == "reserved" and record.planned[0].steps == 15
+    done = _run(config, pairs, tmp_path / "run")
+    assert done.result.receipt.steps == 15 and done.release_id == record.id  # reused
+    spent = _ledger_at_least_receipt(config, pairs, done.result.receipt)
+    assert spent == pytest.approx(done.result.receipt.epsilon, rel=1e-9)  # and not twice
+
+
+def test_a_changed_retry_leaves_the_killed_run_charged(tmp_path, monkeypatch):
+    config, pairs = _setup(tmp_path)
+    _killed(config, pairs, tmp_path / "run", 7, monkeypatch)
+    before = _dump(config.budget.ledger)
+    changed, _ = _setup(tmp_path, "reward_model.train.batch_size=13")
+    with pytest.raises(ConfigError, match="holds an interrupted run .* another plan"):
+        _run(changed, pairs, tmp_path / "run")
+    assert _dump(config.budget.ledger) == before  # nothing released, nothing reserved
+    other = SyntheticWorld(config.data.synthetic, seed=0).pairs[:-1]  # other data, same plan?
+    with pytest.raises(ConfigError, match="another (data|plan)"):
+        _run(config, other, tmp_path / "run")
+    done = _run(config, pairs, tmp_path / "run")
+    assert done.result.receipt.steps == 15
+    _ledger_at_least_receipt(config, pairs, done.result.receipt)
+
+
+def test_an_interrupted_resume_never_releases_the_killed_runs_steps(tmp_path, monkeypatch):
+    config, pairs = _setup(tmp_path)
+    _killed(config, pairs, tmp_path / "run", 7, monkeypatch)
+
+    def stop():
+        raise KeyboardInterrupt
+
+    original = release.train_scoring_model
+
+    def before_any_step(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the checkpoint is restored
+
+    monkeypatch.setattr(release, "train_scoring_model", before_any_step)
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, pairs, tmp_path / "run")
+    (record,) = PrivacyLedger(config.budget.ledger).dataset_spend(pairs.fingerprint).releases
+    assert record.status == "committed" and record.actual[0].steps == 7  # the checkpoint's
+    monkeypatch.setattr(release, "train_scoring_model", original)
+    monkeypatch.setattr(release, "train_scoring_model", _interrupting(10, stop))
+    with pytest.raises(KeyboardInterrupt):
+        _run(config, pairs, tmp_path / "run")
+    monkeypatch.setattr(release, "train_scoring_model", original)
+    done = _run(config, pairs, tmp_path / "run")
+    spend = PrivacyLedger(config.budget.ledger).dataset_spend(pairs.fingerprint, accountant="rdp")
+    assert [sum(m.steps for m in r.counted) for r in spend.releases] == [7, 3, 5]
+    assert _ledger_at_least_receipt(config, pairs, done.result.receipt) == pytest.approx(
+        done.result.receipt.epsilon, rel=1e-9
+    )
+
+
+def test_a_failure_before_the_first_step_is_released(tmp_path, monkeypatch):
+    config, pairs = _setup(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while building the model")
+
+    monkeypatch.setattr(release, "train_scoring_model", broken)
+    with pytest.raises(RuntimeError):
+        _run(config, pairs, tmp_path / "run")
+    spend = PrivacyLedger(config.budget.ledger).dataset_spend(pairs.fingerprint)
+    assert [r.status for r in spend.releases] == ["released"] and spend.epsilon == 0.0
+
+
+def test_a_checkpoint_without_its_charge_record_is_refused(tmp_path, monkeypatch):
+    config, pairs = _setup(tmp_path)
+    _killed(config, pairs, tmp_path / "run", 7, monkeypatch)
+    (tmp_path / "run" / release.RESERVATION_FILE).unlink()
+    with pytest.raises(PrivacyError, match="checkpoint at step 7 but no reservation.json"):
+        _run(config, pairs, tmp_path / "run")
+
+
+def test_the_torchrun_entry_point_charges_the_ledger_like_train_reward(tmp_path, capsys):
+    from safealign.privacy import distributed
+
+    ledger_path = tmp_path / "ledger.sqlite"
+    config = tmp_path / "config.yaml"
+    config.write_text("reward_model: {backbone: tiny}\n")
+    args = [*TINY, "budget.epsilon=1.2", f"budget.ledger={ledger_path}"]
+    # Without torchrun it is one rank: the same entry point, charged by rank 0.
+    assert distributed.main([str(config), "--out", str(tmp_path / "a"), *args]) == 0
+    receipt = json.loads((tmp_path / "a" / "receipt.json").read_text())
+    (budget,) = PrivacyLedger(ledger_path).summary(accountant="rdp")
+    assert [(r.status, r.actual[0].steps) for r in budget.releases] == [
+        ("committed", receipt["steps"])
+    ]
+    assert budget.epsilon == pytest.approx(receipt["epsilon"], rel=1e-9)
+    assert distributed.main([str(config), "--out", str(tmp_path / "b"), *args]) == 2
+    assert "refusing" in capsys.readouterr().err and not (tmp_path / "b").exists()
