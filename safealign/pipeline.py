@@ -19,7 +19,7 @@ import yaml
 from safealign._atomic import atomic_write_text
 from safealign.audits.report import build_report, write_report_files
 from safealign.audits.signing import load_private_key
-from safealign.config import Config, config_from_dict, to_plain
+from safealign.config import BudgetConfig, Config, config_from_dict, to_plain
 from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
 from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import certify
@@ -38,7 +38,8 @@ from safealign.data.source import load_source, make_splits
 from safealign.data.splits import Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
-from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.identity import default_ledger_path
+from safealign.privacy.release import LEGACY_LEDGER, open_ledger
 from safealign.run_stages import (
     ReferenceSampler,
     candidates_stage,
@@ -150,7 +151,7 @@ def preflight(
         load_private_key(config.audit.signing_key)
     _check_writable_dir(Path(out_dir))
     if any(getattr(config, f"{kind}_model").privacy.target_epsilon is not None for kind in trains):
-        _check_ledger(Path(config.budget.ledger))
+        _check_ledger(config.budget)
 
 
 def _check_writable_dir(out: Path) -> None:
@@ -166,11 +167,12 @@ def _check_writable_dir(out: Path) -> None:
         ) from None
 
 
-def _check_ledger(path: Path) -> None:
+def _check_ledger(budget: BudgetConfig) -> None:
     """Open an existing ledger (its own checks run); for a new one, check it could be created
     without creating it: a refused command leaves no ledger behind."""
-    if path.exists():
-        PrivacyLedger(path)
+    path = default_ledger_path() if budget.ledger is None else Path(budget.ledger)
+    if path.exists() or (budget.ledger is None and Path(LEGACY_LEDGER).is_file()):
+        open_ledger(budget)
         return
     parent = path.parent
     while not parent.exists():
