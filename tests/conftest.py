@@ -26,3 +26,15 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_safealign_home(tmp_path_factory):
+    """Per-user state (default ledger, its key) in a temporary directory, never the real home.
+
+    Session-scoped so that module-scoped fixtures (which run before function-scoped ones) are
+    isolated too.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAFEALIGN_HOME", str(tmp_path_factory.mktemp("safealign-home")))
+        yield
