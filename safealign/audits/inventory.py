@@ -13,6 +13,12 @@ any field this module does not classify, so a new field cannot be released unnot
 
 Paths are dotted: ``*`` is any one key (group names, split names), ``[]`` any list item, and a
 final ``**`` the whole subtree.
+
+The command line prints fields of these files (receipts, the report), classified here, and
+progress bars whose training loss is measured on private batches: a local log on the data
+holder's own terminal, never written to the run directory. ``data validate`` and ``ledger show``
+are the data holder's own tools, run on the private data and the ledger; their output is not a
+release.
 """
 
 from __future__ import annotations
@@ -74,8 +80,8 @@ _PUBLIC_SPLIT = (
     "plain SHA-256 of a split declared public (candidate and safety prompts are public inputs)"
 )
 _EVAL = (
-    "measured on the eval split's held-out pairs, which the guarantee does not protect "
-    "(the report lists the eval split as not protected)"
+    "measured on the eval split's held-out pairs, which the guarantee does not protect; the "
+    "report lists that split as not protected"
 )
 _MODELS_ON_PUBLIC = "post-processing of the DP models on public prompts and reference samples"
 _SAFETY = "the DP cost (and group) models scored on the public safety prompts' responses"
@@ -130,8 +136,8 @@ def _certificate(prefix: str) -> tuple[Entry, ...]:
     )
 
 
-def _receipt(prefix: str) -> tuple[Entry, ...]:
-    """Receipt fields (receipt.json, groups.json's receipts)."""
+def _receipt(prefix: str, *, metrics: bool = True) -> tuple[Entry, ...]:
+    """Receipt fields (receipt.json; groups.json's receipts, ``metrics=False``: always empty)."""
     p = prefix
     public = ("kind", "private", "target_epsilon", "target_delta", "max_grad_norm",
               "privacy_unit", "seed", "backbone", "safealign_version", "grad_sample_mode",
@@ -144,9 +150,18 @@ def _receipt(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}num_units", "public", _SIZE_N),
         _e(f"{p}num_pairs", "public", _SIZE_N),
         _e(f"{p}dataset_fingerprint", "public", _COMMITMENT),
-        _e(f"{p}metrics.eval/*", "not_covered", _EVAL),
-        _e(f"{p}metrics.train/calibration_shift", "dp",
-           "the cost model's level, fitted by DP-SGD steps counted in the receipt"),  # fmt: skip
+        *(
+            (
+                _e(f"{p}metrics.eval/*", "not_covered", _EVAL),
+                _e(f"{p}metrics.train/calibration_shift", "dp",
+                   "the cost model's level, fitted by DP-SGD steps counted in the receipt"),
+            )  # fmt: skip
+            if metrics
+            else (
+                _e(f"{p}metrics", "public", "always {}: a group's or an EM cluster's held-out "
+                   "metrics depend on other users' assignments (release_receipts drops them)"),
+            )  # fmt: skip
+        ),
     )
 
 
@@ -266,10 +281,20 @@ _POLICY = (
 _GROUPS_FILE = (
     _e("names[]", "public", "group names: the data's declared groups, or cluster-0..K-1 (config)"),
     _e("iterations", "public", "groups.em_max_iters (config), unless em_stop_early is opted in"),
-    *_receipt("receipts[]."),
+    *_receipt("receipts[].", metrics=False),
 )
 
 _MODEL_FILES = "architecture, tokenizer and adapter configuration: code or a public backbone"
+
+_AUDIT = "the audited DP model's scores of the canaries (random words, nobody's data)"
+_PRIVACY_AUDIT = (
+    _e("epsilon_lower", "post_processing", _AUDIT),
+    _e("guesses", "post_processing", _AUDIT),
+    _e("correct", "post_processing", _AUDIT),
+    _e("num_canaries", "public", _CONFIG),
+    _e("confidence", "public", _CONFIG),
+    *(_e(k, "public", _SCHEDULE) for k in ("epsilon", "noise_multiplier", "steps", "sample_rate")),
+)
 
 #: Every file a run writes for others, in the run directory.
 RELEASED_FILES: tuple[ReleasedFile, ...] = (
@@ -280,6 +305,7 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
     ReleasedFile("receipt", "*receipt.json", _receipt("")),
     ReleasedFile("policy", "policy.json", _POLICY),
     ReleasedFile("groups", "groups/groups.json", _GROUPS_FILE),
+    ReleasedFile("privacy audit", "*privacy_audit.json", _PRIVACY_AUDIT),
     ReleasedFile("config", "config.resolved.yaml", (_e("**", "public", _CONFIG),), False),
     ReleasedFile("model weights", "*.safetensors", (_e("**", "dp", "DP-SGD output"),), False),
     ReleasedFile("model files", "*/model/*.json", (_e("**", "public", _MODEL_FILES),)),
@@ -293,11 +319,6 @@ NOT_RELEASED = (
     "*reservation.json",  # the ledger's crash-recovery note, deleted when the release commits
     "*checkpoint.pt",  # resume state of an interrupted training, deleted when it completes
 )
-
-#: Printed by the command line: progress bars show training losses on private batches (a local,
-#: private log, never written to the run directory); everything else printed is a field above.
-CLI_OUTPUT = "fields of receipt.json and report.json (classified above), and progress bars"
-
 
 def released_file(relative_path: str) -> ReleasedFile | None:
     """The inventory entry of a run-directory file (first matching pattern), or None."""

@@ -176,6 +176,11 @@ def test_no_released_file_holds_a_plain_hash_of_private_data(em_run):
         if hits:
             found[relative] = sorted(h[:12] for h in hits)
     assert found == {}
+    # Commitments still compare: the models' data is the training split, under one key.
+    scope = result.report["privacy"]["scope"]
+    assert scope["notes"] == [] and scope["dataset_fingerprints"] == [
+        scope["train_split_fingerprint"]
+    ]
 
 
 @pytest.mark.integration
@@ -231,6 +236,13 @@ def test_opting_in_to_em_early_stopping_is_listed_outside_the_guarantee():
         }
     ]
     assert "depends on the data" in early[-1]["reason"]
+
+
+def test_the_privacy_audit_file_is_classified():
+    from safealign.privacy.audit import AuditResult
+
+    result = AuditResult(0.4, 2.0, 1.1, 256, 40, 25, 0.95, 100, 0.01)
+    assert unclassified_fields(result.to_dict(), released_file("audit/privacy_audit.json")) == []
 
 
 def test_every_entry_has_a_kind_and_a_reason():
