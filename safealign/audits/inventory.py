@@ -399,6 +399,16 @@ def outside_guarantee(config: dict[str, Any] | None = None) -> list[dict[str, st
         if e.kind == "not_covered"
     ]
     groups = (config or {}).get("groups") or {}
+    if groups.get("mode") == "em":
+        listed.append(
+            {
+                "file": "groups/group-*/",
+                "field": "(model weights of a cluster left without users)",
+                "reason": "an EM cluster that no user chose keeps its previous model instead of "
+                "a noise-only DP-SGD run, so whether a cluster emptied can show in the final "
+                "models",
+            }
+        )
     if groups.get("mode") == "em" and groups.get("em_stop_early"):
         listed.append(
             {

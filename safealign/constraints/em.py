@@ -24,9 +24,10 @@ adjacency:
   ``groups.em_stop_early``, and then the number of releases depends on the data and is listed
   in the report as outside the guarantee), and one receipt per charged mechanism
   (:func:`~safealign.constraints.group_models.release_receipts`: no cluster sizes, no per-cluster
-  metrics, no subset hashes). Which clusters were empty in an iteration is internal: an emptied
-  cluster keeps its last model (or the pooled one), and the exact ``assignment_counts``
-  (sensitivity 1 each) are never written.
+  metrics, no subset hashes), and the exact ``assignment_counts`` (sensitivity 1 each) are never
+  written. Still not covered, and listed in the report (``safealign.audits.inventory``): an
+  emptied cluster keeps its last model (or the pooled one) instead of a noise-only DP-SGD run, so
+  whether a cluster emptied can show in the final models.
 """
 
 from __future__ import annotations

@@ -228,6 +228,8 @@ def test_the_report_lists_what_is_outside_the_guarantee(em_run):
 def test_opting_in_to_em_early_stopping_is_listed_outside_the_guarantee():
     fixed = outside_guarantee({"groups": {"mode": "em", "em_stop_early": False}})
     early = outside_guarantee({"groups": {"mode": "em", "em_stop_early": True}})
+    given = outside_guarantee({"groups": {"mode": "given", "em_stop_early": True}})
+    assert given == outside_guarantee() and len(fixed) == len(given) + 1  # an emptied cluster
     assert [o for o in early if o not in fixed] == [
         {
             "file": "groups/groups.json",
