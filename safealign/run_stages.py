@@ -31,10 +31,9 @@ from safealign.data.splits import CERTIFY, SealedDataset, Splits
 from safealign.errors import ConfigError
 from safealign.models.scalar import Kind, load_scoring_model, save_scoring_model
 from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
-from safealign.privacy.identity import ledger_key
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.release import RecordedTraining, budgeted_ledger
-from safealign.privacy.training import PrivacyReceipt, commit_fingerprint
+from safealign.privacy.training import PrivacyReceipt, commit_fingerprint, ledger_commitment_key
 from safealign.runs import record_training, trained_model
 
 #: Splits whose plain fingerprints may be published: the report declares them public inputs.
@@ -191,7 +190,7 @@ def candidates_stage(config: Config, sampler: ReferenceSampler, splits, path):
 
 def commitment_key(config: Config) -> bytes:
     """The secret that keys every published commitment of a run: the config's ledger's key."""
-    return ledger_key(Path(config.budget.ledger))
+    return ledger_commitment_key(config.budget.ledger)
 
 
 def released_fingerprints(config: Config, pairs: PairDataset, splits: Splits) -> dict:

@@ -60,7 +60,7 @@ from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
 from safealign.privacy.training import (
     TrainResult,
     commit_fingerprint,
-    default_commitment_key,
+    ledger_commitment_key,
     train_reward_model,
 )
 
@@ -90,7 +90,7 @@ def train_em(
         charge: Reserves and commits each release (the pooled start model if trained here,
             then one per iteration) in the ledger, if any.
     """
-    key = commitment_key or default_commitment_key()
+    key = commitment_key or ledger_commitment_key()
     trainer = _Trainer(model_config, seed, eval_pairs, progress, key)
     return _run_em(pairs, groups, trainer, charge, (stop_early, count_noise, holdout, pooled))
 

@@ -38,7 +38,7 @@ from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.training import (
     TrainResult,
     commit_fingerprint,
-    default_commitment_key,
+    ledger_commitment_key,
     train_reward_model,
 )
 
@@ -108,7 +108,7 @@ def train_group_reward_models(
     if count_noise is not None:
         Mechanism(count_noise, 1.0, 1)  # validates count_noise before any training
     charge = Charger(ledger, dataset_fingerprint or pairs.fingerprint, model_config)
-    key = commitment_key or default_commitment_key()
+    key = commitment_key or ledger_commitment_key()
     if groups.mode == "given":
         return _train_given(pairs, model_config, seed, eval_pairs, charge, key, progress)
     if groups.mode == "em":

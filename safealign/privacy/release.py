@@ -24,9 +24,13 @@ from safealign.models.scalar import Kind
 from safealign.privacy.accounting import Mechanism
 from safealign.privacy.calibration import calibrates_run
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
-from safealign.privacy.identity import ledger_key
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.privacy.training import TrainResult, save_training_output, train_scoring_model
+from safealign.privacy.training import (
+    TrainResult,
+    ledger_commitment_key,
+    save_training_output,
+    train_scoring_model,
+)
 
 RESERVATION_FILE = "reservation.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -104,7 +108,7 @@ def train_and_record(
     if not plan.private:
         result = train_scoring_model(
             pairs, kind=kind, config=config, seed=seed, eval_pairs=eval_pairs,
-            commitment_key=ledger_key(budget.ledger), progress=progress,
+            commitment_key=ledger_commitment_key(budget.ledger), progress=progress,
         )  # fmt: skip
         return RecordedTraining(result, None, save_training_output(result, out))
     ledger = budgeted_ledger(
@@ -186,7 +190,7 @@ def _train_charged(
             plan=plan,
             checkpoint=out / CHECKPOINT_FILE,
             on_step=count,
-            commitment_key=ledger_key(ledger.path),
+            commitment_key=ledger_commitment_key(ledger.path),
             progress=progress,
         )
     except BaseException:

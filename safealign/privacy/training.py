@@ -49,9 +49,10 @@ def commit_fingerprint(key: bytes, fingerprint: str) -> str:
     return keyed_digest(key, _COMMITMENT_DOMAIN, fingerprint)
 
 
-def default_commitment_key() -> bytes:
-    """The key of the per-user default ledger, for callers that name no ledger."""
-    return ledger_key(default_ledger_path())
+def ledger_commitment_key(ledger: str | Path | None = None) -> bytes:
+    """The key of every commitment charged to ``ledger``: the secret kept beside it (beside the
+    per-user default ledger when ``ledger`` is None)."""
+    return ledger_key(Path(ledger) if ledger else default_ledger_path())
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ def train_scoring_model(
         num_units=num_units,
         num_pairs=len(pairs),
         dataset_fingerprint=commit_fingerprint(
-            commitment_key or default_commitment_key(), pairs.fingerprint
+            commitment_key or ledger_commitment_key(), pairs.fingerprint
         ),
         seed=seed,
         backbone=config.backbone,

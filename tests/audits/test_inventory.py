@@ -252,3 +252,21 @@ def test_every_entry_has_a_kind_and_a_reason():
         for entry in released.entries:
             assert entry.kind in ("dp", "post_processing", "public", "not_covered"), entry
             assert entry.reason.strip(), entry
+
+
+def test_commitments_hide_the_hash_and_still_compare(tmp_path, monkeypatch):
+    from safealign.privacy.training import commit_fingerprint, ledger_commitment_key
+
+    fingerprint = "ab" * 32
+    key = ledger_commitment_key(tmp_path / "ledger.sqlite")
+    assert (tmp_path / "ledger.sqlite.key").is_file()  # the secret sits beside the ledger
+    commitment = commit_fingerprint(key, fingerprint)
+    assert commitment != fingerprint and _HEX64.fullmatch(commitment.encode())
+    assert commit_fingerprint(ledger_commitment_key(tmp_path / "ledger.sqlite"), fingerprint) == (
+        commitment
+    )  # equal data, one key: equal commitments (align and certify compare them)
+    other = ledger_commitment_key(tmp_path / "other.sqlite")
+    assert commit_fingerprint(other, fingerprint) != commitment
+    monkeypatch.setenv("SAFEALIGN_HOME", str(tmp_path / "home"))
+    ledger_commitment_key(None)  # no ledger named: the per-user default ledger's key
+    assert (tmp_path / "home" / "ledger.sqlite.key").is_file()
