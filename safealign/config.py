@@ -5,6 +5,10 @@ tables and the README's reference are generated from it. Unknown keys are errors
 did-you-mean), ranges are checked, and *all* problems are reported at once with their key paths.
 
 Overrides use dotted paths, ``safety.confidence=0.99``; the value is parsed as YAML.
+
+YAML is read strictly (:func:`safealign._typed.load_yaml`): PyYAML keeps the last of two equal
+keys without a word, so a config saying ``seed`` twice would run with whichever came last; here it
+is an error naming the line, as are integers too long to read and nesting that exhausts the parser.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal
 
 import yaml
 
-from safealign._typed import build, doc, field_docs, to_plain
+from safealign._typed import YamlRefusal, build, doc, field_docs, load_yaml, to_plain
 from safealign.errors import ConfigError
 
 
@@ -39,6 +43,15 @@ def _half_open_unit(v: float) -> str | None:
 
 def _at_least(n: int):
     return lambda v: None if v >= n else f"must be >= {n}"
+
+
+#: Seeds are unsigned 32-bit: every generator takes them (numpy's SeedSequence, torch's
+#: manual_seed), and stages derive seed + k from them without leaving torch's 64-bit range.
+MAX_SEED = 2**32 - 1
+
+
+def _seed_range(v: int) -> str | None:
+    return None if 0 <= v <= MAX_SEED else f"must be in [0, {MAX_SEED}] (an unsigned 32-bit seed)"
 
 
 @dataclass(frozen=True)
@@ -247,7 +260,10 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = field(default=0, metadata=doc("The one seed every stage derives its randomness from."))
+    seed: int = field(
+        default=0,
+        metadata=doc("The one seed every stage derives its randomness from (0 to 2**32 - 1).", _seed_range),
+    )
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("Data and splits."))
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))
     cost_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Cost model."))
@@ -366,7 +382,10 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             problems.append(f"override {item!r}: expected key.path=value")
             continue
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
+        except YamlRefusal as exc:
+            problems.append(f"override {item!r}: {exc.reason}")
+            continue
         except yaml.YAMLError as exc:
             problems.append(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})")
             continue
@@ -412,7 +431,10 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the file ({exc})", source=source) from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)
+        except YamlRefusal as exc:
+            where = f"line {exc.line}: " if exc.line is not None else ""
+            raise ConfigError(where + exc.reason, source=source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""

@@ -8,6 +8,9 @@ never spends privacy twice for the same release. The command line only parses an
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +18,8 @@ import yaml
 
 from safealign._atomic import atomic_write_text
 from safealign.audits.report import build_report, write_report_files
-from safealign.audits.signing import sign_report
-from safealign.config import Config, to_plain
+from safealign.audits.signing import load_private_key, sign_report
+from safealign.config import Config, config_from_dict, to_plain
 from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
 from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import certify
@@ -29,11 +32,13 @@ from safealign.constraints.policy_file import (
     write_policy_file,
 )
 from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
+from safealign.data.io import check_readable
 from safealign.data.records import PairDataset
 from safealign.data.source import load_source, make_splits
 from safealign.data.splits import Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
+from safealign.privacy.ledger import PrivacyLedger
 from safealign.run_stages import (
     ReferenceSampler,
     candidates_stage,
@@ -121,9 +126,79 @@ class Alignment:
     sampler: ReferenceSampler
 
 
+def preflight(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    signs: bool = False,
+    trains: Sequence[str] = ("reward", "cost"),
+) -> None:
+    """Check everything a stage needs before it spends anything that cannot be given back.
+
+    Privacy spent on a model and the one-shot safety test are gone once used, so a fault found at
+    the end (an unreadable signing key, an unwritable ledger) must be found first: the config
+    obeys every load-time rule (again: it may have been built in code), the data file can be
+    read, the signing key (when the stage signs) is an Ed25519 private key, the output directory
+    can be written, and the ledger (when a model in ``trains`` is private) opens.
+
+    Raises:
+        ConfigError, DataError, PrivacyError: the first fault, naming its key or file.
+    """
+    config_from_dict(config.to_dict(), source="config")
+    if config.data.source != "synthetic":
+        check_readable(config.data.source)
+    if signs and config.audit.signing_key is not None:
+        load_private_key(config.audit.signing_key)
+    _check_writable_dir(Path(out_dir))
+    if any(getattr(config, f"{kind}_model").privacy.target_epsilon is not None for kind in trains):
+        _check_ledger(Path(config.budget.ledger))
+
+
+def _check_writable_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError("cannot use it as the output directory: it is not a directory", path=str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _probe(out)
+    except OSError as exc:
+        raise DataError(
+            f"cannot use it as the output directory ({exc.strerror}); choose one you can write",
+            path=str(out),
+        ) from None
+
+
+def _check_ledger(path: Path) -> None:
+    """Open an existing ledger (its own checks run); for a new one, check it could be created
+    without creating it: a refused command leaves no ledger behind."""
+    if path.exists():
+        PrivacyLedger(path)
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(parent))
+        _probe(parent)
+    except OSError as exc:
+        raise DataError(
+            f"budget.ledger: cannot create the ledger here ({parent}: {exc.strerror}); set "
+            "budget.ledger to a path in a directory you can write",
+            path=str(path),
+        ) from None
+
+
+def _probe(directory: Path) -> None:
+    """Create and delete a file in ``directory``: the one sure test that it can be written."""
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".safealign-preflight-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunResult:
     """Run the whole pipeline into ``out_dir`` (resuming whatever an earlier run finished)."""
-    a = align_stage(config, out_dir, progress=progress)
+    preflight(config, out_dir, signs=True)
+    a = _align(config, out_dir, progress=progress)
     say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
     selection = a.aligned.selection
     certificate = certify_stage(
@@ -170,6 +245,17 @@ def align_stage(
         ConfigError: ``policy.method`` is not ``tilting``.
         DataError: the candidates file is malformed or contains a safety prompt.
     """
+    preflight(config, out_dir)
+    return _align(config, out_dir, candidates_path=candidates_path, progress=progress)
+
+
+def _align(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    candidates_path: str | Path | None = None,
+    progress: bool = True,
+) -> Alignment:
     if config.policy.method != "tilting":
         raise ConfigError(
             f"policy.method: the pipeline deploys the tilted best-of-K policy; {config.policy.method!r} "
@@ -283,6 +369,7 @@ def certify_policy_stage(config: Config, out_dir: str | Path) -> dict:
             "(or certify another model's samples with --responses)",
             path=str(out),
         )
+    preflight(config, out, trains=())
     policy_file = load_policy_file(path)
     if policy_file.from_candidates_file and policy_file.policy is not None:
         raise DataError(

@@ -135,3 +135,54 @@ def test_readme_documents_every_config_key():
     assert not missing, (
         f"README config reference lacks {missing}; regenerate it from config_reference()"
     )
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path):
+    # PyYAML alone keeps the last value without a word: this config would run with seed 1.
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0\nsafety:\n  confidence: 0.9\n  confidence: 0.5\n")
+    with pytest.raises(ConfigError, match=r"line 4: duplicate key 'confidence' \(first given on line 3\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        parse_overrides(["safety={seed: 1, seed: 2}"])
+    # A merge key is not a duplicate: keys beside '<<' override the merged ones, as YAML says.
+    overrides = parse_overrides(["safety={<<: {c1: 2.0, c2: 3.0}, c2: 4.0}"])
+    assert overrides == {"safety": {"c1": 2.0, "c2": 4.0}}
+
+
+@pytest.mark.parametrize("seed", [0, 2**32 - 1])
+def test_seed_range_accepts_its_ends(seed):
+    assert load_config(None, [f"seed={seed}"]).seed == seed
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**26])
+def test_seed_out_of_range_is_refused_at_load_time(seed):
+    with pytest.raises(ConfigError, match=r"seed: must be in \[0, 4294967295\]"):
+        load_config(None, [f"seed={seed}"])
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e999", "9" * 400])
+def test_non_finite_floats_are_refused(value):
+    with pytest.raises(ConfigError, match="policy.beta: must be a finite number"):
+        load_config(None, [f"policy.beta={value}"])
+
+
+def test_unreadable_numbers_and_text_are_config_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0\npolicy:\n  num_candidates: " + "7" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="line 3: an integer with 5000 digits"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="must fit in 64 bits"):
+        load_config(None, [f"policy.num_candidates={2**70}"])
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        path.write_text("seed: " + "[" * 50_000 + "]" * 50_000 + "\n")
+        load_config(path)
+    with pytest.raises(ConfigError, match="data.source: holds a lone surrogate"):
+        load_config(None, ['data.source="\\udc80.jsonl"'])
+
+
+def test_messages_do_not_dump_huge_values():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"policy": {"num_candidates": 10**5000}})
+    assert "an integer of about 5001 digits" in str(info.value)
+    assert len(str(info.value)) < 300

@@ -6,20 +6,29 @@
 Handlers import the heavy modules (torch, the pipeline) only when they run, so that
 ``safealign --help`` stays fast.
 
-Exit codes: 0 success; 1 a check that ran and failed; 2 bad input or usage (a message on stderr,
-never a traceback for a user mistake).
+Exit codes: 0 success; 1 a check that ran and failed; 2 bad input or usage, or a file the operating
+system refused (a message on stderr, never a traceback for a user mistake); 70 an internal error
+(a bug: one line on stderr, the traceback with ``SAFEALIGN_DEBUG=1``); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from safealign.cli.common import EXIT_BAD_INPUT
 from safealign.cli.parser import build_parser
 from safealign.errors import SafeAlignError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_INTERNAL_ERROR", "EXIT_INTERRUPTED", "build_parser", "main"]
+
+#: An unexpected exception: a bug in safealign, not a mistake of the user's (BSD sysexits'
+#: EX_SOFTWARE, kept clear of the small codes that commands give meanings to).
+EXIT_INTERNAL_ERROR = 70
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+DEBUG_ENV = "SAFEALIGN_DEBUG"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,5 +48,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        # Stages write atomically and resume from what they finished, so stopping is safe.
+        print("\ninterrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        # The operating system refused a file (missing, unreadable, unwritable, disk full): the
+        # user's environment, not a bug. Readers and the pre-flight check name most of these
+        # with more context; this is what is left.
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line instead of a traceback
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+    what = " ".join(str(exc).split())  # one line, whatever the exception's text
+    if len(what) > 300:
+        what = what[:297] + "..."
+    print(
+        f"internal error: {type(exc).__name__}: {what} (please report; set {DEBUG_ENV}=1 for "
+        "the traceback)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL_ERROR

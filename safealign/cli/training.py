@@ -21,9 +21,11 @@ def cmd_train(kind: str):
 
     def handler(args: argparse.Namespace) -> int:
         from safealign.config import load_config
+        from safealign.pipeline import preflight
         from safealign.run_stages import train_model_stage
 
         config = load_config(args.config, args.overrides)
+        preflight(config, args.out, trains=(kind,))
         recorded = train_model_stage(config, kind=kind, out_dir=args.out)
         receipt = recorded.result.receipt
         if receipt.private:
@@ -173,9 +175,11 @@ def cmd_align(args: argparse.Namespace) -> int:
 def cmd_privacy_audit(args: argparse.Namespace) -> int:
     """``safealign privacy-audit CONFIG``: exit 1 if the measured epsilon exceeds the claim."""
     from safealign.config import load_config
+    from safealign.pipeline import preflight
     from safealign.run_stages import privacy_audit_stage
 
     config = load_config(args.config, args.overrides)
+    preflight(config, args.out, trains=("reward",))
     result = privacy_audit_stage(
         config, out_dir=args.out, num_canaries=args.canaries, noise_off=args.no_noise
     )

@@ -18,10 +18,16 @@ import numpy as np
 from scipy import stats
 from torch import Tensor
 
+from safealign.constraints.bounded_means import (
+    betting_upper_bound,
+    empirical_bernstein_upper_bound,
+)
 from safealign.errors import ConfigError, DataError
 
-BoundKind = Literal["student_t", "hoeffding", "clopper_pearson"]
-BOUNDS: tuple[str, ...] = ("student_t", "hoeffding", "clopper_pearson")
+BoundKind = Literal["student_t", "hoeffding", "clopper_pearson", "betting", "empirical_bernstein"]
+BOUNDS: tuple[str, ...] = (
+    "student_t", "hoeffding", "clopper_pearson", "betting", "empirical_bernstein"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -103,13 +109,16 @@ def upper_bound(
       normal data, approximate otherwise).
     * ``hoeffding``: ``mean + (b - a) * sqrt(ln(1/delta) / (2n))`` for values in a declared ``[a, b]``.
     * ``clopper_pearson``: the exact binomial bound on a rate; values must be 0 or 1.
+    * ``betting``: the betting confidence bound (Waudby-Smith & Ramdas 2024) for values in a
+      declared ``[a, b]``; valid for any distribution there, and adapts to the variance.
+    * ``empirical_bernstein``: Maurer & Pontil (2009, Thm 4) for values in a declared ``[a, b]``.
 
     Args:
         values: The i.i.d. sample, ``[n]`` with ``n >= 2``.
         confidence: ``1 - delta`` in (0, 1).
         bound: Which bound to compute.
         value_range: ``(a, b)``, the declared range of every value; required by ``hoeffding``,
-            must be ``(0, 1)`` if given to ``clopper_pearson``, checked if given to ``student_t``.
+            ``betting`` and ``empirical_bernstein``, must be ``(0, 1)`` if given to ``clopper_pearson``, checked if given to ``student_t``.
 
     Raises:
         ConfigError: Unknown bound, bad confidence, or a missing/invalid ``value_range``.
@@ -130,8 +139,14 @@ def upper_bound(
         low, high = _checked_range(sample, value_range, bound)
         failure_probability = 1.0 - confidence
         value = mean + (high - low) * math.sqrt(math.log(1.0 / failure_probability) / (2 * n))
-    else:
+    elif bound == "clopper_pearson":
         value = _clopper_pearson(sample, confidence=confidence, value_range=value_range)
+    else:
+        low, high = _checked_range(sample, value_range, bound)
+        bounded_mean = (
+            betting_upper_bound if bound == "betting" else empirical_bernstein_upper_bound
+        )
+        value = bounded_mean(sample, confidence=confidence, low=low, high=high)
     return BoundResult(
         bound=bound, n=n, mean=mean, std=std, upper_bound=value, confidence=confidence
     )

@@ -9,11 +9,42 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
 Safer = Literal["chosen", "rejected"]
+
+
+def normalise_text(text: str) -> str:
+    """The normalised identity of a prompt (or response): what "the same prompt" means.
+
+    Unicode NFKC (full-width and compatibility forms folded), case folding, format and control
+    characters removed (zero-width spaces and joiners, BOM, soft hyphen), every run of whitespace
+    collapsed to one space, and punctuation trimmed from both ends. Splits assign a prompt by this
+    identity and the seal compares it, so trivially different copies of a safety prompt (case,
+    spacing, zero-width characters, a trailing "?!") can neither land outside the safety split nor
+    pass the seal.
+    """
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    kept = (
+        " " if ch.isspace() else ch
+        for ch in folded
+        if ch.isspace() or unicodedata.category(ch) not in ("Cf", "Cc")
+    )
+    words = "".join(kept).split()
+    collapsed = " ".join(words)
+    start, end = 0, len(collapsed)
+    while start < end and _is_edge_noise(collapsed[start]):
+        start += 1
+    while end > start and _is_edge_noise(collapsed[end - 1]):
+        end -= 1
+    return collapsed[start:end]
+
+
+def _is_edge_noise(ch: str) -> bool:
+    return ch == " " or unicodedata.category(ch).startswith("P")
 
 
 @dataclass(frozen=True)

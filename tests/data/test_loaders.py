@@ -223,3 +223,79 @@ def test_real_xstest_prompts_and_completions():
         )
         == "xstest_completions"
     )
+
+
+def _one_line(tmp_path, line: str):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n", encoding="utf-8")
+    return path
+
+
+def test_duplicate_keys_are_refused_with_line_and_field(tmp_path):
+    # json.loads alone keeps the last value: this line would train on chosen="c".
+    path = _one_line(tmp_path, '{"prompt": "q", "chosen": "a", "rejected": "b", "chosen": "c"}')
+    with pytest.raises(DataError) as info:
+        load_pairs(path)
+    assert str(info.value).startswith(f"{path}:2: duplicate key 'chosen'")
+    assert (info.value.line, info.value.field) == (2, "chosen")
+
+
+def test_lone_surrogates_are_refused_but_pairs_are_text(tmp_path):
+    path = _one_line(tmp_path, '{"prompt": "q \\ud83d\\ude00", "chosen": "a", "rejected": "b"}')
+    assert load_pairs(path)[1].prompt == "q \U0001f600"
+    path = _one_line(tmp_path, '{"prompt": "q", "chosen": "a \\ud800", "rejected": "b"}')
+    with pytest.raises(DataError, match=r":2: field 'chosen' holds a lone surrogate \('\\ud800' at character 3\)"):
+        load_pairs(path)
+    path = _one_line(tmp_path, '{"prompt": "q", "chosen": "a", "rejected": "b", "\\udfff": 1}')
+    with pytest.raises(DataError, match="a key holds a lone surrogate"):
+        load_pairs(path)
+
+
+def test_nesting_is_limited(tmp_path):
+    from safealign.data.io import MAX_DEPTH
+
+    def nested(depth: int) -> str:
+        return '{"prompt": "q", "chosen": "a", "rejected": "b", "m": ' + "[" * depth + "]" * depth + "}"
+
+    assert len(load_pairs(_one_line(tmp_path, nested(MAX_DEPTH - 1)))) == 2  # the object is level 1
+    for depth in (MAX_DEPTH, 100_000):
+        with pytest.raises(DataError, match=f":2: nested more than {MAX_DEPTH} levels deep"):
+            load_pairs(_one_line(tmp_path, nested(depth)))
+
+
+def test_numbers_json_cannot_hold_are_refused(tmp_path):
+    for line, message in (
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "user_id": ' + "1" * 5000 + "}",
+         "an integer with 5000 digits"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "w": NaN}', "NaN is not JSON"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "w": -Infinity}', "-Infinity is not JSON"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b", "w": 1e999}', "the number 1e999 overflows a float"),
+    ):
+        with pytest.raises(DataError, match=f":2: {message}"):
+            load_pairs(_one_line(tmp_path, line))
+    ok = '{"prompt": "q", "chosen": "a", "rejected": "b", "user_id": ' + "1" * 4000 + "}"
+    assert load_pairs(_one_line(tmp_path, ok))[1].user_id == "1" * 4000
+
+
+def test_unreadable_files_name_the_os_reason(tmp_path, monkeypatch):
+    path = _one_line(tmp_path, json.dumps(GOOD))
+    real_open = open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing_open)
+    with pytest.raises(DataError, match=r"p.jsonl: cannot read the file \(Permission denied\)"):
+        load_pairs(path)
+    monkeypatch.undo()
+    with pytest.raises(DataError, match=r"cannot read the file \(File name too long\)"):
+        load_pairs(tmp_path / ("x" * 300))
+
+
+def test_csv_over_the_field_limit_is_a_data_error(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("id,prompt,type,label\n1,ok,homonyms,safe\n2," + "y" * 200_000 + ",homonyms,safe\n")
+    with pytest.raises(DataError, match=r"x.csv:3: not valid CSV \(field larger than field limit"):
+        load_xstest_prompts(path)
