@@ -240,7 +240,6 @@ def _payload(args, world, em, pooled, recovery, rewards, reference, report, maxm
             "em_with_start_composed_epsilon": total.epsilon if total else None,
             "pooled_epsilon": pooled.receipt.epsilon,
         },
-        "pooled_final_loss": pooled.receipt.metrics.get("train/final_loss"),
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "seconds": times,
         "torch_threads": torch.get_num_threads(),

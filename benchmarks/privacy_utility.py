@@ -99,7 +99,6 @@ def _record(result: TrainResult, seconds: float, **extra) -> dict[str, object]:
         "train_pairs": r.num_pairs,
         "pair_accuracy": r.metrics.get("eval/pair_accuracy"),
         "eval_pairs": r.metrics.get("eval/pairs"),
-        "final_loss": r.metrics.get("train/final_loss"),
         "seconds": seconds,
     }
 

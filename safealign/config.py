@@ -219,7 +219,17 @@ class GroupsConfig:
             "group whose noisier DP model inflates its rewards)."
         ),
     )
-    em_max_iters: int = field(default=5, metadata=doc("Cap on EM iterations (each is a DP release).", _at_least(1)))
+    em_max_iters: int = field(
+        default=5,
+        metadata=doc("EM iterations, each a DP release; always all of them unless em_stop_early.", _at_least(1)),
+    )
+    em_stop_early: bool = field(
+        default=False,
+        metadata=doc(
+            "Stop EM once no user moves. Opt-in: the number of releases then depends on the data, which "
+            "the DP guarantee does not cover (the report lists it as outside the guarantee)."
+        ),
+    )
     em_init: Literal["pooled", "random"] = field(
         default="pooled",
         metadata=doc(

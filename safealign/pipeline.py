@@ -48,6 +48,7 @@ from safealign.run_stages import (
     ledger_summary,
     load_scorers,
     models_stage,
+    released_fingerprints,
     report_groups,
     say,
     true_outcomes,
@@ -218,7 +219,7 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
     )
     say(progress, "[6/6] signed audit report")
     report, paths, note = _report(
-        config, a.out_dir, a.receipts, certificate, a.aligned, a.splits, truth, a.pairs.fingerprint
+        config, a.out_dir, a.receipts, certificate, a.aligned, (a.pairs, a.splits), truth
     )
     return RunResult(a.out_dir, report, paths, truth, note)
 
@@ -293,7 +294,7 @@ def _align(
         safety=to_plain(config.safety),
         models=models,
         candidates=source,
-        data=data_record(pairs, splits),
+        data=data_record(config, pairs, splits),
     )
     path = out / POLICY_FILE
     previous = path.read_bytes() if path.is_file() else None
@@ -389,7 +390,7 @@ def certify_policy_stage(config: Config, out_dir: str | Path) -> dict:
         policy_file,
         path,
         safety=to_plain(config.safety),
-        data=data_record(pairs, splits),
+        data=data_record(config, pairs, splits),
         reference_sampler=sampler.describe(),
     )
     policy = policy_file.policy
@@ -412,8 +413,9 @@ def write_certificate_dict(certificate: dict, path: Path) -> None:
     atomic_write_text(path, json.dumps(certificate, indent=2, sort_keys=True) + "\n")
 
 
-def _report(config, out, receipts, certificate, aligned, splits, truth, fingerprint):
-    ledger = ledger_summary(config, fingerprint)
+def _report(config, out, receipts, certificate, aligned, data, truth):
+    pairs, splits = data
+    ledger = ledger_summary(config, pairs.fingerprint)
     groups = aligned.group_rewards and report_groups(aligned.group_rewards, certificate)
     key = signing_key(config, out)
     # Every file of the run except the report and its renderings (hashed in the signed
@@ -436,7 +438,11 @@ def _report(config, out, receipts, certificate, aligned, splits, truth, fingerpr
         ledger=ledger,
         certificate=certificate,
         groups=groups,
-        splits={"fingerprints": splits.fingerprints(), "sizes": splits.sizes()},
+        # Commitments, not SHA-256, for the private splits (run_stages.released_fingerprints).
+        splits={
+            "fingerprints": released_fingerprints(config, pairs, splits)["splits"],
+            "sizes": splits.sizes(),
+        },
         config=config.to_dict(),
         artifacts=artifacts,
         base_dir=out,

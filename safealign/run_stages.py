@@ -34,8 +34,11 @@ from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audi
 from safealign.privacy.identity import default_ledger_path
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.release import RecordedTraining, budget_target, charge
-from safealign.privacy.training import PrivacyReceipt
+from safealign.privacy.training import PrivacyReceipt, commit_fingerprint, ledger_commitment_key
 from safealign.runs import record_training, trained_model
+
+#: Splits whose plain fingerprints may be published: the report declares them public inputs.
+PUBLIC_SPLITS = ("candidate", "safety")
 
 
 def say(progress: bool, message: str) -> None:
@@ -100,16 +103,19 @@ def group_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
             seed=config.seed,
             eval_pairs=splits.eval,
             budget=target,
+            stop_early=config.groups.em_stop_early,
             count_noise=config.groups.em_count_noise,
+            commitment_key=commitment_key(config),
             progress=progress,
         )
         for i, model in enumerate(trained.models):
             save_scoring_model(model, out / group_model_dir(i))
+        # Released: one receipt per charged mechanism, and the iteration count (fixed by the config
+        # unless em_stop_early). Never the per-cluster sizes or training runs (em module doc).
         meta = {
             "names": list(trained.names),
-            "receipts": [r.to_dict() for r in trained.receipts],
+            "receipts": [r.to_dict() for r in trained.release_receipts],
             "iterations": trained.iterations,
-            "assignment_counts": trained.assignment_counts,
         }
         atomic_write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     meta = json.loads(meta_path.read_text())
@@ -183,12 +189,37 @@ def candidates_stage(config: Config, sampler: ReferenceSampler, splits, path):
     return candidates, source, reference
 
 
-def data_record(pairs: PairDataset, splits: Splits) -> dict:
-    """What policy.json records of the data, so certification can check it sees the same splits."""
+def commitment_key(config: Config) -> bytes:
+    """The secret that keys every published commitment of a run: the config's ledger's key."""
+    return ledger_commitment_key(config.budget.ledger)
+
+
+def released_fingerprints(config: Config, pairs: PairDataset, splits: Splits) -> dict:
+    """The data identities a run publishes: keyed commitments to the private data, plain SHA-256
+    only of the splits the report declares public (candidate and safety prompts' splits).
+
+    Returns:
+        ``{"dataset": commitment, "splits": {split: commitment or sha256}}``.
+    """
+    key = commitment_key(config)
+    plain = splits.fingerprints()
+    return {
+        "dataset": commit_fingerprint(key, pairs.fingerprint),
+        "splits": {
+            name: fp if name in PUBLIC_SPLITS else commit_fingerprint(key, fp)
+            for name, fp in plain.items()
+        },
+    }
+
+
+def data_record(config: Config, pairs: PairDataset, splits: Splits) -> dict:
+    """What policy.json records of the data, so certification can check it sees the same splits
+    (commitments compare as equal for equal data under one key: :func:`released_fingerprints`)."""
+    released = released_fingerprints(config, pairs, splits)
     return {
         "dataset": pairs.name,
-        "dataset_fingerprint": pairs.fingerprint,
-        "split_fingerprints": splits.fingerprints(),
+        "dataset_fingerprint": released["dataset"],
+        "split_fingerprints": released["splits"],
         "n_safety": splits.safety.num_prompts,
     }
 
@@ -242,12 +273,17 @@ def report_groups(group_rewards: dict[str, float], certificate: dict) -> dict:
 
 
 def ledger_summary(config: Config, fingerprint: str) -> dict | None:
-    """The most-spent budget the source dataset is charged on (None when nothing private ran)."""
+    """The most-spent budget the source dataset is charged on (None when nothing private ran), as
+    the report shows it: the dataset's fingerprint replaced by its commitment."""
     path = Path(config.budget.ledger or default_ledger_path())
     if not path.exists():
         return None
     spend = PrivacyLedger(path).dataset_spend(fingerprint)
-    return dataclasses.asdict(spend) if spend is not None else None
+    if spend is None:
+        return None
+    summary = dataclasses.asdict(spend)
+    summary["fingerprint"] = commit_fingerprint(commitment_key(config), fingerprint)
+    return summary
 
 
 def true_outcomes(

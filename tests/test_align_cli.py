@@ -16,6 +16,7 @@ from safealign.constraints.policy_file import load_policy_file
 from safealign.data.source import load_source, make_splits
 from safealign.pipeline import align_stage, certify_stage
 from safealign.privacy.ledger import PrivacyLedger
+from safealign.run_stages import released_fingerprints
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "examples" / "synthetic.yaml")
 TINY = [
@@ -79,7 +80,14 @@ def test_policy_json_records_the_selection_groups_models_and_provenance(aligned,
     splits, _ = _splits(aligned)
     assert selection["n_safety"] == splits.safety.num_prompts == policy["data"]["n_safety"]
     assert selection["n_opt"] == len(splits.candidate.prompts)
-    assert policy["data"]["split_fingerprints"] == splits.fingerprints()
+    # The private splits as keyed commitments, the public ones (candidate, safety) as SHA-256.
+    config = load_config(CONFIG, _overrides(aligned))
+    pairs, _ = load_source(config)
+    released = released_fingerprints(config, pairs, splits)
+    assert policy["data"]["split_fingerprints"] == released["splits"]
+    plain = splits.fingerprints()
+    assert released["splits"]["safety"] == plain["safety"]
+    assert released["splits"]["train"] != plain["train"] and released["dataset"] != pairs.fingerprint
     weights = policy["groups"]["weights"]
     assert set(weights) == {"majority", "minority"} and sum(weights.values()) == pytest.approx(1)
     for entry in policy["models"]["group_rewards"]:

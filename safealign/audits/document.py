@@ -127,7 +127,9 @@ def _privacy(privacy: dict[str, Any]) -> Section:
         )
         for m in privacy["mechanisms"]
     )
-    blocks.append(Table((*headers, "epsilon alone", "privacy unit", "dataset fingerprint"), rows))
+    blocks.append(
+        Table((*headers, "epsilon alone", "privacy unit", "dataset (keyed commitment)"), rows)
+    )
     blocks.append(Figure("privacy", "Privacy spent per model, composed, against the budget."))
     scope = privacy["scope"]
     blocks.append(Para("What the guarantee covers: " + scope["protected"] + "."))
@@ -142,6 +144,20 @@ def _privacy(privacy: dict[str, Any]) -> Section:
     )
     blocks.append(Para(scope["post_processing"][0].upper() + scope["post_processing"][1:] + "."))
     blocks.extend(Para(note, "warning") for note in scope["notes"])
+    outside = privacy.get("outside_guarantee") or ()
+    blocks.append(
+        Para(
+            "Released but NOT covered by the privacy guarantee (the release inventory, "
+            "safealign.audits.inventory, classifies every other released field as a DP output, "
+            "post-processing or declared public):"
+        )
+    )
+    blocks.append(
+        Bullets(
+            tuple(f"{o['file']}: {o['field']} ({o['reason']})" for o in outside)
+            or ("nothing",)
+        )
+    )
     return Section("Privacy", tuple(blocks))
 
 
@@ -243,7 +259,7 @@ def _provenance(report: dict[str, Any]) -> Section:
     return Section(
         "Data, artifacts and configuration",
         (
-            Table(("split", "size", "fingerprint (sha256)"), tuple(rows)),
+            Table(("split", "size", "fingerprint (train, eval: keyed commitment)"), tuple(rows)),
             Table(("artifact", "sha256"), artifacts or (("(none)", ""),)),
             Para(f"Configuration (sha256 of its canonical JSON: {report['config_sha256']}):"),
             Table(("key", "value"), config or (("(empty)", ""),)),

@@ -67,15 +67,19 @@ def build_report(
     """Assemble the unsigned audit report of one run.
 
     Args:
-        receipts: ``PrivacyReceipt.to_dict()`` of every model trained on the private data
-            (reward, cost, group models). Their mechanisms are composed in one accountant.
+        receipts: ``PrivacyReceipt.to_dict()`` of every mechanism charged on the private data:
+            the reward and cost models, and each group release's publishable receipts
+            (``GroupModels.release_receipts``: one per release, EM's noisy cluster sizes
+            included). Their mechanisms are composed in one accountant, as the ledger does.
         ledger: The dataset's ledger ``BudgetSummary`` as a dict (``dataclasses.asdict``), or
             ``None``; its budget takes precedence over ``config["budget"]``.
         certificate: ``Certificate.to_dict()`` of the safety test (pass or NSF), or ``None``
             when no safety test was run.
         groups: MaxMin results ``{name: {"size", "reward", "reward_ci", "cost_upper_bound",
             "reward_lower_bound"}, "worst_group": name}``, or ``None``.
-        splits: ``{"fingerprints": Splits.fingerprints(), "sizes": Splits.sizes()}``.
+        splits: ``{"fingerprints": {split: id}, "sizes": Splits.sizes()}``, the ids as
+            released: keyed commitments for private splits
+            (``safealign.run_stages.released_fingerprints``), never their plain SHA-256.
         config: The resolved config, ``Config.to_dict()``.
         artifacts: Files to pin by SHA-256 (data, weights, config); each must lie under
             ``base_dir``.

@@ -16,6 +16,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
+from safealign.audits.inventory import outside_guarantee
 from safealign.errors import ConfigError, DataError
 from safealign.privacy.accounting import Mechanism, compute_epsilon, naive_epsilon_sum
 
@@ -173,10 +174,13 @@ def privacy_section(
     splits: dict[str, Any],
     config: dict[str, Any],
 ) -> dict[str, Any]:
-    """The privacy section: every model's mechanism composed in one accountant.
+    """The privacy section: every released mechanism composed in one accountant.
 
-    Reward, cost and group models are all trained on the same training pairs, so their
-    mechanisms compose *sequentially*: all histories go into one accountant
+    Each receipt is one mechanism the ledger charged (a model's DP-SGD run, one release of group
+    models, EM's noisy cluster sizes), so composing them gives the ledger's ε for this run,
+    count noise included, never less. Reward, cost and group models are all trained on the same
+    training pairs, so their mechanisms compose *sequentially*: all histories go into one
+    accountant
     (:func:`~safealign.privacy.accounting.compute_epsilon`), at the budget's δ. Composing every
     receipt, whatever its dataset fingerprint, is always a valid upper bound. δ is the budget's
     (ledger, else config), else the largest receipt ``target_delta``. If any model was
@@ -224,6 +228,7 @@ def privacy_section(
                 for r, m, e in zip(receipts, mechanisms, alone, strict=True)
             ],
             "scope": _scope(receipts, splits),
+            "outside_guarantee": outside_guarantee(config),
         }
     )
 
@@ -259,7 +264,10 @@ def _scope(receipts: Sequence[dict[str, Any]], splits: dict[str, Any]) -> dict[s
         "protected": (
             "each record of the training split of the source dataset: one privacy unit "
             f"({' / '.join(units) or 'pair'}) may be added or removed and every released "
-            "artefact changes in distribution by at most (epsilon, delta)"
+            "field that the release inventory (safealign.audits.inventory) classifies as a DP "
+            "output or post-processing changes in distribution by at most (epsilon, delta); "
+            "fields it declares public are public by assumption, and those listed under "
+            "outside_guarantee are not covered"
         ),
         "privacy_unit": " / ".join(units) or None,
         "dataset_fingerprints": fingerprints,

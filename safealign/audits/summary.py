@@ -108,7 +108,7 @@ def _safety_sentence(safety: dict[str, Any] | None) -> str:
 def _privacy_sentence(privacy: dict[str, Any]) -> str:
     scope = privacy["scope"]
     data = (
-        f"the training data (fingerprint "
+        f"the training data (commitment "
         f"{', '.join(short_fingerprint(f) for f in scope['dataset_fingerprints']) or 'unknown'})"
     )
     if not privacy["private"]:
@@ -126,9 +126,15 @@ def _privacy_sentence(privacy: dict[str, Any]) -> str:
     else:
         verdict = "within" if privacy["within_budget"] else "EXCEEDING"
         within = f"{verdict} the budget ε = {fmt(budget['epsilon'])}, δ = {fmt(budget['delta'])}"
+    outside = len(privacy.get("outside_guarantee") or ())
+    caveat = (
+        f" {outside} released fields are outside this guarantee (listed in the report)."
+        if outside
+        else ""
+    )
     return (
         f"Privacy: ({fmt(privacy['epsilon'], 3)}, {fmt(privacy['delta'], 3)})-DP for each record "
-        f"(privacy unit: {unit}) of {data}, all models composed; {within}."
+        f"(privacy unit: {unit}) of {data}, all released mechanisms composed; {within}.{caveat}"
     )
 
 

@@ -19,10 +19,15 @@ adjacency:
   it like any later one. The pooled model must itself be a user-level DP release on the same
   pairs: passed in (charged by its trainer) or trained here as one more release.
 * Assignments are a function of each user's own data: internal state, never released.
-* Not covered by the DP guarantee (data-dependent control flow): stopping early when no user
-  moves (``stop_early=False`` removes it), skipping the M-step of an empty cluster (which then
-  keeps its last model, or the pooled one if it never had users), and the exact
-  ``assignment_counts`` (sensitivity 1 each).
+* What is released about EM is data-independent in shape: a fixed number of iterations
+  (``groups.em_max_iters``; stopping early when no user moves is opt-in, ``stop_early`` /
+  ``groups.em_stop_early``, and then the number of releases depends on the data and is listed
+  in the report as outside the guarantee), and one receipt per charged mechanism
+  (:func:`~safealign.constraints.group_models.release_receipts`: no cluster sizes, no per-cluster
+  metrics, no subset hashes), and the exact ``assignment_counts`` (sensitivity 1 each) are never
+  written. Still not covered, and listed in the report (``safealign.audits.inventory``): an
+  emptied cluster keeps its last model (or the pooled one) instead of a noise-only DP-SGD run, so
+  whether a cluster emptied can show in the final models.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from safealign.constraints.group_models import (
     GroupModels,
     derive_seed,
     group_plan,
+    release_receipts,
     subset,
 )
 from safealign.data.records import PairDataset
@@ -51,7 +57,12 @@ from safealign.errors import ConfigError, DataError
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
-from safealign.privacy.training import TrainResult, train_reward_model
+from safealign.privacy.training import (
+    TrainResult,
+    commit_fingerprint,
+    ledger_commitment_key,
+    train_reward_model,
+)
 
 
 def train_em(
@@ -62,10 +73,11 @@ def train_em(
     seed: int,
     charge: Charger,
     eval_pairs: PairDataset | None = None,
-    stop_early: bool = True,
+    stop_early: bool = False,
     count_noise: float | None = None,
     holdout: bool = False,
     pooled: TrainResult | None = None,
+    commitment_key: bytes | None = None,
     progress: bool = False,
 ) -> GroupModels:
     """EM over users: one DP reward model per cluster, each M-step charged through ``charge``.
@@ -78,7 +90,8 @@ def train_em(
         charge: Reserves and commits each release (the pooled start model if trained here,
             then one per iteration) in the ledger, if any.
     """
-    trainer = _Trainer(model_config, seed, eval_pairs, progress)
+    key = commitment_key or ledger_commitment_key()
+    trainer = _Trainer(model_config, seed, eval_pairs, progress, key)
     return _run_em(pairs, groups, trainer, charge, (stop_early, count_noise, holdout, pooled))
 
 
@@ -99,6 +112,7 @@ class _Trainer:
     seed: int
     eval_pairs: PairDataset | None
     progress: bool
+    commitment_key: bytes
     fit: PairDataset | None = None
     shared: TrainingPlan | None = None
 
@@ -109,7 +123,8 @@ class _Trainer:
         return train_reward_model(
             subset(self.fit, keep, name), config=self.config, seed=derive_seed(self.seed, *path),
             plan=group_plan(self.shared, len(users)),
-            eval_pairs=subset(self.eval_pairs, keep, name), progress=self.progress,
+            eval_pairs=subset(self.eval_pairs, keep, name),
+            commitment_key=self.commitment_key, progress=self.progress,
         )  # fmt: skip
 
 
@@ -126,7 +141,8 @@ def _run_em(pairs, groups, trainer, charge, options) -> GroupModels:
     shared = plan_training(num_users, config)
     trainer = replace(trainer, config=config, fit=fit, shared=shared)
     assignment, models, start = _em_start(pairs, held_out, groups, trainer, charge, pooled)
-    receipts, mechanisms, releases = start
+    receipts, mechanisms, releases, published = start
+    dataset = commit_fingerprint(trainer.commitment_key, pairs.fingerprint)
     trained: set[int] = set()  # clusters with a model of their own (others hold the pooled one)
     converged = False
     for iteration in range(1, groups.em_max_iters + 1):
@@ -146,6 +162,7 @@ def _run_em(pairs, groups, trainer, charge, options) -> GroupModels:
         trained.update(busy)
         receipts += [r.receipt for r in results]
         mechanisms += spent
+        published += release_receipts(results, spent, dataset=dataset)
         releases += [release] if release is not None else []
         # Only clusters with a model of their own compete: a never-trained cluster's placeholder
         # (the pooled model) would otherwise split a homogeneous population on DP noise alone.
@@ -167,15 +184,17 @@ def _run_em(pairs, groups, trainer, charge, options) -> GroupModels:
         assignment_counts={f"cluster-{j}": counts.get(j, 0) for j in range(k)},
         converged=converged,
         release_ids=tuple(releases),
+        release_receipts=tuple(published),
     )
 
 
 def _em_start(pairs, held_out, groups, trainer, charge, pooled):
-    """Initial assignment, initial models, and (receipts, mechanisms, releases) spent on them."""
+    """Initial assignment, initial models, and (receipts, mechanisms, releases, publishable
+    receipts) spent on them."""
     k = groups.num_groups
     if groups.em_init == "random":
-        return _initial_assignment(pairs.user_ids, k, trainer.seed), [None] * k, ([], [], [])
-    receipts, mechanisms, releases = [], [], []
+        return _initial_assignment(pairs.user_ids, k, trainer.seed), [None] * k, ([], [], [], [])
+    receipts, mechanisms, releases, published = [], [], [], []
     if pooled is None:  # EM's own "iteration 0": one cluster of every user, charged as a release
         label = "group reward models, EM start (pooled model)"
         everyone = set(pairs.user_ids)
@@ -184,22 +203,28 @@ def _em_start(pairs, held_out, groups, trainer, charge, pooled):
         )
         pooled, receipts = results[0], [results[0].receipt]
         releases = [release] if release is not None else []
+        dataset = commit_fingerprint(trainer.commitment_key, pairs.fingerprint)
+        published = release_receipts(results, mechanisms, dataset=dataset)
     else:
-        _check_pooled(pooled, pairs, trainer.config)
+        _check_pooled(pooled, pairs, trainer.config, trainer.commitment_key)
     start = pooled_initial_assignment(held_out, pooled.model, num_groups=k, seed=trainer.seed)
     # No E-step pairs (a single pair under holdout): no evidence against the pooled model.
     assignment = {**dict.fromkeys(pairs.user_ids, 0), **start}
     # A cluster that starts empty holds the pooled model until (unless) it gets users.
-    return assignment, [pooled.model] * k, (receipts, list(mechanisms), releases)
+    return assignment, [pooled.model] * k, (receipts, list(mechanisms), releases, published)
 
 
-def _check_pooled(pooled: TrainResult, pairs: PairDataset, config: ModelConfig) -> None:
+def _check_pooled(
+    pooled: TrainResult, pairs: PairDataset, config: ModelConfig, commitment_key: bytes
+) -> None:
     """The pooled model must be a release on these pairs that the user-level guarantee covers."""
     receipt = pooled.receipt
-    if receipt.dataset_fingerprint != pairs.fingerprint:
+    expected = commit_fingerprint(commitment_key, pairs.fingerprint)
+    if receipt.dataset_fingerprint != expected:
         raise DataError(
-            f"the pooled model was trained on dataset {receipt.dataset_fingerprint[:12]}..., the "
-            f"group models train on {pairs.fingerprint[:12]}...; pass the reward model trained on "
+            f"the pooled model was trained on dataset (commitment) "
+            f"{receipt.dataset_fingerprint[:12]}..., the group models train on {expected[:12]}... "
+            "(or it was committed under another ledger's key); pass the reward model trained on "
             "the same pairs, or set groups.em_init: random",
             path=pairs.name,
         )

@@ -19,10 +19,13 @@ from safealign.config import ModelConfig
 from safealign.data.records import PairDataset
 from safealign.errors import DataError
 from safealign.models.scalar import ScoringModel
-from safealign.privacy.accounting import Mechanism
+from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.dp_sgd import TrainingPlan
 from safealign.privacy.release import ChargeTarget, charge
 from safealign.privacy.training import PrivacyReceipt, TrainResult
+
+#: ``kind`` of the receipt of EM's noisy cluster sizes (a Gaussian mechanism, not a training run).
+COUNT_RECEIPT_KIND = "em_cluster_sizes"
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class GroupModels:
         models: The reward models, parallel to ``names`` (an EM cluster that never had users
             holds the pooled model).
         receipts: One per training run, in order (EM: the pooled start model if trained here,
-            then one per non-empty cluster and iteration).
+            then one per non-empty cluster and iteration). Internal: each carries its subset's
+            exact size, and which clusters trained when depends on the data; never written.
         mechanisms: What the ledger composes sequentially: the pooled start model's if trained
             here, then one per EM iteration (plus the count release with ``count_noise``); one
             for given groups; empty if non-private.
@@ -44,6 +48,10 @@ class GroupModels:
         converged: EM stopped because no user moved (True for given groups).
         release_ids: Ledger releases charged (one per iteration, after the pooled start
             model's if trained here), empty without a ledger.
+        release_receipts: What may be published about the training (``groups.json``, the
+            report): one receipt per mechanism in ``mechanisms``, in order (a single NON-PRIVATE
+            receipt per release if non-private), built by :func:`release_receipts`. Their
+            composition is the ledger's charge, count noise included.
     """
 
     names: tuple[str, ...]
@@ -54,6 +62,7 @@ class GroupModels:
     assignment_counts: dict[str, int]
     converged: bool
     release_ids: tuple[int, ...] = ()
+    release_receipts: tuple[PrivacyReceipt, ...] = ()
 
     def score_candidates(
         self, prompts: Sequence[str], responses: Sequence[Sequence[str]]
@@ -117,6 +126,69 @@ def _dominating(mechanisms) -> Mechanism:
         min(m.noise_multiplier for m in spent),
         max(m.sample_rate for m in spent),
         max(m.steps for m in spent),
+    )
+
+
+def release_receipts(
+    results: Sequence[TrainResult], spent: Sequence[Mechanism], *, dataset: str
+) -> list[PrivacyReceipt]:
+    """The publishable receipts of one group release: one per mechanism the ledger charged.
+
+    A release trains several groups (or EM clusters) in parallel on disjoint users with one
+    shared schedule, so the guarantee is about the whole training set: each receipt names it
+    (``dataset``, a commitment) rather than a group's subset, and carries no subset size and no
+    metric (a group's size, and an EM cluster's held-out metrics, are exact functions of other
+    users' assignments). Count noise (``spent[1:]``) gets a receipt of its own.
+
+    Args:
+        results: The release's training runs (all with the shared schedule).
+        spent: What :meth:`Charger.run` returned: the training mechanism, then count noise;
+            empty for a non-private release.
+        dataset: Commitment to the training pairs the release is a function of.
+    """
+    base = replace(
+        results[0].receipt, num_units=None, num_pairs=None, metrics={}, dataset_fingerprint=dataset
+    )
+    if not spent:
+        return [base]
+    training, *counts = spent
+    receipts = [base]
+    if base.mechanism != training:  # the dominating schedule of the clusters (Charger.run)
+        accounting = _accounting(training, base)
+        receipts = [
+            replace(
+                base,
+                epsilon=accounting.epsilon,
+                noise_multiplier=training.noise_multiplier,
+                sample_rate=training.sample_rate,
+                steps=training.steps,
+            )
+        ]
+    for mechanism in counts:
+        accounting = _accounting(mechanism, base)
+        receipts.append(
+            replace(
+                base,
+                kind=COUNT_RECEIPT_KIND,
+                epsilon=accounting.epsilon,
+                target_epsilon=None,
+                noise_multiplier=mechanism.noise_multiplier,
+                sample_rate=mechanism.sample_rate,
+                steps=mechanism.steps,
+                planned_steps=mechanism.steps,
+                calibration_steps=0,
+                max_grad_norm=None,  # L2 sensitivity 1: one user changes one count by 1
+                accountant=accounting.accountant,
+                accountant_fallback=accounting.fallback_reason,
+                grad_sample_mode=None,
+            )
+        )
+    return receipts
+
+
+def _accounting(mechanism: Mechanism, base: PrivacyReceipt):
+    return compute_epsilon(
+        mechanism, target_delta=base.target_delta, accountant=base.accountant or "prv"
     )
 
 

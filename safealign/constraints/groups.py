@@ -27,6 +27,7 @@ from safealign.constraints.group_models import (
     GroupModels,
     derive_seed,
     group_plan,
+    release_receipts,
     subset,
 )
 from safealign.data.records import PairDataset
@@ -34,7 +35,12 @@ from safealign.errors import ConfigError, DataError
 from safealign.privacy.accounting import Mechanism
 from safealign.privacy.dp_sgd import plan_training, privacy_units
 from safealign.privacy.release import ChargeTarget
-from safealign.privacy.training import TrainResult, train_reward_model
+from safealign.privacy.training import (
+    TrainResult,
+    commit_fingerprint,
+    ledger_commitment_key,
+    train_reward_model,
+)
 
 
 def train_group_reward_models(
@@ -45,10 +51,11 @@ def train_group_reward_models(
     seed: int,
     eval_pairs: PairDataset | None = None,
     budget: ChargeTarget | None = None,
-    stop_early: bool = True,
+    stop_early: bool = False,
     count_noise: float | None = None,
     holdout: bool = False,
     pooled: TrainResult | None = None,
+    commitment_key: bytes | None = None,
     progress: bool = False,
 ) -> GroupModels:
     """Train one DP reward model per user group (``groups.mode`` ``given`` or ``em``).
@@ -59,8 +66,8 @@ def train_group_reward_models(
     (seeded uniform clusters, none empty); M-step: train each non-empty cluster's model on its
     users' pairs (DP-SGD, ``privacy_unit`` forced to ``user``); E-step: move each user to the
     trained cluster whose model gives their pairs the highest ``sum log sigmoid(r(chosen) -
-    r(rejected))`` (:func:`em.assign_users`). Stop when no user moves or after ``em_max_iters``
-    M-steps, each charged as one release. The assignments are NOT released (:mod:`em` doc).
+    r(rejected))`` (:func:`em.assign_users`). Run ``em_max_iters``
+    M-steps (stop early when no user moves only if ``stop_early``), each charged as one release. The assignments are NOT released (:mod:`em` doc).
 
     Args:
         pairs: Training pairs; ``em`` needs a ``user_id`` on each, ``given`` a ``group``.
@@ -71,8 +78,9 @@ def train_group_reward_models(
         budget: The ledger budgets of the source dataset
             (:func:`~safealign.privacy.release.budget_target`); if given, every M-step is
             charged as one release.
-        stop_early: Stop once no user moves (a data-dependent decision the DP guarantee does
-            not cover, :mod:`em` doc); False always runs ``em_max_iters`` iterations.
+        stop_early: Stop once no user moves: opt-in (``groups.em_stop_early``), since the
+            number of releases then depends on the data, which the DP guarantee does not cover
+            (:mod:`em` doc); False (default) always runs ``em_max_iters`` iterations.
         count_noise: If set, each iteration also releases the cluster sizes with Gaussian
             noise of this std (users) and the E-step adds their log shares as a prior
             (:func:`em._noisy_log_prior`; ``groups.em_count_noise`` in a run). Off by default:
@@ -86,6 +94,8 @@ def train_group_reward_models(
             private, with user-level DP; it is charged by whoever trained it, not here. If None,
             it is trained here on the M-step pairs with the EM's schedule and charged as one more
             release (the first receipt and mechanism). Ignored by ``given`` and ``random``.
+        commitment_key: Key of the receipts' dataset commitments (the ledger's key; default the
+            per-user default ledger's); a given ``pooled`` must be committed under the same key.
         progress: Show training progress bars.
 
     Raises:
@@ -98,20 +108,21 @@ def train_group_reward_models(
     if count_noise is not None:
         Mechanism(count_noise, 1.0, 1)  # validates count_noise before any training
     charge = Charger(budget, model_config)
+    key = commitment_key or (budget.ledger.key if budget is not None else ledger_commitment_key())
     if groups.mode == "given":
-        return _train_given(pairs, model_config, seed, eval_pairs, charge, progress)
+        return _train_given(pairs, model_config, seed, eval_pairs, charge, key, progress)
     if groups.mode == "em":
         return train_em(
             pairs, groups=groups, model_config=model_config, seed=seed, charge=charge,
             eval_pairs=eval_pairs, stop_early=stop_early, count_noise=count_noise,
-            holdout=holdout, pooled=pooled, progress=progress,
+            holdout=holdout, pooled=pooled, commitment_key=key, progress=progress,
         )  # fmt: skip
     raise ConfigError(
         f"groups.mode must be 'given' or 'em' to train group models (got {groups.mode!r})"
     )
 
 
-def _train_given(pairs, config, seed, eval_pairs, charge, progress) -> GroupModels:
+def _train_given(pairs, config, seed, eval_pairs, charge, key, progress) -> GroupModels:
     unit = config.privacy.privacy_unit
     missing = sum(p.group is None for p in pairs)
     if missing or not pairs.groups:
@@ -138,7 +149,8 @@ def _train_given(pairs, config, seed, eval_pairs, charge, progress) -> GroupMode
         return [
             train_reward_model(
                 subsets[g], config=config, seed=derive_seed(seed, 0, k), plan=group_plan(shared, units[g]),
-                eval_pairs=subset(eval_pairs, lambda p, g=g: p.group == g, g), progress=progress,
+                eval_pairs=subset(eval_pairs, lambda p, g=g: p.group == g, g),
+                commitment_key=key, progress=progress,
             )
             for k, g in enumerate(names)
         ]  # fmt: skip
@@ -153,4 +165,7 @@ def _train_given(pairs, config, seed, eval_pairs, charge, progress) -> GroupMode
         assignment_counts=dict(units),
         converged=True,
         release_ids=(release,) if release is not None else (),
+        release_receipts=tuple(
+            release_receipts(results, mechanisms, dataset=commit_fingerprint(key, pairs.fingerprint))
+        ),
     )

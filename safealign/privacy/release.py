@@ -39,7 +39,12 @@ from safealign.privacy.accounting import AccountantName, Mechanism
 from safealign.privacy.calibration import calibrates_run
 from safealign.privacy.dp_sgd import plan_training, privacy_units
 from safealign.privacy.ledger import DatasetBudgets, PrivacyLedger
-from safealign.privacy.training import TrainResult, save_training_output, train_scoring_model
+from safealign.privacy.training import (
+    TrainResult,
+    ledger_commitment_key,
+    save_training_output,
+    train_scoring_model,
+)
 
 LEGACY_LEDGER = "safealign-ledger.sqlite"  # the old default, in the working directory
 
@@ -321,8 +326,9 @@ def train_and_record(
     plan = plan_training(num_units, config, calibration=calibrates_run(kind, pairs, config))
     if not plan.private:
         result = train_scoring_model(
-            pairs, kind=kind, config=config, seed=seed, eval_pairs=eval_pairs, progress=progress
-        )
+            pairs, kind=kind, config=config, seed=seed, eval_pairs=eval_pairs,
+            commitment_key=ledger_commitment_key(budget.ledger), progress=progress,
+        )  # fmt: skip
         return RecordedTraining(result, None, save_training_output(result, out))
     target = budget_target(
         budget, source, privacy_unit=unit, dataset_id=dataset_id,
@@ -343,6 +349,7 @@ def train_and_record(
         result = train_scoring_model(
             pairs, kind=kind, config=config, seed=seed, eval_pairs=eval_pairs, plan=plan,
             checkpoint=out / CHECKPOINT_FILE, progress=progress,
+            commitment_key=target.ledger.key,
             on_step=lambda step: run.step(plan.steps if step >= training_steps else step),
         )  # fmt: skip
         spent = result.receipt.steps - run.from_step

@@ -2,6 +2,13 @@
 
 Each returns the trained model and a :class:`PrivacyReceipt` — everything needed to recompute ε
 independently (σ, q, steps, δ, accountant) plus provenance and held-out metrics.
+
+A receipt is a released file (``receipt.json`` sits in the run directory), so it carries nothing
+that is an exact function of the training pairs beyond what the release inventory declares
+public (``safealign.audits.inventory``): the dataset appears only as a keyed commitment
+(:func:`commit_fingerprint`), never as its SHA-256, which anyone holding every record but one
+could recompute for each guess of the missing record; and no training loss (measured on private
+batches, it is not DP: it stays in :attr:`TrainResult.losses`, in memory).
 """
 
 from __future__ import annotations
@@ -24,6 +31,28 @@ from safealign.models.scalar import Kind, ScoringModel, build_scoring_model, sav
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.calibration import apply_shift, calibrates_run, fit_shift, labelled_costs
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units, run_dp_sgd
+from safealign.privacy.identity import default_ledger_path, keyed_digest, ledger_key
+
+_COMMITMENT_DOMAIN = "safealign.dataset-commitment.v1"
+
+
+def commit_fingerprint(key: bytes, fingerprint: str) -> str:
+    """A keyed commitment (HMAC-SHA256) to a dataset's SHA-256 fingerprint, safe to publish.
+
+    Equal data gives equal commitments under one key, so two stages of a run can still check they
+    saw the same split; without the key (kept beside the ledger) nobody can test a guess.
+
+    Args:
+        key: The ledger's secret (:func:`~safealign.privacy.identity.ledger_key`).
+        fingerprint: ``PairDataset.fingerprint`` (or any SHA-256 of private records).
+    """
+    return keyed_digest(key, _COMMITMENT_DOMAIN, fingerprint)
+
+
+def ledger_commitment_key(ledger: str | Path | None = None) -> bytes:
+    """The key of every commitment charged to ``ledger``: the secret kept beside it (beside the
+    per-user default ledger when ``ledger`` is None)."""
+    return ledger_key(Path(ledger) if ledger else default_ledger_path())
 
 
 @dataclass(frozen=True)
@@ -31,7 +60,10 @@ class PrivacyReceipt:
     """What one training run spent and achieved (written as ``receipt.json``).
 
     ``epsilon`` is None only for an explicitly non-private run (``private`` False), which is then
-    labelled NON-PRIVATE everywhere it is shown.
+    labelled NON-PRIVATE everywhere it is shown. ``dataset_fingerprint`` is a keyed commitment
+    (:func:`commit_fingerprint`), not a plain hash. ``num_units``/``num_pairs`` are the training
+    set's size (declared public, as the sampling rate reveals it) or None where the size is not
+    released (a group's or an EM cluster's subset, :mod:`safealign.constraints.group_models`).
     """
 
     kind: str
@@ -47,8 +79,8 @@ class PrivacyReceipt:
     accountant: str | None
     accountant_fallback: str | None
     privacy_unit: str
-    num_units: int
-    num_pairs: int
+    num_units: int | None
+    num_pairs: int | None
     dataset_fingerprint: str
     seed: int
     backbone: str
@@ -89,6 +121,7 @@ def train_scoring_model(
     plan: TrainingPlan | None = None,
     checkpoint: str | Path | None = None,
     on_step=None,
+    commitment_key: bytes | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train a reward or cost model on ``pairs`` with DP-SGD as ``config`` says.
@@ -102,6 +135,8 @@ def train_scoring_model(
         plan: A schedule fixed earlier (e.g. the one reserved in the ledger); default computed.
         checkpoint: File to checkpoint to each step and resume from if present.
         on_step: Called with the step count after each step (progress hooks, tests).
+        commitment_key: Key of the receipt's dataset commitment (the ledger's key; default the
+            per-user default ledger's).
         progress: Show a progress bar.
     """
     if len(pairs) == 0:
@@ -141,8 +176,6 @@ def train_scoring_model(
     metrics = evaluate_scoring_model(scoring, eval_pairs) if eval_pairs is not None else {}
     if shift is not None:
         metrics["train/calibration_shift"] = shift
-    finite = [x for x in losses if x == x]
-    metrics["train/final_loss"] = sum(finite[-20:]) / len(finite[-20:]) if finite else None
     privacy = config.privacy
     accounting = None
     if plan.private and steps > 0:
@@ -170,7 +203,9 @@ def train_scoring_model(
         privacy_unit=privacy.privacy_unit,
         num_units=num_units,
         num_pairs=len(pairs),
-        dataset_fingerprint=pairs.fingerprint,
+        dataset_fingerprint=commit_fingerprint(
+            commitment_key or ledger_commitment_key(), pairs.fingerprint
+        ),
         seed=seed,
         backbone=config.backbone,
         metrics=metrics,

@@ -286,6 +286,30 @@ def test_composed_epsilon_is_one_accountant_over_both_models(report: dict[str, A
     assert privacy["within_budget"] is True
 
 
+def test_em_count_noise_receipts_are_composed_with_the_models(tmp_path: Path) -> None:
+    # EM's noisy cluster sizes are a Gaussian mechanism (sensitivity 1, q = 1, one step) that the
+    # ledger charges; the report composes its receipt like a model's, so its ε is never below
+    # the ledger's (before: the report composed training receipts only).
+    counts = Mechanism(noise_multiplier=1.0, sample_rate=1.0, steps=1)
+    receipts = [make_receipt("reward", REWARD), make_receipt("em_cluster_sizes", counts)]
+    privacy = make_report(tmp_path, receipts=receipts)["privacy"]
+    assert privacy["epsilon"] == compute_epsilon([REWARD, counts], target_delta=DELTA).epsilon
+    assert privacy["epsilon"] > compute_epsilon([REWARD], target_delta=DELTA).epsilon + 0.5
+    assert [m["kind"] for m in privacy["mechanisms"]] == ["reward", "em_cluster_sizes"]
+
+
+def test_renderings_list_what_is_outside_the_guarantee(report: dict[str, Any], page: str) -> None:
+    outside = report["privacy"]["outside_guarantee"]
+    assert outside and all(set(o) == {"file", "field", "reason"} for o in outside)
+    markdown = render_markdown(report)
+    for text in (markdown, page):
+        assert "NOT covered by the privacy guarantee" in text
+    for entry in outside:
+        assert html.escape(entry["field"], quote=False) in page
+        assert entry["reason"] in markdown and html.escape(entry["reason"], quote=False) in page
+    assert "outside this guarantee" in report["summary"]["privacy"]
+
+
 def test_one_mechanism_entry_per_receipt(report: dict[str, Any]) -> None:
     mechanisms = report["privacy"]["mechanisms"]
     assert [m["kind"] for m in mechanisms] == ["reward", "cost"]

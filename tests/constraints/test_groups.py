@@ -235,6 +235,8 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start
     first = [("group reward models, EM start (pooled model)", "committed", (training,))]
     first = first if start == "pooled trained here" else []
     assert result.mechanisms == tuple(m for _, _, ms in first for m in ms) + per_iteration * 2
+    # What is published composes to exactly the ledger's charge, count noise included.
+    assert tuple(r.mechanism for r in result.release_receipts) == result.mechanisms
     summary = budget.ledger.dataset_spend(pairs.fingerprint, accountant="rdp")
     assert [(r.label, r.status, r.actual) for r in summary.releases] == [
         *first,
@@ -317,7 +319,7 @@ def test_homogeneous_population_keeps_one_cluster_and_maxmin_still_runs() -> Non
     pooled = train_reward_model(world.pairs, config=model, seed=3, progress=False)
     result = train_group_reward_models(
         world.pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=3),
-        model_config=model, seed=0, pooled=pooled,
+        model_config=model, seed=0, pooled=pooled, stop_early=True,  # opted in
     )  # fmt: skip
     assert result.assignment_counts == {"cluster-0": 8, "cluster-1": 0}
     assert result.converged and result.iterations == 1
@@ -350,6 +352,47 @@ def test_pooled_start_refuses_a_model_outside_the_guarantee(monkeypatch) -> None
         start_from({"private": False})
     with pytest.raises(ConfigError, match="not a reward model"):
         start_from({"kind": "cost"})
+
+
+def test_em_runs_every_iteration_by_default_and_publishes_one_receipt_per_mechanism() -> None:
+    # A homogeneous population converges after one iteration; by default EM still runs all
+    # em_max_iters (the number of releases must not depend on the data).
+    config = SyntheticConfig(
+        num_prompts=60, num_users=8, pairs_per_user=20,
+        group_weights={"a": 1.0}, style_preference={"a": 2.0},
+    )  # fmt: skip
+    world = SyntheticWorld(config, seed=0)
+    model = replace(_config(None), backbone="features")
+    pooled = train_reward_model(world.pairs, config=model, seed=3, progress=False)
+    result = train_group_reward_models(
+        world.pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=3),
+        model_config=model, seed=0, pooled=pooled,
+    )  # fmt: skip
+    assert result.converged and result.iterations == 3
+    assert len(result.release_receipts) == 3  # non-private: one NON-PRIVATE receipt per release
+    for receipt in result.release_receipts:
+        assert not receipt.private and receipt.num_units is None and receipt.metrics == {}
+        assert receipt.dataset_fingerprint == pooled.receipt.dataset_fingerprint  # all users
+
+
+def test_given_groups_publish_no_subset_sizes_hashes_or_metrics(monkeypatch) -> None:
+    monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
+    pairs = _world(users=4, pairs_per_user=3).pairs
+    result = train_group_reward_models(
+        pairs, groups=GroupsConfig(mode="given"), model_config=_config(5.0, epochs=1), seed=0,
+        eval_pairs=pairs,
+    )  # fmt: skip
+    subsets = {
+        PairDataset(tuple(p for p in pairs if p.group == g)).fingerprint for g in ("a", "b")
+    }
+    (published,) = result.release_receipts  # one mechanism: the groups compose in parallel
+    assert published.mechanism == result.mechanisms[0]
+    assert published.num_units is None and published.num_pairs is None
+    assert published.metrics == {}
+    text = repr(published.to_dict())
+    assert not any(fp in text for fp in subsets | {pairs.fingerprint})
+    # The internal receipts (never written) are per group, each committed, never hashed plainly.
+    assert not any(fp in repr([r.to_dict() for r in result.receipts]) for fp in subsets)
 
 
 def test_given_groups_compose_in_parallel(monkeypatch) -> None:
