@@ -310,11 +310,75 @@ PREFLIGHT_CASES = [
 ]
 # fmt: on
 
-# Rows for faults of the ledger file (a directory, corrupt, locked, read-only, under a regular
-# file) and for ``audit verify`` (a NUL byte in a manifest path, a deeply nested report.json) go
-# here; their fixes live in privacy/ledger.py and audits/.
-LEDGER_CASES: list[Case] = []
-VERIFY_CASES: list[Case] = []
+def _ledger_file(data: bytes | None, *, command: str = "show"):
+    """A ledger fault at ``{tmp}/ledger.sqlite``: a directory (``data`` None) or these bytes,
+    met by ``ledger show`` or by a run's pre-flight."""
+
+    def make(tmp: Path, mp) -> list[str]:
+        path = tmp / "ledger.sqlite"
+        if data is None:
+            path.mkdir()
+        else:
+            path.write_bytes(data)
+        if command == "show":
+            return ["ledger", "show", "--ledger", str(path)]
+        return _run(command=command)(tmp, mp)
+
+    return make
+
+
+#: Connections holding a ledger's lock while a row runs (kept open until the module ends).
+_HOLDERS: list = []
+
+
+def _ledger_locked(tmp: Path, mp) -> list[str]:
+    """A ledger another process holds an exclusive lock on (busy timeout shortened to 0.2 s)."""
+    import sqlite3
+
+    from safealign.privacy.ledger import PrivacyLedger
+
+    path = tmp / "ledger.sqlite"
+    PrivacyLedger(path)  # a real, empty ledger
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    _HOLDERS.append(holder)
+    mp.setattr(PrivacyLedger.__init__, "__kwdefaults__", {"busy_timeout_s": 0.2})
+    return ["ledger", "show", "--ledger", str(path)]
+
+
+def _report(data: bytes):
+    def make(tmp: Path, _mp) -> list[str]:
+        (tmp / "report.json").write_bytes(data)
+        return ["audit", "verify", str(tmp / "report.json")]
+
+    return make
+
+
+_SQLITE_HEADER = b"SQLite format 3\0"
+
+# fmt: off
+LEDGER_CASES = [
+    Case("ledger-is-a-directory", _ledger_file(None), 2, "is a directory, not a ledger file"),
+    Case("ledger-corrupt", _ledger_file(_SQLITE_HEADER + b"\xff" * 5000), 2, "not a readable privacy ledger"),
+    Case("ledger-garbage", _ledger_file(b"this is not a database" * 300), 2, "not a readable privacy ledger"),
+    Case("ledger-empty-header-only", _ledger_file(_SQLITE_HEADER), 2, "not a readable privacy ledger"),
+    Case("run-ledger-corrupt", _ledger_file(_SQLITE_HEADER + b"\xff" * 5000, command="run"), 2,
+         "not a readable privacy ledger"),
+    Case("ledger-locked", _ledger_locked, 2, "{tmp}/ledger.sqlite"),
+]
+
+# ``audit verify`` on reports that cannot be processed (forged but well-formed reports are
+# tests/audits/test_verify_attacks.py's: they exit 1, not 2).
+VERIFY_CASES = [
+    Case("verify-deeply-nested", _report(b'{"a":' * 100_000 + b"1" + b"}" * 100_000), 2, "nested too deeply"),
+    Case("verify-5000-digit-integer", _report(b'{"a":' + b"9" * 5000 + b"}"), 2, "cannot verify"),
+    Case("verify-lone-surrogate", _report(b'{"a":"\\ud800"}'), 2, "cannot verify"),
+    Case("verify-not-json", _report(b"report"), 2, "cannot verify"),
+    Case("verify-a-list", _report(b"[1,2]"), 2, "cannot verify"),
+    Case("verify-missing", lambda tmp, _mp: ["audit", "verify", str(tmp / "absent.json")], 2, "{tmp}/absent.json"),
+    Case("verify-a-directory", lambda tmp, _mp: ["audit", "verify", str(tmp)], 2, "cannot read the report"),
+]
+# fmt: on
 
 ALL_CASES = DATA_CASES + CONFIG_CASES + PREFLIGHT_CASES + LEDGER_CASES + VERIFY_CASES
 
@@ -323,9 +387,14 @@ def _spent(tmp: Path) -> list[str]:
     """What a command spent under ``tmp``: ledger releases and trained models (should be none)."""
     spent = [str(p.relative_to(tmp)) for p in sorted(tmp.glob("out/**/receipt.json"))]
     if (tmp / "ledger.sqlite").is_file():
+        from safealign.errors import SafeAlignError
         from safealign.privacy.ledger import PrivacyLedger
 
-        for summary in PrivacyLedger(tmp / "ledger.sqlite").summary():
+        try:
+            summaries = PrivacyLedger(tmp / "ledger.sqlite", busy_timeout_s=0.2).summary()
+        except SafeAlignError:  # a ledger row's own damaged or locked file: nothing was charged
+            summaries = []
+        for summary in summaries:
             spent += [f"ledger release {r.label!r} ({r.status})" for r in summary.releases]
     return spent
 
@@ -383,5 +452,5 @@ def test_bad_input_is_handled(case: Case, tmp_path, capsys, monkeypatch):
 def test_the_matrix_covers_every_topic():
     kinds = [c.kind for c in ALL_CASES]
     assert len(kinds) == len(set(kinds)), "two rows share a kind"
-    for prefix in ("data-", "config-", "run-"):  # ledger- and verify- rows are added later
+    for prefix in ("data-", "config-", "run-", "ledger-", "verify-"):
         assert sum(k.startswith(prefix) for k in kinds) >= 5, prefix
