@@ -250,6 +250,10 @@ _REPORT = (
        "the synthetic world's truth (code, nobody's data) applied to the released policy"),
     _e("extra.privacy_utility[].epsilon", "public", _SCHEDULE),
     _e("extra.privacy_utility[].accuracy", "not_covered", _EVAL),
+    _e("renderings[].path", "public", "names of the report's renderings: code"),
+    _e("renderings[].sha256", "post_processing", _DIGEST),
+    _e("signer.key_id", "public", "fingerprint of the signing public key"),
+    _e("signer.demo_key", "public", "whether a throw-away demo key signed the report"),
     _e("signature.**", "public", "signature over the report's bytes and the signer's public key"),
 )
 

@@ -102,8 +102,9 @@ def _types(node) -> tuple[str, ...]:
 
 def _schema_paths(node, schema, path=()):
     """Every field path the report schema defines (``**`` where it allows any property)."""
-    if "$ref" in node:
-        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    if "$ref" in node:  # "#/$defs/name" or "#/properties/name"
+        _, section, name = node["$ref"].split("/")
+        node = schema[section][name]
     children = False
     for branch in node.get("anyOf", ()):
         if isinstance(branch, dict) and branch.get("type") != "null":

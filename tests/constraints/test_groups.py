@@ -215,7 +215,10 @@ def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start
     config = _config(5.0, epochs=1)
     pooled = None  # a released pooled model is charged by whoever trained it, not by EM
     if start == "given pooled":
-        pooled = train_reward_model(pairs, config=_user_level(config), seed=9, progress=False)
+        pooled = train_reward_model(
+            pairs, config=_user_level(config), seed=9, progress=False,
+            commitment_key=budget.ledger.key,  # committed under the ledger EM charges
+        )  # fmt: skip
     init = "random" if start == "random" else "pooled"
     result = train_group_reward_models(
         pairs, groups=GroupsConfig(mode="em", num_groups=2, em_max_iters=2, em_init=init),
