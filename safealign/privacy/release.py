@@ -74,9 +74,9 @@ def _checkpoint_step(out: Path) -> int:
     path = out / CHECKPOINT_FILE
     if not path.exists():
         return 0
-    import torch
+    from safealign.privacy.loop import checkpoint_step  # weights_only: a pickle runs no code
 
-    return int(torch.load(path, weights_only=False)["step"])
+    return checkpoint_step(path)
 
 
 def train_and_record(
