@@ -237,7 +237,13 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = field(default=0, metadata=doc("The one seed every stage derives its randomness from."))
+    seed: int = field(
+        default=0,
+        metadata=doc(
+            "Seed of splits, initialisation and non-private runs; DP sampling and noise are "
+            "secret, never derived from it."
+        ),
+    )
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("Data and splits."))
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))
     cost_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Cost model."))
