@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -28,31 +29,56 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True)
-def _repeatable_dp_randomness(request, monkeypatch):
-    """Make DP randomness repeatable within the tests only.
+class _RepeatableSecretBytes:
+    """Stand-in for ``safealign.privacy.secret._secret_material`` in the tests only.
 
-    A run's DP sampling and noise are secret (``safealign.privacy.secret``: OS CSPRNG bytes), so
-    a statistical test on a DP model would see new draws on every run and could flake. Here the
-    secret bytes come from a per-test counter instead: each generator is still distinct, and every
-    run of the suite sees the same ones. No config key can do this; only a test can. Tests of the
-    secrecy itself take the ``secret_randomness`` fixture and keep the real CSPRNG.
+    A run's DP sampling and noise are secret (OS CSPRNG bytes), so a statistical test on a DP
+    model would see new draws on every run and could flake. Here the N-th draw since the last
+    reset is ``sha256("safealign-test-N")``: each generator is still distinct, and a test (or a
+    module's or the session's fixture) sees the same draws on every run whatever ran before,
+    because the counter restarts at each test and at each fixture wider than a test (below). No config
+    key can do this; only a test can. Tests of the secrecy itself take ``secret_randomness``.
     """
-    if "secret_randomness" in request.fixturenames:
-        return
-    import hashlib
-    import itertools
 
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> bytes:
+        self.count += 1
+        return hashlib.sha256(b"safealign-test-%d" % (self.count - 1)).digest()
+
+
+_SECRET_BYTES = _RepeatableSecretBytes()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repeatable_dp_randomness_session():
     from safealign.privacy import secret
 
-    counter = itertools.count()
-    monkeypatch.setattr(
-        secret,
-        "_secret_material",
-        lambda: hashlib.sha256(b"safealign-test-%d" % next(counter)).digest(),
-    )
+    _SECRET_BYTES.csprng = secret._secret_material  # the real source, for secret_randomness
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(secret, "_secret_material", _SECRET_BYTES)
+        _SECRET_BYTES.count = 0
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    if fixturedef.scope != "function":  # a module's or session's fixture: its own stream
+        _SECRET_BYTES.count = 0
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _repeatable_dp_randomness(request, monkeypatch):
+    _SECRET_BYTES.count = 0
+    if "secret_randomness" in request.fixturenames:
+        from safealign.privacy import secret
+
+        monkeypatch.setattr(secret, "_secret_material", _SECRET_BYTES.csprng)
 
 
 @pytest.fixture
 def secret_randomness():
-    """Request this to train with the real secret randomness (see ``_repeatable_dp_randomness``)."""
+    """Request this to train with the real secret randomness (see ``_RepeatableSecretBytes``)."""
+
