@@ -8,6 +8,7 @@ on D and not on D - x: membership with certainty. These tests take the real CSPR
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -78,8 +79,6 @@ def test_replaying_a_release_with_its_published_values_does_not_reproduce_it(
 
 
 def test_non_private_training_stays_reproducible_from_the_seed(config, pairs, secret_randomness):
-    import dataclasses
-
     privacy = dataclasses.replace(config.reward_model.privacy, target_epsilon=None)
     plain = dataclasses.replace(config.reward_model, privacy=privacy)
     a = train_reward_model(pairs, config=plain, seed=0, progress=False).model.model
