@@ -284,7 +284,11 @@ class AuditConfig:
 class Config:
     seed: int = field(
         default=0,
-        metadata=doc("The one seed every stage derives its randomness from (0 to 2**32 - 1).", _seed_range),
+        metadata=doc(
+            "Seed of splits, initialisation and non-private runs (0 to 2**32 - 1); DP sampling "
+            "and noise are secret, never derived from it.",
+            _seed_range,
+        ),
     )
     data: DataConfig = field(default_factory=DataConfig, metadata=doc("Data and splits."))
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))

@@ -57,6 +57,7 @@ from safealign.errors import ConfigError, DataError
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism
 from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
+from safealign.privacy.secret import secret_generator
 from safealign.privacy.training import (
     TrainResult,
     commit_fingerprint,
@@ -152,9 +153,7 @@ def _run_em(pairs, groups, trainer, charge, options) -> GroupModels:
         def train(members=members, busy=busy, t=iteration) -> list[TrainResult]:
             return [trainer.train(members[j], (t, j), f"cluster-{j}") for j in busy]
 
-        log_prior, extra = _noisy_log_prior(
-            members, count_noise, derive_seed(trainer.seed, iteration, k)
-        )
+        log_prior, extra = _noisy_log_prior(members, count_noise)
         label = f"group reward models, EM iteration {iteration}"
         results, spent, release = charge.run(shared, label, train, extra)
         for j, result in zip(busy, results, strict=True):
@@ -286,7 +285,7 @@ def _other_cluster(user: str, k: int, seed: int) -> int:
 
 
 def _noisy_log_prior(
-    members: list[set[str]], count_noise: float | None, seed: int
+    members: list[set[str]], count_noise: float | None
 ) -> tuple[Tensor | None, tuple[Mechanism, ...]]:
     """Log mixing proportions from Gaussian-noised cluster sizes, and their mechanism.
 
@@ -294,11 +293,13 @@ def _noisy_log_prior(
     between two models joins the larger cluster. Sizes are a histogram (adding or removing a user
     changes one count by 1: L2 sensitivity 1), so with ``N(0, count_noise^2)`` noise they are the
     Gaussian mechanism ``Mechanism(count_noise, 1.0, 1)``. Exact sizes would let one user's data
-    move other users between clusters (module doc).
+    move other users between clusters (module doc). The noise is secret
+    (:mod:`safealign.privacy.secret`), not drawn from the published seed, which would let anyone
+    subtract it again.
     """
     if count_noise is None:
         return None, ()
-    generator = torch.Generator().manual_seed(seed)
+    generator = secret_generator()
     sizes = torch.tensor([len(m) for m in members], dtype=torch.float64)
     noisy = sizes + count_noise * torch.randn(
         len(members), generator=generator, dtype=torch.float64

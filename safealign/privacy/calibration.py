@@ -22,8 +22,10 @@ The step size is ``4`` (the reciprocal of the loss's largest curvature in ``b``,
 so gradient descent cannot overshoot; the result is the average of the second half of the iterates
 (Polyak averaging), which halves the variance that Poisson sampling adds. The model's scores on the
 training responses are computed once, without gradients, and leave this module only through the
-noisy steps. A rerun after a crash draws the same batches and noise (seeded), so it releases the
-same shift: nothing more about the data.
+noisy steps. The batches and the noise are secret (:mod:`safealign.privacy.secret`), never drawn
+from the published seed: with a seeded generator anyone holding the data but one record could
+replay the fit and read membership off the released shift. Calibration runs only after the last
+training step, so a crash before it releases nothing, and one during it leaves no shift behind.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from safealign.config import ModelConfig
 from safealign.data.records import PairDataset
 from safealign.models.scalar import ScoringModel
+from safealign.privacy.secret import secret_generator
 
 STEP_SIZE = 4.0
 
@@ -57,13 +60,11 @@ def fit_shift(
     noise_multiplier: float,
     max_grad_norm: float,
     steps: int,
-    seed: int,
 ) -> float:
     """The DP shift ``b`` (module doc) from ``[P, 2]`` costs, unsafe labels and label weights
-    (:func:`labelled_costs`); ``units`` ``[P]`` maps pairs to privacy units."""
-    generator = torch.Generator().manual_seed(
-        int(np.random.SeedSequence([seed, 0xCA1B]).generate_state(1)[0] >> 1)
-    )
+    (:func:`labelled_costs`); ``units`` ``[P]`` maps pairs to privacy units. Sampling and noise
+    are secret, so two calls on the same data release independent shifts."""
+    generator = secret_generator()
     expected_batch = sample_rate * num_units
     shift, iterates = 0.0, []
     for _ in range(steps):

@@ -14,11 +14,12 @@ budgets, same failure policy; no resume): it reserves before any rank touches th
 every rank stops with its error if the reservation is refused.
 
 How one distributed step is the single-process mechanism (see :func:`share_of_batch`): all ranks
-draw the *same* Poisson batch from the shared-seed sampler and each processes a disjoint share of
-it; each rank clips its units' folded per-unit gradients; ``DistributedDPOptimizer`` adds the
-Gaussian noise on rank 0 only and all-reduces the sums; so the update is
-``(Σ_{units in batch} clip(g_u) + N(0, σ²C²)) / (q·N)`` exactly as on one process, and the
-accountant's (q, σ, steps) are unchanged.
+draw the *same* Poisson batch from one secret sampler (rank 0 draws its bytes from the OS CSPRNG
+and broadcasts them in memory: :func:`~safealign.privacy.secret.shared_secret_generator`) and
+each processes a disjoint share of it; each rank clips its units' folded per-unit gradients;
+``DistributedDPOptimizer`` adds the Gaussian noise on rank 0 only and all-reduces the sums; so
+the update is ``(Σ_{units in batch} clip(g_u) + N(0, σ²C²)) / (q·N)`` exactly as on one
+process, and the accountant's (q, σ, steps) are unchanged.
 """
 
 from __future__ import annotations
@@ -61,16 +62,16 @@ def current_ranks() -> Ranks:
 def share_of_batch(chosen: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """This rank's units ``[≈|B|/W]`` of the global Poisson batch ``chosen`` ``[|B|]``.
 
-    Why this is the Poisson subsampled mechanism with rate q per unit: every rank seeds its
-    sampler with the same seed, so every rank draws the *same* mask ``rand(N) < q`` — which is
-    exactly the single-process draw (each unit in independently with probability q). The split
-    afterwards (every W-th chosen unit) is a deterministic function of that one draw; it only
-    decides *which process* computes a unit's clipped gradient, and the sum over ranks of the
-    clipped gradients is the same whatever the split. So the released sum, and hence the privacy
+    Why this is the Poisson subsampled mechanism with rate q per unit: every rank's sampler has
+    the same (secret) state, rank 0's, so every rank draws the *same* mask ``rand(N) < q`` —
+    which is exactly the single-process draw (each unit in independently with probability q).
+    The split afterwards (every W-th chosen unit) is a deterministic function of that one draw;
+    it only decides *which process* computes a unit's clipped gradient, and the sum over ranks
+    of the clipped gradients is the same whatever the split. So the released sum, and hence the privacy
     analysis, are those of one process. (Independent per-rank draws over fixed shards would also
     be Poisson; a shared draw additionally keeps the run identical to the single-process one for
-    the same seed and balances the shares to within one unit.) The sampled set is never sent
-    between ranks; all ranks compute it locally.
+    the same secret bytes and balances the shares to within one unit.) The sampled set is never
+    sent between ranks; all ranks compute it locally from the broadcast sampler state.
     """
     return chosen[ranks.rank :: ranks.world_size]
 
@@ -218,6 +219,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("reward", "cost"), default="reward")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     args = parser.parse_intermixed_args(argv)  # overrides may follow --out
+    # The training stack is imported here (dp_sgd imports this module, so not at the top) and
+    # *before* the process group exists: Opacus imports torch.distributed.nn.functional, whose
+    # functions take ``group=group.WORLD`` as a default argument, bound at import. Imported after
+    # init_process_group they hold the live group forever, destroy_process_group cannot free it,
+    # and its gloo threads are torn down during interpreter exit instead: a rank then aborted
+    # after training correctly ("terminate called without an active exception", SIGABRT).
+    import safealign.privacy.training  # noqa: F401
+
     ranks = _init_process_group()
     try:
         _train(args, ranks)
@@ -226,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # frees the group and joins its threads (see above)
     return 0
 
 

@@ -1,16 +1,26 @@
 """Bookkeeping of the DP-SGD loop (:mod:`.dp_sgd`): checkpoint and resume, and the progress bar.
 
-A checkpoint holds everything that decides the rest of the run: the step count, both random
-generators (Poisson sampling and noise), the trainable weights, the optimizer's state and the
-schedule it was made for, so a resumed run takes exactly the steps the uninterrupted one would have.
+A checkpoint holds the step count, the trainable weights, the optimizer's state and the schedule
+it was made for. It holds no random generator: a private run's sampler and noise are secret
+(:mod:`safealign.privacy.secret`) and must never reach a file, so a resumed run draws fresh
+secret ones. That is the same mechanism: each step's Poisson sample and noise are independent of
+every other step's, so steps k+1..T with fresh draws have exactly the distribution they would
+have had in the uninterrupted run (the accountant composes T identical steps either way). A
+non-private run's sampler follows the seed and is fast-forwarded past the steps already taken,
+so its resume is still exactly the uninterrupted run.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: a run directory may come from
+someone else, and a pickle can run any code; the payload is tensors, numbers, strings and dicts.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -25,13 +35,19 @@ if TYPE_CHECKING:  # dp_sgd imports this module
     from safealign.privacy.dp_sgd import TrainingPlan
 
 
+CHECKPOINT_KEYS = frozenset({"step", "trainable", "optimizer", "plan"})
+
+
 @dataclass
 class LoopState:
-    """Steps taken and the generators of the Poisson sampler and of the noise."""
+    """Steps taken, the Poisson sampler and the noise generator (None when non-private).
+
+    The generators live only in memory (module doc): never saved, never restored.
+    """
 
     step: int
     sampler: torch.Generator
-    noise: torch.Generator
+    noise: torch.Generator | None
 
 
 def save_checkpoint(
@@ -43,10 +59,8 @@ def save_checkpoint(
 ) -> None:
     """Write the loop's state to ``path`` (atomically: a crash leaves the previous one intact)."""
     trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    payload = {
+    payload = {  # CHECKPOINT_KEYS
         "step": state.step,
-        "sampler": state.sampler.get_state(),
-        "noise": state.noise.get_state(),
         "trainable": trainable,
         "optimizer": optimizer.state_dict(),
         "plan": plan.__dict__,
@@ -56,6 +70,51 @@ def save_checkpoint(
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path``, unpickled with ``weights_only=True`` (no code runs).
+
+    Raises:
+        DataError: the file is not a checkpoint safealign wrote (e.g. a pickle that would run
+            code, or a truncated file).
+    """
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise DataError(
+            f"refused to load checkpoint: it is not one safealign wrote ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); only tensors, numbers, "
+            "strings and dicts are accepted, so no code in it was run. Delete it to train from "
+            "the start",
+            path=str(path),
+        ) from exc
+    if not isinstance(payload, dict) or not payload.keys() >= CHECKPOINT_KEYS:
+        raise DataError(
+            "refused to load checkpoint: it lacks step, trainable, optimizer or plan; "
+            "delete it to train from the start",
+            path=str(path),
+        )
+    return payload
+
+
+def checkpoint_step(path: Path) -> int:
+    """Steps taken by the run that wrote the checkpoint at ``path`` (read safely)."""
+    return int(load_checkpoint(path)["step"])
+
+
+def sweep_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files a killed :func:`save_checkpoint` left beside ``path``.
+
+    :func:`safealign._atomic.atomic_write_bytes` writes to ``.NAME.<16 hex>.tmp`` and renames;
+    a process killed before the rename leaves that file behind, one per crash. Only the run
+    that owns ``path`` calls this, before it writes again, so no live writer's file is removed.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{16}}\.tmp")
+    stale = [p for p in path.parent.glob(f".{path.name}.*.tmp") if pattern.fullmatch(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def restore_checkpoint(
     path: Path,
     state: LoopState,
@@ -63,12 +122,12 @@ def restore_checkpoint(
     optimizer: torch.optim.Optimizer,
     plan: TrainingPlan,
 ) -> None:
-    """Load ``path`` into ``state``, the trainable weights and the optimizer.
+    """Load ``path`` into ``state``, the trainable weights and the optimizer (module doc).
 
     Raises:
-        DataError: the checkpoint was made for another schedule.
+        DataError: the file is not a safealign checkpoint, or was made for another schedule.
     """
-    payload = torch.load(path, weights_only=False)
+    payload = load_checkpoint(path)
     if payload["plan"] != plan.__dict__:
         raise DataError(
             f"checkpoint was made for a different schedule ({payload['plan']}, now {plan.__dict__}); "
@@ -81,8 +140,9 @@ def restore_checkpoint(
             named[name].copy_(value)
     optimizer.load_state_dict(payload["optimizer"])
     state.step = payload["step"]
-    state.sampler.set_state(payload["sampler"])
-    state.noise.set_state(payload["noise"])
+    if not plan.private:  # the seeded sampler: skip the draws of the steps already taken
+        for _ in range(state.step):
+            torch.rand(plan.num_units, generator=state.sampler)
 
 
 class Progress:

@@ -39,6 +39,7 @@ from safealign.privacy.accounting import AccountantName, Mechanism
 from safealign.privacy.calibration import calibrates_run
 from safealign.privacy.dp_sgd import plan_training, privacy_units
 from safealign.privacy.ledger import DatasetBudgets, PrivacyLedger
+from safealign.privacy.loop import checkpoint_step
 from safealign.privacy.training import (
     TrainResult,
     ledger_commitment_key,
@@ -152,9 +153,7 @@ class Resume:
         the checkpoint of a step is written before anyone is told the step was taken."""
         if not self.checkpoint.exists():
             return 0
-        import torch
-
-        return int(torch.load(self.checkpoint, weights_only=False)["step"])
+        return checkpoint_step(self.checkpoint)  # weights_only: a pickle runs no code
 
 
 @dataclass

@@ -130,7 +130,8 @@ def train_scoring_model(
         pairs: Training pairs (the DP-protected data).
         kind: ``reward`` or ``cost``.
         config: Backbone, LoRA, optimisation and privacy settings.
-        seed: Seed of initialisation, sampling and noise.
+        seed: Seed of initialisation (and of a non-private run's sampling); a private run's
+            sampling, noise and calibration are secret (:mod:`safealign.privacy.secret`).
         eval_pairs: Held-out pairs for metrics (never trained on).
         plan: A schedule fixed earlier (e.g. the one reserved in the ledger); default computed.
         checkpoint: File to checkpoint to each step and resume from if present.
@@ -169,7 +170,7 @@ def train_scoring_model(
         shift = fit_shift(
             *labelled_costs(scoring, pairs), units, num_units,
             sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=config.privacy.max_grad_norm, steps=plan.calibration_steps, seed=seed,
+            max_grad_norm=config.privacy.max_grad_norm, steps=plan.calibration_steps,
         )  # fmt: skip
         apply_shift(scoring, shift)
         steps += plan.calibration_steps

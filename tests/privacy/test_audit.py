@@ -52,17 +52,21 @@ AUDIT = [
     "data.synthetic.num_users=4", "data.synthetic.pairs_per_user=10", "reward_model.lora=null",
     "reward_model.train.epochs=30", "reward_model.train.batch_size=16", "reward_model.train.lr=0.01",
     "reward_model.privacy.target_delta=1e-3", "budget.delta=1e-3", "cost_model.privacy.target_delta=1e-3",
-    "reward_model.privacy.accountant=rdp", "reward_model.privacy.target_epsilon=2",
+    "reward_model.privacy.accountant=rdp", "reward_model.privacy.target_epsilon=1",
 ]
 
 
 @pytest.mark.integration
 def test_audit_separates_dp_from_noise_off():
+    """One draw of the (secret, here repeatable: tests/conftest.py) sampling and noise. The gap
+    depends on the draw: over five draws at these settings the noise-off run's ε_lower was
+    1.30, 1.88, 1.37, 1.52 and 0.28 against the DP run's 0.33, 0, 0, 0 and 0.37 (with 100
+    canaries the gaps were smaller), so the test fixes the draw instead of sampling it."""
     config = load_config(None, AUDIT)
     pairs = SyntheticWorld(config.data.synthetic, seed=0).pairs
     results = {}
     for noise_off in (False, True):
-        setup = prepare_audit(pairs, config=config.reward_model, seed=0, num_canaries=100, noise_off=noise_off)
+        setup = prepare_audit(pairs, config=config.reward_model, seed=0, num_canaries=200, noise_off=noise_off)
         results[noise_off] = run_privacy_audit(setup, config=config.reward_model, seed=0, guess_fraction=0.5,
                                                progress=False)
     dp, leaky = results[False], results[True]

@@ -1,14 +1,20 @@
 """Distributed DP-SGD under torchrun (2 CPU ranks, gloo) is the single-process mechanism: same
-batches, noise once, the same divisor; so the same ε, the same model, and identical ranks."""
+batches, noise once, the same divisor; so the same ε, the same model, and identical ranks.
+
+DP randomness is secret, so the torchrun job runs through ``torchrun_entry.py``, which makes the
+secret bytes repeatable and different on each rank: the job then equals a single-process run
+with rank 0's bytes only if rank 0's sampler really reaches every rank."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +22,7 @@ import torch
 from safealign.config import load_config
 from safealign.data.source import load_source, make_splits
 from safealign.models.scalar import build_scoring_model, load_scoring_model
+from safealign.privacy import secret
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.distributed import Ranks, share_of_batch
 from safealign.privacy.training import train_reward_model
@@ -35,6 +42,15 @@ reward_model:
 budget: {epsilon: 10, delta: 0.01}
 """
 DIGEST = re.compile(r"rank (\d+)/2: trainable parameters sha256 ([0-9a-f]{64})")
+LEFT = re.compile(r"rank (\d+): process-group threads after shutdown: (\d+)")
+ENTRY = Path(__file__).with_name("torchrun_entry.py")
+
+
+def _rank_bytes(rank: int):
+    spec = importlib.util.spec_from_file_location("torchrun_entry", ENTRY)
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    return entry.rank_bytes(rank)
 
 
 def _free_port() -> int:
@@ -58,7 +74,9 @@ def test_shares_partition_the_batch_and_balance_it():
     [(2.0, "hooks"), (None, "hooks"), (2.0, "ghost")],
     ids=["private", "non-private", "private-ghost"],
 )
-def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_epsilon, mode):
+def test_two_ranks_match_each_other_and_the_single_process_run(
+    tmp_path, monkeypatch, target_epsilon, mode
+):
     config_path = tmp_path / "config.yaml"
     config_path.write_text(CONFIG)
     overrides = [
@@ -69,7 +87,7 @@ def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
         f"--master_port={_free_port()}",
-        "-m", "safealign.privacy.distributed", str(config_path), "--out", str(out), *overrides,
+        str(ENTRY), str(config_path), "--out", str(out), *overrides,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -78,8 +96,13 @@ def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_
     digests = dict(DIGEST.findall(run.stdout))
     assert sorted(digests) == ["0", "1"], run.stdout
     assert digests["0"] == digests["1"]  # every rank ends with the same parameters
+    # The process group is gone before exit on both ranks: one left alive is destroyed during
+    # interpreter teardown, which aborted a rank at random (SIGABRT after a correct run).
+    assert dict(LEFT.findall(run.stdout)) == {"0": "0", "1": "0"}, run.stdout[-2000:]
 
-    # The same data, plan and seed on one process: same schedule, same ε, (nearly) same model.
+    # The same data, plan and seed on one process with rank 0's secret bytes: same schedule,
+    # same ε, (nearly) same model.
+    monkeypatch.setattr(secret, "_secret_material", _rank_bytes(0))
     config = load_config(config_path, overrides)
     pairs, _ = load_source(config)
     splits = make_splits(pairs, config)
@@ -110,7 +133,8 @@ def test_two_ranks_match_each_other_and_the_single_process_run(tmp_path, target_
         assert receipt["epsilon"] <= target_epsilon
 
     # Same batches and the same (rank-0) noise: the released model is the single-process one up to
-    # float summation order. Noise added on both ranks, or a wrong divisor, would break this.
+    # float summation order. Noise added on both ranks, a wrong divisor, or a rank sampling from
+    # its own secret bytes instead of rank 0's would break this.
     distributed = load_scoring_model(out / "model")
     prompts = [p.prompt for p in splits.train[:16]]
     responses = [p.chosen for p in splits.train[:16]]
