@@ -7,6 +7,7 @@ never spends privacy twice for the same release. The command line only parses an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -38,7 +39,7 @@ from safealign.data.source import load_source, make_splits
 from safealign.data.splits import Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
-from safealign.privacy.identity import default_ledger_path
+from safealign.privacy.identity import default_data_dir, default_ledger_path
 from safealign.privacy.release import LEGACY_LEDGER, open_ledger
 from safealign.run_stages import (
     ReferenceSampler,
@@ -105,10 +106,18 @@ DEMO_OVERRIDES = (
 
 
 def demo_config(*, seed: int, out_dir: str | Path, overrides=()) -> Config:
-    """The demo's configuration: defaults + :data:`DEMO_OVERRIDES`, its ledger inside ``out_dir``."""
+    """The demo's configuration: defaults + :data:`DEMO_OVERRIDES` and a ledger of its own.
+
+    The demo's data are synthetic and the same at every run of one seed, so on the per-user
+    ledger a few demos would use up one budget. Each demo output directory gets its own ledger
+    instead, in the per-user data directory: never in the run directory, which is handed to
+    reviewers and must not hold the ledger's key.
+    """
     from safealign.config import load_config
 
-    ledger = f"budget.ledger={Path(out_dir) / 'ledger.sqlite'}"
+    where = hashlib.sha256(str(Path(out_dir).resolve()).encode("utf-8", "surrogatepass"))
+    path = default_data_dir() / "demo-ledgers" / f"{where.hexdigest()[:16]}.sqlite"
+    ledger = f"budget.ledger={path}"
     return load_config(None, [*DEMO_OVERRIDES, ledger, f"seed={seed}", *overrides])
 
 
