@@ -210,7 +210,7 @@ def test_candidates_with_a_safety_prompt_are_refused_before_training(tmp_path, c
         main(["align", CONFIG, "--candidates", str(path), "--out", str(out), *_overrides(out)]) == 2
     )
     err = capsys.readouterr().err
-    assert f"{path}:4: this prompt is one of the sealed safety prompts (1 of the 4" in err
+    assert f"{path}:4: this prompt is one of the sealed safety prompts or a near-copy of one (1 of" in err
     assert not (out / "cost").exists() and not (tmp_path / "ledger.sqlite").exists()
 
 
