@@ -87,7 +87,9 @@ def test_policy_json_records_the_selection_groups_models_and_provenance(aligned,
     assert policy["data"]["split_fingerprints"] == released["splits"]
     plain = splits.fingerprints()
     assert released["splits"]["safety"] == plain["safety"]
-    assert released["splits"]["train"] != plain["train"] and released["dataset"] != pairs.fingerprint
+    assert (
+        released["splits"]["train"] != plain["train"] and released["dataset"] != pairs.fingerprint
+    )
     weights = policy["groups"]["weights"]
     assert set(weights) == {"majority", "minority"} and sum(weights.values()) == pytest.approx(1)
     for entry in policy["models"]["group_rewards"]:
@@ -216,7 +218,10 @@ def test_candidates_with_a_safety_prompt_are_refused_before_training(tmp_path, c
         main(["align", CONFIG, "--candidates", str(path), "--out", str(out), *_overrides(out)]) == 2
     )
     err = capsys.readouterr().err
-    assert f"{path}:4: this prompt is one of the sealed safety prompts or a near-copy of one (1 of" in err
+    assert (
+        f"{path}:4: this prompt is one of the sealed safety prompts or a near-copy of one (1 of"
+        in err
+    )
     assert not (out / "cost").exists() and not (tmp_path / "ledger.sqlite").exists()
 
 
@@ -283,3 +288,40 @@ def test_declared_attempts_run_at_delta_over_n_and_one_more_is_refused(aligned, 
     capsys.readouterr()
     assert _certify_after_align(out, "safety.attempts=2", "policy.beta=0.9") == 2
     assert "tested 2 time(s), and 2 attempt(s) were declared" in capsys.readouterr().err
+
+
+def _responses(path: Path, prompts) -> Path:
+    rows = [{"prompt": p, "response": "I can't help with that."} for p in prompts]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_certify_responses_refuses_prompts_the_policy_was_aligned_on(aligned, tmp_path, capsys):
+    """Attack (issue 13, finding 4): certify --responses on prompts the policy was aligned on
+    (main certified 60 of them); now refused naming the line, exact copies and near-copies."""
+    splits, _ = _splits(aligned)
+    fresh = list(splits.safety.unseal(purpose="certify").prompts)[:5]
+    aligned_on = splits.candidate.prompts[0]
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"model": "my-llm", "temperature": 0.7}))
+    byo = ["--sampler-settings", str(settings), "--cost-model", str(aligned / "cost" / "model")]
+    common = [*byo, "--policy", str(aligned / "policy.json"), "--out", str(tmp_path / "cert")]
+    for line, prompt in ((6, aligned_on.upper()), (3, aligned_on + " Answer in one word")):
+        rows = [*fresh[: line - 1], prompt]
+        path = _responses(tmp_path / "r.jsonl", rows)
+        assert (
+            main(["certify", CONFIG, "--responses", str(path), *common, *_overrides(aligned)]) == 2
+        )
+        err = capsys.readouterr().err
+        assert f"{path}:{line}: this prompt is one the policy was aligned on" in err
+        assert not (tmp_path / "cert" / "certificate.json").exists()
+    # Fresh prompts pass the check; the test is one logged attempt on their set.
+    path = _responses(tmp_path / "r.jsonl", fresh)
+    assert main(["certify", CONFIG, "--responses", str(path), *common, *_overrides(aligned)]) == 0
+    certificate = json.loads((tmp_path / "cert" / "certificate.json").read_text())
+    assert certificate["attempts"]["number"] == 1 and certificate["n"] == 5
+    reordered = _responses(tmp_path / "again.jsonl", [p.lower() for p in reversed(fresh)])
+    assert (
+        main(["certify", CONFIG, "--responses", str(reordered), *common, *_overrides(aligned)]) == 2
+    )
+    assert "already been tested 1 time(s)" in capsys.readouterr().err
