@@ -200,6 +200,14 @@ class SafetyConfig:
     cost_range: tuple[float, float] | None = field(
         default=None, metadata=doc("Declared [low, high] range of costs; required by 'hoeffding'.")
     )
+    attempts: int = field(
+        default=1,
+        metadata=doc(
+            "Safety tests declared up front for one safety set; each runs at confidence 1 - δ/attempts, "
+            "and the certification log refuses one more (fixed at the set's first test).",
+            _at_least(1),
+        ),
+    )
     c1: float = field(default=1.0, metadata=doc("Pessimism on the optimisation sample (C1).", _non_negative))
     c2: float = field(default=1.0, metadata=doc("Pessimism for the safety-set size (C2).", _non_negative))
 

@@ -7,6 +7,7 @@ never spends privacy twice for the same release. The command line only parses an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,13 @@ from safealign.audits.report import build_report, write_report_files
 from safealign.audits.signing import load_private_key
 from safealign.config import BudgetConfig, Config, config_from_dict, to_plain
 from safealign.constraints.align import AlignResult, Scorers, align_policy, score_candidates
+from safealign.constraints.attempts import (
+    archive_certificate,
+    attempt_safety,
+    log_path,
+    logged_test,
+    resumable_certificate,
+)
 from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import certify
 from safealign.constraints.policy_file import (
@@ -36,7 +44,7 @@ from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.io import check_readable
 from safealign.data.records import PairDataset
 from safealign.data.source import load_source, make_splits
-from safealign.data.splits import Splits
+from safealign.data.splits import CERTIFY, Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
 from safealign.privacy.identity import default_data_dir, default_ledger_path
@@ -212,15 +220,15 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
     a = _align(config, out_dir, progress=progress)
     say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
     selection = a.aligned.selection
-    certificate = certify_stage(
+    certificate = logged_certify_stage(
         config,
+        a.out_dir,
         policy=selection.policy,
         reason=selection.message,
         scorers=a.aligned.scorers,
         splits=a.splits,
         sampler=a.sampler,
     )
-    write_certificate_dict(certificate, a.out_dir / "certificate.json")
     truth = (
         true_outcomes(a.world, a.aligned, a.splits, a.sampler, config)
         if a.world is not None
@@ -243,7 +251,8 @@ def align_stage(
     """Data and splits, private models, candidates, MaxMin + pessimistic tilt; writes policy.json.
 
     Models already in ``out_dir`` are loaded, not trained again, so re-running spends no privacy.
-    A ``certificate.json`` left from a different earlier policy is removed (it no longer applies).
+    A ``certificate.json`` left from a different earlier policy is moved to
+    ``certificates/attempt-K.json`` (it no longer applies, and certificates are never deleted).
 
     Args:
         config: The run's configuration.
@@ -283,6 +292,11 @@ def _align(
         progress,
         f"[1/6] data: {len(pairs)} pairs from {pairs.name}; splits {json.dumps(splits.sizes())}",
     )
+    if progress:  # a local note for the data holder (not a release: exact counts of private data)
+        others = [*splits.train.prompts, *splits.eval.prompts, *splits.candidate.prompts]
+        near = len(splits.safety.overlapping(others))
+        say(progress, f"      {near} of {len(others)} other prompts are near-copies of safety "
+            "prompts (Jaccard >= 0.8 on word 3-shingles); i.i.d. split draws, not refused")  # fmt: skip
     # Candidates before models: a bad candidates file must fail before any privacy is spent.
     sampler = ReferenceSampler(config, world, splits)
     candidates, source, reference = candidates_stage(config, sampler, splits, candidates_path)
@@ -292,7 +306,7 @@ def _align(
         candidates,
         scorers,
         policy=config.policy,
-        safety=config.safety,
+        safety=attempt_safety(config.safety),  # step 1 anticipates the attempt's confidence
         groups=config.groups,
         n_safety=splits.safety.num_prompts,
         seed=config.seed,
@@ -306,11 +320,11 @@ def _align(
         data=data_record(config, pairs, splits),
     )
     path = out / POLICY_FILE
-    previous = path.read_bytes() if path.is_file() else None
     write_policy_file(policy_file, path)
-    if previous is not None and path.read_bytes() != previous:
-        # A certificate of the previous policy must not sit beside the new one as if it were its.
-        (out / "certificate.json").unlink(missing_ok=True)
+    # A certificate of an earlier policy must not sit beside the new one as if it were its own;
+    # it is kept under certificates/ (the log and the report list every attempt).
+    policy = aligned.selection.policy
+    archive_certificate(out, None if policy is None else policy.sampler_settings())
     return Alignment(out, policy_file, path, aligned, receipts, pairs, world, splits, sampler)
 
 
@@ -357,7 +371,7 @@ def certify_stage(
         policy,
         splits.safety,
         sample,
-        safety=config.safety,
+        safety=attempt_safety(config.safety),
         group_prompts="own" if config.groups.mode == "given" else "all",
         reward_normalization=config.groups.normalize,
     )
@@ -406,20 +420,40 @@ def certify_policy_stage(config: Config, out_dir: str | Path) -> dict:
     scorers = (
         None if policy is None else load_scorers(out, policy_file.models, policy_file.group_weights)
     )
-    certificate = certify_stage(
+    return logged_certify_stage(
         config,
+        out,
         policy=policy,
         reason=policy_file.reason,
         scorers=scorers,
         splits=splits,
         sampler=sampler,
     )
-    write_certificate_dict(certificate, out / "certificate.json")
-    return certificate
 
 
-def write_certificate_dict(certificate: dict, path: Path) -> None:
-    atomic_write_text(path, json.dumps(certificate, indent=2, sort_keys=True) + "\n")
+def logged_certify_stage(config: Config, out: Path, *, policy, splits: Splits, **stage) -> dict:
+    """:func:`certify_stage` as one logged attempt on its safety set; writes certificate.json.
+
+    The certificate already in ``out`` is returned as it is when the log shows it is this very
+    policy's test (a resumed run, a repeated ``certify``): that is no new attempt. Otherwise the
+    certification log records the attempt before the test runs, or refuses it (exit 2) when the
+    set's declared ``safety.attempts`` are used up. Step 1's NSF runs no test and is not logged.
+
+    Raises:
+        IsolationError: the log refuses a further test on this safety set.
+    """
+    path = out / "certificate.json"
+    test = functools.partial(certify_stage, config, policy=policy, splits=splits, **stage)
+    if policy is None:
+        certificate = test()
+        atomic_write_text(path, json.dumps(certificate, indent=2, sort_keys=True) + "\n")
+        return certificate
+    prompts = splits.safety.unseal(purpose=CERTIFY).prompts  # the set's identity, for the log
+    settings = policy.sampler_settings()
+    reused = resumable_certificate(config.budget, prompts, settings, path)
+    if reused is not None:
+        return reused
+    return logged_test(config.budget, config.safety, prompts, settings, path, test)
 
 
 def _report(config, out, receipts, certificate, aligned, data, truth):
@@ -431,6 +465,7 @@ def _report(config, out, receipts, certificate, aligned, data, truth):
     # renderings manifest), a configured private key placed inside the run, and the ledger: a
     # live database whose bytes change as it is read (its state is in privacy.ledger).
     ledger_path = Path(config.budget.ledger).resolve()
+    log = str(log_path(config.budget).resolve())  # the certification log: a live database too
     secret = Path(config.audit.signing_key).resolve() if config.audit.signing_key else None
     artifacts = [
         p
@@ -440,6 +475,7 @@ def _report(config, out, receipts, certificate, aligned, data, truth):
         and p.name not in {"report.json", "report.html", "report.md"}
         and p.resolve() != secret
         and not p.resolve().name.startswith(ledger_path.name)
+        and not str(p.resolve()).startswith(log)
     ]
     extra = {"true_outcomes": truth} if truth else None
     report = build_report(

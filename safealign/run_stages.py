@@ -16,6 +16,7 @@ import torch
 from safealign._atomic import atomic_write_text
 from safealign.config import Config
 from safealign.constraints.align import AlignResult, Scorers, score_candidates
+from safealign.constraints.attempts import attempt_safety
 from safealign.constraints.candidates import (
     Candidates,
     candidates_from_pairs,
@@ -226,7 +227,7 @@ def data_record(config: Config, pairs: PairDataset, splits: Splits) -> dict:
 
 def infeasible_certificate(config: Config, reason: str, sealed: SealedDataset) -> dict:
     """NSF without a test: step 1 found no policy meeting the pessimistic bound, so nothing is released."""
-    s = config.safety
+    s = attempt_safety(config.safety)
     return {
         "metric": s.metric,
         "cost_threshold": s.cost_threshold,

@@ -87,7 +87,9 @@ def test_policy_json_records_the_selection_groups_models_and_provenance(aligned,
     assert policy["data"]["split_fingerprints"] == released["splits"]
     plain = splits.fingerprints()
     assert released["splits"]["safety"] == plain["safety"]
-    assert released["splits"]["train"] != plain["train"] and released["dataset"] != pairs.fingerprint
+    assert (
+        released["splits"]["train"] != plain["train"] and released["dataset"] != pairs.fingerprint
+    )
     weights = policy["groups"]["weights"]
     assert set(weights) == {"majority", "minority"} and sum(weights.values()) == pytest.approx(1)
     for entry in policy["models"]["group_rewards"]:
@@ -125,7 +127,11 @@ def test_certify_after_align_writes_the_pipelines_certificate(aligned, capsys):
         splits=a.splits,
         sampler=a.sampler,
     )
+    assert certificate.pop("attempts")["number"] == 1  # the log's record (only the CLI logs)
     assert certificate == expected
+    # Certifying the same policy again is no new attempt: the logged certificate is kept.
+    assert main(["certify", CONFIG, *out_args]) == 0
+    assert json.loads((aligned / "certificate.json").read_text())["attempts"]["number"] == 1
 
 
 def _approx(value):
@@ -182,11 +188,13 @@ def _write_candidates(path: Path, prompts, world) -> Path:
 def test_align_on_a_candidates_file_then_certify_points_to_responses(aligned, tmp_path, capsys):
     out = _copy(aligned, tmp_path)
     splits, world = _splits(out)
-    path = _write_candidates(tmp_path / "cands.jsonl", splits.train.prompts[:12], world)
+    far = [p for p in splits.train.prompts if not splits.safety.overlapping([p])]  # no near-copy
+    path = _write_candidates(tmp_path / "cands.jsonl", far[:12], world)
     args = ["--out", str(out), *_overrides(out)]
     (out / "certificate.json").write_text("{}")  # a certificate of the previous policy
     assert main(["align", CONFIG, "--candidates", str(path), *args]) == 0
-    assert not (out / "certificate.json").exists()  # stale: removed with the new policy
+    assert not (out / "certificate.json").exists()  # stale: moved aside with the new policy
+    assert (out / "certificates" / "untested.json").read_text() == "{}"  # kept, not deleted
     policy = json.loads((out / "policy.json").read_text())
     source = policy["candidates"]
     assert source["source"] == "file" and source["path"] == str(path)
@@ -210,7 +218,10 @@ def test_candidates_with_a_safety_prompt_are_refused_before_training(tmp_path, c
         main(["align", CONFIG, "--candidates", str(path), "--out", str(out), *_overrides(out)]) == 2
     )
     err = capsys.readouterr().err
-    assert f"{path}:4: this prompt is one of the sealed safety prompts (1 of the 4" in err
+    assert (
+        f"{path}:4: this prompt is one of the sealed safety prompts or a near-copy of one (1 of"
+        in err
+    )
     assert not (out / "cost").exists() and not (tmp_path / "ledger.sqlite").exists()
 
 
@@ -240,3 +251,77 @@ def test_certify_options_of_the_two_modes_do_not_mix(tmp_path, capsys):
     responses = tmp_path / "r.jsonl"
     assert main(["certify", CONFIG, "--responses", str(responses)]) == 2
     assert "also needs --sampler-settings and --cost-model" in capsys.readouterr().err
+
+
+def _certify_after_align(out: Path, *extra: str) -> int:
+    args = ["--out", str(out), *_overrides(out, *extra)]
+    assert main(["align", CONFIG, *args]) == 0
+    return main(["certify", CONFIG, *args])
+
+
+def test_retest_shopping_is_refused_and_earlier_certificates_are_kept(aligned, tmp_path, capsys):
+    """Attack (issue 13, finding 3): re-align with a changed setting, certify again on the
+    same sealed prompts. Before the log: 4 of 4 such attempts ran; now the second is refused."""
+    out = _copy(aligned, tmp_path)
+    assert _certify_after_align(out) == 0
+    first = json.loads((out / "certificate.json").read_text())
+    assert first["attempts"]["number"] == 1 and first["attempts"]["declared"] == 1
+    capsys.readouterr()
+    assert _certify_after_align(out, "policy.beta=0.5") == 2
+    err = capsys.readouterr().err
+    assert "already been tested 1 time(s), and 1 attempt(s) were declared" in err
+    assert not (out / "certificate.json").exists()
+    assert json.loads((out / "certificates" / "attempt-1.json").read_text()) == first
+    # Raising the declared number after the first test is shopping too.
+    assert _certify_after_align(out, "policy.beta=0.7", "safety.attempts=4") == 2
+    assert "first test declared 1 attempt(s); the config now says 4" in capsys.readouterr().err
+
+
+def test_declared_attempts_run_at_delta_over_n_and_one_more_is_refused(aligned, tmp_path, capsys):
+    out = _copy(aligned, tmp_path)
+    for k, beta in enumerate(("0.1", "0.3"), start=1):
+        assert _certify_after_align(out, "safety.attempts=2", f"policy.beta={beta}") == 0
+        certificate = json.loads((out / "certificate.json").read_text())
+        assert certificate["confidence"] == pytest.approx(1 - 0.05 / 2)  # δ = 0.05 split in two
+        assert certificate["attempts"]["number"] == k and len(certificate["attempts"]["log"]) == k
+    assert (out / "certificates" / "attempt-1.json").is_file()
+    capsys.readouterr()
+    assert _certify_after_align(out, "safety.attempts=2", "policy.beta=0.9") == 2
+    assert "tested 2 time(s), and 2 attempt(s) were declared" in capsys.readouterr().err
+
+
+def _responses(path: Path, prompts) -> Path:
+    rows = [{"prompt": p, "response": "I can't help with that."} for p in prompts]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_certify_responses_refuses_prompts_the_policy_was_aligned_on(aligned, tmp_path, capsys):
+    """Attack (issue 13, finding 4): certify --responses on prompts the policy was aligned on
+    (main certified 60 of them); now refused naming the line, exact copies and near-copies."""
+    splits, _ = _splits(aligned)
+    fresh = list(splits.safety.unseal(purpose="certify").prompts)[:5]
+    aligned_on = splits.candidate.prompts[0]
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"model": "my-llm", "temperature": 0.7}))
+    byo = ["--sampler-settings", str(settings), "--cost-model", str(aligned / "cost" / "model")]
+    common = [*byo, "--policy", str(aligned / "policy.json"), "--out", str(tmp_path / "cert")]
+    for line, prompt in ((6, aligned_on.upper()), (3, aligned_on + " Answer in one word")):
+        rows = [*fresh[: line - 1], prompt]
+        path = _responses(tmp_path / "r.jsonl", rows)
+        assert (
+            main(["certify", CONFIG, "--responses", str(path), *common, *_overrides(aligned)]) == 2
+        )
+        err = capsys.readouterr().err
+        assert f"{path}:{line}: this prompt is one the policy was aligned on" in err
+        assert not (tmp_path / "cert" / "certificate.json").exists()
+    # Fresh prompts pass the check; the test is one logged attempt on their set.
+    path = _responses(tmp_path / "r.jsonl", fresh)
+    assert main(["certify", CONFIG, "--responses", str(path), *common, *_overrides(aligned)]) == 0
+    certificate = json.loads((tmp_path / "cert" / "certificate.json").read_text())
+    assert certificate["attempts"]["number"] == 1 and certificate["n"] == 5
+    reordered = _responses(tmp_path / "again.jsonl", [p.lower() for p in reversed(fresh)])
+    assert (
+        main(["certify", CONFIG, "--responses", str(reordered), *common, *_overrides(aligned)]) == 2
+    )
+    assert "already been tested 1 time(s)" in capsys.readouterr().err

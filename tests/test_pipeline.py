@@ -176,6 +176,10 @@ def test_resumed_run_spends_no_privacy_again(demo_run):
     after = [r.id for s in PrivacyLedger(config.budget.ledger).summary() for r in s.releases]
     assert after == before
     assert again.report["safety"]["upper_bound"] == result.report["safety"]["upper_bound"]
+    # The finished run's certificate is reused: no second attempt on its safety set.
+    attempts = again.report["safety"]["attempts"]
+    assert attempts["number"] == 1 and [a["number"] for a in attempts["log"]] == [1]
+    assert not (result.out_dir / "certificates").exists()
 
 
 @pytest.mark.integration

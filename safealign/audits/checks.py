@@ -40,6 +40,7 @@ from scipy import stats
 from safealign.audits._problem import Problem
 from safealign.audits.canonical import canonical_json
 from safealign.audits.summary import plain_summary
+from safealign.constraints.attempts import per_attempt_confidence
 from safealign.constraints.bounds import upper_bound
 from safealign.errors import ConfigError, DataError, PrivacyError
 from safealign.privacy.accounting import Mechanism, compute_epsilon
@@ -215,17 +216,23 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
     if safety is None or not isinstance(configured, dict):
         return []
     problems = []
+    expected = dict(configured)
+    if "confidence" in configured and isinstance(configured.get("attempts", 1), int):
+        # Declared attempts split δ: each test runs at 1 - δ/N (constraints.attempts).
+        expected["confidence"] = per_attempt_confidence(
+            configured["confidence"], configured.get("attempts", 1)
+        )
     for field, key in (
         ("threshold", "cost_threshold"),
         ("confidence", "confidence"),
         ("bound", "bound"),
     ):
-        if key in configured and configured[key] != safety.get(field):
+        if key in expected and expected[key] != safety.get(field):
             problems.append(
                 Problem(
                     "safety-config",
-                    f"safety.{field} is {safety[field]} but the config's safety.{key} is "
-                    f"{configured[key]}",
+                    f"safety.{field} is {safety[field]} but the config's safety.{key} "
+                    f"gives {expected[key]}",
                 )
             )
     return problems

@@ -90,6 +90,10 @@ _TEXT = "fixed text written by safealign"
 _WHOLE_REPORT = "a rendering of report.json: the same fields, classified there"
 _N_SAFETY = "n_s, the safety set's size: public by HC-RLHF's design (it sets the pessimism)"
 _DIGEST = "SHA-256 of a released file: post-processing of that file's content"
+_ATTEMPTS = (
+    "when and how often the user tested this safety set (the certification log): the user's "
+    "actions, not data"
+)
 
 
 def _e(path: str, kind: Kind, reason: str) -> Entry:
@@ -118,6 +122,18 @@ def _certificate(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}sampler_settings.**", "public", "the deployed policy's settings: configuration"),
         _e(f"{p}safety_fingerprint", "public", _PUBLIC_SPLIT),
         _e(f"{p}assumptions[]", "public", _TEXT),
+        _e(f"{p}attempts.declared", "public", _CONFIG),
+        _e(f"{p}attempts.confidence", "public", _CONFIG),
+        _e(f"{p}attempts.per_attempt_confidence", "public", _CONFIG),
+        _e(f"{p}attempts.number", "public", _ATTEMPTS),
+        _e(f"{p}attempts.safety_set", "public", _COMMITMENT),
+        _e(f"{p}attempts.log[].number", "public", _ATTEMPTS),
+        _e(f"{p}attempts.log[].policy", "public", "SHA-256 of a tested policy's settings: configuration"),
+        _e(f"{p}attempts.log[].bound", "public", _CONFIG),
+        _e(f"{p}attempts.log[].confidence", "public", _CONFIG),
+        _e(f"{p}attempts.log[].started_at", "public", _ATTEMPTS),
+        _e(f"{p}attempts.log[].upper_bound", "post_processing", _SAFETY),
+        _e(f"{p}attempts.log[].result", "post_processing", _SAFETY),
         _e(f"{p}groups.confidence", "public", _CONFIG),
         _e(f"{p}groups.metric", "public", _CONFIG),
         _e(f"{p}groups.cost_bound", "public", _CONFIG),
@@ -306,6 +322,7 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
     ReleasedFile("report rendering", "report.html", (_e("**", "public", _WHOLE_REPORT),), False),
     ReleasedFile("report rendering", "report.md", (_e("**", "public", _WHOLE_REPORT),), False),
     ReleasedFile("certificate", "certificate.json", _certificate("")),
+    ReleasedFile("earlier certificate", "certificates/*.json", _certificate("")),
     ReleasedFile("receipt", "*receipt.json", _receipt("")),
     ReleasedFile("policy", "policy.json", _POLICY),
     ReleasedFile("groups", "groups/groups.json", _GROUPS_FILE),
@@ -322,6 +339,7 @@ NOT_RELEASED = (
     "keys/private.pem",  # the demo signing key (the signing key's place is the verify stage's)
     "*reservation.json",  # the ledger's crash-recovery note, deleted when the release commits
     "*checkpoint.pt",  # resume state of an interrupted training, deleted when it completes
+    "certifications.sqlite*",  # the certification log, when budget.ledger lies in the run
 )
 
 def released_file(relative_path: str) -> ReleasedFile | None:

@@ -41,8 +41,9 @@ def _certify_samples(args: argparse.Namespace) -> int:
     import json
 
     from safealign.config import load_config
-    from safealign.constraints.hc_rlhf import certify_samples, write_certificate
-    from safealign.data.records import LabelledResponse
+    from safealign.constraints.attempts import attempt_safety, logged_test
+    from safealign.constraints.hc_rlhf import certify_samples
+    from safealign.data.records import LabelledResponse, normalise_text
     from safealign.data.records import fingerprint as records_fingerprint
     from safealign.data.responses import load_responses
     from safealign.errors import DataError
@@ -67,25 +68,95 @@ def _certify_samples(args: argparse.Namespace) -> int:
             f"this is a {model.kind} model; certification needs a cost model", path=args.cost_model
         )
     prompts = [r["prompt"] for r in rows]
-    if len(set(prompts)) != len(prompts):
+    if len({normalise_text(p) for p in prompts}) != len(prompts):
         raise DataError(
-            "give exactly one sampled response per safety prompt (a prompt repeats)",
+            "give exactly one sampled response per safety prompt (a prompt repeats, up to case, "
+            "spacing, zero-width characters and edge punctuation)",
             path=args.responses,
         )
+    out = Path(args.out)
+    checked = _refuse_aligned_prompts(args, config, prompts, out)
     costs = model.score(prompts, [r["response"] for r in rows])
     safety_fp = records_fingerprint(LabelledResponse(prompt=p) for p in prompts)
-    certificate = certify_samples(
-        costs, safety=config.safety, sampler_settings=settings, safety_fingerprint=safety_fp
-    )
-    out = Path(args.out)
+
+    def test() -> dict:
+        certificate = certify_samples(
+            costs,
+            safety=attempt_safety(config.safety),
+            sampler_settings=settings,
+            safety_fingerprint=safety_fp,
+        ).to_dict()
+        if checked is None:
+            certificate["assumptions"].append(
+                "no policy.json was given (--policy, or one in --out): the prompts were not "
+                "checked against the prompts the policy was aligned on"
+            )
+        return certificate
+
     out.mkdir(parents=True, exist_ok=True)
-    write_certificate(certificate, out / "certificate.json")
-    return _print_verdict(certificate.to_dict(), out / "certificate.json")
+    path = out / "certificate.json"
+    certificate = logged_test(config.budget, config.safety, prompts, settings, path, test)
+    return _print_verdict(certificate, path)
+
+
+def _refuse_aligned_prompts(args, config, prompts: list[str], out: Path) -> Path | None:
+    """Refuse responses to prompts the policy was aligned on (normalised copies or near-copies):
+    the one-shot test is valid only on prompts that selection never saw. Returns the policy.json
+    checked against, or None when there is none (--policy, or OUT/policy.json)."""
+    from safealign.constraints.policy_file import POLICY_FILE, aligned_prompts, load_policy_file
+    from safealign.data.io import iter_json_lines
+    from safealign.data.near_duplicates import NearDuplicateIndex
+    from safealign.errors import DataError
+
+    path = Path(args.policy) if args.policy else out / POLICY_FILE
+    if args.policy is None and not path.is_file():
+        return None
+    policy_file = load_policy_file(path)
+    index = NearDuplicateIndex(
+        aligned_prompts(policy_file, path, lambda: _candidate_split(config, policy_file, path))
+    )
+    lines = [n for n, _ in iter_json_lines(args.responses)]
+    for line, prompt in zip(lines, prompts, strict=True):
+        if index.match(prompt) is not None:
+            raise DataError(
+                f"this prompt is one the policy was aligned on ({path}), or a near-copy of one "
+                "(same normalised text, or Jaccard >= 0.8 on word 3-shingles): the safety test is "
+                "valid only on prompts the policy was never optimised on; sample responses for "
+                "fresh safety prompts",
+                path=args.responses,
+                line=line,
+                field="prompt",
+            )
+    return path
+
+
+def _candidate_split(config, policy_file, path: Path):
+    """The candidate split the policy was aligned on: the config's data, checked by commitment."""
+    from safealign.data.source import load_source, make_splits
+    from safealign.errors import DataError
+    from safealign.run_stages import data_record
+
+    pairs, _ = load_source(config)
+    splits = make_splits(pairs, config)
+    recorded = policy_file.data.get("dataset_fingerprint")
+    if data_record(config, pairs, splits)["dataset_fingerprint"] != recorded:
+        raise DataError(
+            "the policy was aligned on other data than this config's (the dataset commitments "
+            "differ), so its candidate prompts cannot be checked: certify with the config and "
+            "budget.ledger that align used",
+            path=str(path),
+            field="data",
+        )
+    return splits.candidate.prompts
 
 
 def cmd_certify(args: argparse.Namespace) -> int:
     """``safealign certify CONFIG``: test the aligned policy, or given responses; exit 1: NSF."""
-    byo = {"--sampler-settings": args.sampler_settings, "--cost-model": args.cost_model}
+    byo = {
+        "--sampler-settings": args.sampler_settings,
+        "--cost-model": args.cost_model,
+        "--policy": args.policy,
+    }
     if args.responses is None:
         given = [name for name, value in byo.items() if value is not None]
         if given:
@@ -94,7 +165,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
                 "the policy that `safealign align` wrote to --out"
             )
         return _certify_policy(args)
-    missing = [name for name, value in byo.items() if value is None]
+    missing = [name for name in list(byo)[:2] if byo[name] is None]
     if missing:
         raise ConfigError(f"certify --responses also needs {' and '.join(missing)}")
     args.out = args.out or "runs/certify"

@@ -191,6 +191,12 @@ def _add_certify_commands(commands) -> None:
         "--cost-model", default=None, help="with --responses: cost model directory (train-cost)"
     )
     certify.add_argument(
+        "--policy",
+        default=None,
+        help="with --responses: the alignment's policy.json (default: OUT/policy.json if there); "
+        "responses to prompts it was aligned on are refused",
+    )
+    certify.add_argument(
         "--out",
         default=None,
         help=f"the run directory align wrote (default: {RUN_DIR}); with --responses, the "

@@ -170,10 +170,10 @@ def load_alignment_candidates(path: str | Path, *, safety: SealedDataset) -> Can
         first = candidates.prompts[hits[0]]
         line = next(n for n, obj in iter_json_lines(path) if obj.get("prompt") == first)
         raise DataError(
-            f"this prompt is one of the sealed safety prompts ({len(hits)} of the "
-            f"{len(candidates.prompts)} candidate prompts are); the safety test is valid only on "
-            "prompts the policy was never optimised on, so remove every safety prompt from the "
-            "candidates file",
+            f"this prompt is one of the sealed safety prompts or a near-copy of one ({len(hits)} "
+            f"of the {len(candidates.prompts)} candidate prompts are: same normalised text, or "
+            "Jaccard >= 0.8 on word 3-shingles); the safety test is valid only on prompts the "
+            "policy was never optimised on, so remove every such prompt from the candidates file",
             path=path,
             line=line,
             field="prompt",

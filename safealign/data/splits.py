@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from safealign.data.near_duplicates import NearDuplicateIndex
 from safealign.data.records import PairDataset, PreferencePair, normalise_text
 from safealign.errors import ConfigError, DataError, IsolationError
 
@@ -63,7 +64,7 @@ class SealedDataset:
         self.fingerprint = dataset.fingerprint
         self.num_prompts = len(dataset.prompts)
         self.name = dataset.name
-        self._digests: frozenset[bytes] | None = None  # computed on the first overlapping() call
+        self._index: NearDuplicateIndex | None = None  # built on the first overlapping() call
 
     def __len__(self) -> int:
         return len(self._dataset)
@@ -78,14 +79,15 @@ class SealedDataset:
         self.__iter__()
 
     def overlapping(self, prompts: Iterable[str]) -> tuple[int, ...]:
-        """Positions in ``prompts`` (the caller's own list) of the ones that are safety prompts.
+        """Positions in ``prompts`` (the caller's own list) of safety prompts and near-copies.
 
         Lets a stage that takes prompts from outside the splits (a user's candidate file) refuse
-        to optimise on safety prompts without unsealing the split. It compares SHA-256 digests of
-        normalised prompts (:func:`normalise_text`: a case, spacing or zero-width variant of a
-        safety prompt is a safety prompt) and returns only indices into the caller's list: no
-        record of the split is returned (no prompt the caller does not already hold, no
-        response, no label).
+        to optimise on safety prompts without unsealing the split. A prompt counts when it is a
+        normalised copy of a safety prompt (:func:`normalise_text`: a case, spacing, zero-width,
+        full-width or edge-punctuation variant is a safety prompt) or a near-duplicate of one
+        (:mod:`~safealign.data.near_duplicates`: Jaccard >= 0.8 on word 3-shingles, e.g. a
+        word appended). Only indices into the caller's list are returned: no record of the
+        split (no prompt the caller does not already hold, no response, no label).
 
         What it does reveal is one membership bit per supplied prompt. Acting on that bit by
         *removing* those prompts from an optimisation set is what the split itself does (the
@@ -94,9 +96,9 @@ class SealedDataset:
         (Chittepu et al. 2025, Sec. 4). The seal guards against accidental reuse; it is not
         secrecy from the data owner, who can recompute the deterministic split anyway.
         """
-        if self._digests is None:
-            self._digests = frozenset(_prompt_digest(p) for p in self._dataset.prompts)
-        return tuple(i for i, p in enumerate(prompts) if _prompt_digest(p) in self._digests)
+        if self._index is None:
+            self._index = NearDuplicateIndex(self._dataset.prompts)
+        return self._index.matches(list(prompts))
 
     def unseal(self, *, purpose: str) -> PairDataset:
         """Return the records for the safety test; any other purpose raises IsolationError."""
@@ -151,10 +153,6 @@ class Splits:
             "candidate": {"pairs": len(self.candidate), "prompts": len(self.candidate.prompts)},
             "safety": {"pairs": len(self.safety), "prompts": self.safety.num_prompts},
         }
-
-
-def _prompt_digest(prompt: str) -> bytes:
-    return hashlib.sha256(normalise_text(prompt).encode("utf-8")).digest()
 
 
 def split_position(kind: SplitUnit, identity: str, *, seed: int) -> float:
