@@ -124,7 +124,9 @@ def demo_config(*, seed: int, out_dir: str | Path, overrides=()) -> Config:
     from safealign.config import load_config
 
     where = hashlib.sha256(str(Path(out_dir).resolve()).encode("utf-8", "surrogatepass"))
-    path = default_data_dir() / "demo-ledgers" / f"{where.hexdigest()[:16]}.sqlite"
+    # A directory per demo: the certification log lives beside the ledger (one test per safety
+    # set holds within each demo directory; the synthetic world's prompts are nobody's).
+    path = default_data_dir() / "demo" / where.hexdigest()[:16] / "ledger.sqlite"
     ledger = f"budget.ledger={path}"
     return load_config(None, [*DEMO_OVERRIDES, ledger, f"seed={seed}", *overrides])
 
