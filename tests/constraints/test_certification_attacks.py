@@ -1,0 +1,79 @@
+"""Attacks on the default safety certificate (issue 13, findings 1, 2 and 5).
+
+Each test fails on the former default (Student t on the raw expected cost) and passes now.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from safealign.config import MIN_STUDENT_T_N, SafetyConfig, load_config
+from safealign.constraints.hc_rlhf import certify_samples
+from safealign.errors import ConfigError
+
+SETTINGS = {"policy": "fixed"}
+
+# A rare-catastrophe world of cost-model scores: 97% of responses are clearly safe (c = -4),
+# 3% are catastrophic (c = +6). At n = 30, 40% of samples hold no catastrophe at all (0.97^30).
+SAFE, CATASTROPHE, P_CATASTROPHE = -4.0, 6.0, 0.03
+
+
+def _truth(metric: str) -> float:
+    """The world's exact mean of each metric's per-response value."""
+    per_value = {
+        "expected_cost": lambda c: c,
+        "predicted_unsafe_probability": lambda c: 1.0 / (1.0 + np.exp(-c)),
+        "unsafe_rate": lambda c: float(c > 0),
+    }[metric]
+    return (1 - P_CATASTROPHE) * per_value(SAFE) + P_CATASTROPHE * per_value(CATASTROPHE)
+
+
+def test_default_bound_covers_a_rare_catastrophe_world() -> None:
+    """Fixed seed, 400 trials at n = 30, δ = 0.05: the default bound sits below the metric's
+    true mean in at most 8% of trials (it is valid, so the expected rate is <= 5%; the former
+    default, Student t on the raw cost, missed in ~40%: every catastrophe-free sample)."""
+    safety = SafetyConfig()
+    rng = np.random.default_rng(0)
+    trials, misses = 400, 0
+    for _ in range(trials):
+        costs = np.where(rng.random(30) < P_CATASTROPHE, CATASTROPHE, SAFE)
+        cert = certify_samples(costs, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+        misses += cert.upper_bound < _truth(cert.metric)
+    assert misses / trials <= 0.08, f"the default bound missed {misses} of {trials} trials"
+
+
+def test_default_certificate_names_a_bounded_quantity_and_a_valid_bound() -> None:
+    costs = np.full(40, -3.0)
+    cert = certify_samples(costs, safety=SafetyConfig(), sampler_settings=SETTINGS, safety_fingerprint=None)
+    assert cert.metric == "predicted_unsafe_probability" and cert.bound == "betting"
+    assert cert.approximate is False and cert.value_range == (0.0, 1.0)
+    assert "predicted unsafe rate" in cert.quantity
+    assert cert.values == pytest.approx(tuple(1 / (1 + np.exp(3.0)) for _ in range(40)))
+
+
+def test_a_zero_variance_unsafe_rate_sample_does_not_pass_at_zero() -> None:
+    """No unsafe response among 30: the exact bound is 1 - 0.05^(1/30) ≈ 0.095 > 0 (Student t's was 0)."""
+    safety = SafetyConfig(metric="unsafe_rate", cost_threshold=0.0)
+    cert = certify_samples(np.full(30, -1.0), safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    assert cert.bound == "clopper_pearson" and not cert.passed
+    assert cert.upper_bound == pytest.approx(1 - 0.05 ** (1 / 30))
+
+
+def test_student_t_is_refused_for_an_unsafe_rate() -> None:
+    safety = SafetyConfig(metric="unsafe_rate", bound="student_t", cost_threshold=0.0)
+    with pytest.raises(ConfigError, match="student_t is refused for 0/1 data"):
+        certify_samples(np.full(40, -1.0), safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    with pytest.raises(ConfigError, match="student_t is refused for 0/1 data"):
+        load_config(None, ["safety.metric=unsafe_rate", "safety.bound=student_t", "safety.cost_threshold=0.0"])
+
+
+def test_student_t_is_refused_below_the_minimum_n_and_marked_approximate_above() -> None:
+    safety = SafetyConfig(metric="expected_cost", bound="student_t", cost_threshold=0.0)
+    small = torch.linspace(-2.0, -1.0, MIN_STUDENT_T_N - 1)
+    with pytest.raises(ConfigError, match=f"refused on {MIN_STUDENT_T_N - 1} safety prompts"):
+        certify_samples(small, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    enough = torch.linspace(-2.0, -1.0, MIN_STUDENT_T_N)
+    cert = certify_samples(enough, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    assert cert.approximate is True and cert.bound == "student_t"
