@@ -20,7 +20,7 @@ from safealign.constraints.hc_rlhf import (
 )
 from safealign.constraints.selection import select_candidate_policy
 from safealign.constraints.solvers import solve_constrained
-from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
+from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler, metric_costs
 from safealign.data.records import PairDataset, PreferencePair
 from safealign.data.splits import SealedDataset
 from safealign.data.synthetic import SyntheticWorld
@@ -400,7 +400,7 @@ def _released_cost(method: str, population, safety: SafetyConfig, rng, gen) -> f
         )
         if not cert.passed:
             return None
-    return float(policy.expectation(costs, rewards, costs).mean())
+    return float(policy.expectation(metric_costs(costs, safety.metric), rewards, costs).mean())
 
 
 def test_hc_rlhf_failure_rate_holds_in_simulation(population) -> None:
@@ -426,3 +426,16 @@ def test_hc_rlhf_failure_rate_holds_in_simulation(population) -> None:
         _released_cost("lagrangian_no_test", population, safety, rng, gen) for _ in range(60)
     ]
     assert sum(j > tau for j in no_test) > 60 * (1 - confidence) + 3.5 * math.sqrt(60 * 0.09)
+
+
+def test_default_certificate_is_valid_and_releases_in_simulation(population) -> None:
+    """The default (betting on the predicted unsafe rate, step 1 anticipating it) keeps the
+    failure rate within 1 - confidence and still releases: measured 60 of 60 trials here (0
+    failures), where the former t-based step 1 before the same betting test released 22 of 60."""
+    tau, confidence, trials = 0.15, 0.9, 60
+    safety = SafetyConfig(cost_threshold=tau, confidence=confidence)
+    rng, gen = np.random.default_rng(7), torch.Generator().manual_seed(7)
+    released = [_released_cost("hc_rlhf", population, safety, rng, gen) for _ in range(trials)]
+    failures = sum(j is not None and j > tau for j in released)
+    assert failures <= trials * (1 - confidence) + 3.5 * math.sqrt(trials * 0.09)
+    assert sum(j is not None for j in released) >= 0.75 * trials
