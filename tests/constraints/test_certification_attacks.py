@@ -77,3 +77,35 @@ def test_student_t_is_refused_below_the_minimum_n_and_marked_approximate_above()
     enough = torch.linspace(-2.0, -1.0, MIN_STUDENT_T_N)
     cert = certify_samples(enough, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
     assert cert.approximate is True and cert.bound == "student_t"
+
+
+def _default_report(tmp_path) -> dict:
+    from safealign.config import Config
+    from tests.audits.test_report import make_report
+
+    costs = np.random.default_rng(1).normal(-2.5, 1.5, size=60)
+    cert = certify_samples(costs, safety=SafetyConfig(), sampler_settings=SETTINGS, safety_fingerprint=None)
+    config = Config().to_dict()
+    return make_report(tmp_path, certificate=cert.to_dict(), config=config, groups=None)
+
+
+def test_the_verifier_recomputes_the_default_bound_from_the_recorded_values(tmp_path) -> None:
+    """The former safety-bound check had no closed form for betting, so any betting bound passed."""
+    from safealign.audits.checks import check_report
+    from safealign.audits.summary import plain_summary
+
+    report = _default_report(tmp_path)
+    assert check_report(report) == []
+    assert "betting bound, valid for any distribution on [0, 1]" in report["summary"]["safety"]
+    assert "predicted unsafe rate" in report["summary"]["safety"]
+    forgeries = {
+        "bound-lowered": lambda s: s.update(upper_bound=s["mean"]),
+        "value-dropped": lambda s: s.update(values=s["values"][1:]),
+        "approximate-claimed-exact": lambda s: s.update(bound="student_t", approximate=False),
+    }
+    for name, forge in forgeries.items():
+        forged = _default_report(tmp_path / name)
+        forge(forged["safety"])
+        forged["summary"] = plain_summary(forged).to_dict()  # a thorough forger rewrites it too
+        failed = {p.check for p in check_report(forged)}
+        assert "safety-bound" in failed, (name, failed)
