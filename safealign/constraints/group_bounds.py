@@ -83,7 +83,7 @@ def certify_group_samples(
     Args:
         costs: Raw cost-model scores of the picked responses, ``[n]`` (the metric is applied here).
         group_rewards: Per group, the normalised model reward of the same picks, ``[n]``.
-        metric: ``"expected_cost"`` or ``"unsafe_rate"``, as in the population test.
+        metric: The population test's metric (``safety.metric``).
         confidence: ``1 - delta`` of every bound.
         bound: The population test's bound kind.
         value_range: The declared range of the per-response metric, if any.

@@ -109,3 +109,14 @@ def test_the_verifier_recomputes_the_default_bound_from_the_recorded_values(tmp_
         forged["summary"] = plain_summary(forged).to_dict()  # a thorough forger rewrites it too
         failed = {p.check for p in check_report(forged)}
         assert "safety-bound" in failed, (name, failed)
+
+
+def test_a_raw_cost_with_a_declared_range_is_bounded_clipped_and_says_so() -> None:
+    safety = SafetyConfig(metric="expected_cost", cost_range=(-2.0, 2.0), cost_threshold=0.0)
+    costs = np.array([-5.0, -1.0, 3.0, -2.5] * 10)
+    cert = certify_samples(costs, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    assert cert.bound == "betting" and cert.mean == pytest.approx(np.clip(costs, -2, 2).mean())
+    assert "clipped to [-2.0, 2.0]" in cert.quantity and max(cert.values) == 2.0
+    with pytest.raises(ConfigError, match="required by bound 'betting' with metric expected_cost"):
+        certify_samples(costs, safety=SafetyConfig(metric="expected_cost"), sampler_settings=SETTINGS,
+                        safety_fingerprint=None)
