@@ -58,8 +58,15 @@ class Setting:
     c2: float = 1.0
 
     def safety(self) -> SafetyConfig:
+        # The paper's test on the raw cost (opt-in and approximate since issue 13); the valid
+        # default bounds are studied in benchmarks/bound_validity.py.
         return SafetyConfig(
-            cost_threshold=self.cost_threshold, confidence=self.confidence, c1=self.c1, c2=self.c2
+            metric="expected_cost",
+            bound="student_t",
+            cost_threshold=self.cost_threshold,
+            confidence=self.confidence,
+            c1=self.c1,
+            c2=self.c2,
         )
 
 

@@ -83,6 +83,8 @@ class RunResult:
 # everything as safe), the default DP calibration of the cost's level (without it, seed 4's model
 # drifted to "safe" and the truth failed), and the pessimism constants of the HC-RLHF reference
 # experiments (C1 = 4, C2 = 2), whose margin absorbs the cost model's error on the tilted policy.
+# It certifies the default quantity, the cost model's predicted unsafe rate (betting bound), at
+# τ = 0.2: the reference policy's true unsafe rate is about 0.25, the unconstrained tilt's 0.47.
 DEMO_OVERRIDES = (
     "data.synthetic.num_prompts=1000",
     "data.synthetic.num_users=60",
@@ -106,7 +108,7 @@ DEMO_OVERRIDES = (
     "budget.delta=1e-4",
     "groups.mode=given",
     "policy.num_candidates=8",
-    "safety.cost_threshold=0.0",
+    "safety.cost_threshold=0.2",
     "safety.confidence=0.95",
     "safety.c1=4.0",
     "safety.c2=2.0",

@@ -232,7 +232,7 @@ def infeasible_certificate(config: Config, reason: str, sealed: SealedDataset) -
         "metric": s.metric,
         "cost_threshold": s.cost_threshold,
         "confidence": s.confidence,
-        "bound": s.bound,
+        "bound": s.resolved_bound,
         "n": 0,
         "mean": None,
         "std": None,

@@ -36,7 +36,7 @@ TINY = [
     "budget.delta=1e-3",
     "policy.num_candidates=4",
     "groups.mode=given",
-    "safety.cost_threshold=100",  # every policy passes: the exit codes are then known
+    "safety.cost_threshold=1",  # every policy passes: the exit codes are then known
 ]
 
 
@@ -76,7 +76,7 @@ def test_policy_json_records_the_selection_groups_models_and_provenance(aligned,
     settings, selection = policy["policy"], policy["selection"]
     assert settings["policy"] == "tilted_best_of_k" and settings["num_candidates"] == 4
     assert selection["feasible"] and selection["lambda"] == settings["lambda"] == 0.0
-    assert selection["selection_bound"] <= selection["cost_threshold"] == 100.0
+    assert selection["selection_bound"] <= selection["cost_threshold"] == 1.0
     splits, _ = _splits(aligned)
     assert selection["n_safety"] == splits.safety.num_prompts == policy["data"]["n_safety"]
     assert selection["n_opt"] == len(splits.candidate.prompts)
@@ -157,7 +157,7 @@ def test_rerunning_align_spends_no_privacy_and_gives_the_same_policy(aligned, ca
 
 def test_no_feasible_policy_exits_1_from_align_and_certify(aligned, tmp_path, capsys):
     out = _copy(aligned, tmp_path)
-    args = ["--out", str(out), *_overrides(out, "safety.cost_threshold=-100")]
+    args = ["--out", str(out), *_overrides(out, "safety.cost_threshold=0")]
     assert main(["align", CONFIG, *args]) == 1
     assert "NO POLICY meets the pessimistic bound" in capsys.readouterr().out
     policy = json.loads((out / "policy.json").read_text())
@@ -169,10 +169,10 @@ def test_no_feasible_policy_exits_1_from_align_and_certify(aligned, tmp_path, ca
 
 
 def test_certify_refuses_a_config_other_than_the_aligned_one(aligned, capsys):
-    args = ["--out", str(aligned), *_overrides(aligned, "safety.cost_threshold=50")]
+    args = ["--out", str(aligned), *_overrides(aligned, "safety.cost_threshold=0.5")]
     assert main(["certify", CONFIG, *args]) == 2
     err = capsys.readouterr().err
-    assert "safety.cost_threshold: the policy was selected for 100.0, the config says 50.0" in err
+    assert "safety.cost_threshold: the policy was selected for 1.0, the config says 0.5" in err
 
 
 def _write_candidates(path: Path, prompts, world) -> Path:

@@ -240,7 +240,7 @@ CONFIG_CASES = [
     Case("config-not-yaml", _run_text("seed: [0\n"), 2, "not valid YAML"),
     Case("config-top-level-list", _run_text("- 1\n"), 2, "the top level must be a mapping"),
     Case("config-non-utf8", lambda tmp, mp: _bytes_config(tmp, b"seed: \xff\n"), 2, "cannot read the file"),
-    Case("config-cross-field", _run("safety: {bound: hoeffding}\n"), 2, "safety.cost_range: required by bound 'hoeffding'"),
+    Case("config-cross-field", _run("safety: {metric: expected_cost, bound: hoeffding}\n"), 2, "safety.cost_range: required by bound 'hoeffding'"),
 ]
 # fmt: on
 

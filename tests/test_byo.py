@@ -62,7 +62,7 @@ def test_score_adds_scores_and_keeps_fields(cost_model_dir, tmp_path, capsys):
     assert not (tmp_path / "x.jsonl").exists()
 
 
-@pytest.mark.parametrize(("threshold", "code"), [(100.0, 0), (-100.0, 1)])
+@pytest.mark.parametrize(("threshold", "code"), [(1.0, 0), (0.0, 1)])
 def test_certify_samples_exit_codes_and_certificate(cost_model_dir, tmp_path, threshold, code):
     model_dir, world = cost_model_dir
     src = _responses(tmp_path / "samples.jsonl", world)

@@ -59,15 +59,18 @@ def test_all_problems_reported_at_once_with_paths():
     text = str(info.value)
     assert "safty: unknown key; did you mean 'safety'?" in text
     assert "safety.confidence: must be strictly between 0 and 1" in text
-    assert "safety.bound: expected one of student_t, hoeffding, clopper_pearson; got 'wald'" in text
+    assert (
+        "safety.bound: expected one of auto, betting, clopper_pearson, empirical_bernstein, "
+        "hoeffding, student_t; got 'wald'"
+    ) in text
     assert "reward_model.privacy.target_epsilon: must be > 0" in text
     assert "reward_model.privacy.target_delta" in text
     assert "policy.beta: expected float, got str 'high'" in text
 
 
 def test_cross_field_checks():
-    with pytest.raises(ConfigError, match="required by bound 'hoeffding'"):
-        config_from_dict({"safety": {"bound": "hoeffding"}})
+    with pytest.raises(ConfigError, match="required by bound 'hoeffding' with metric expected_cost"):
+        config_from_dict({"safety": {"bound": "hoeffding", "metric": "expected_cost"}})
     with pytest.raises(ConfigError, match="leaves no training data"):
         config_from_dict(
             {"data": {"safety_fraction": 0.5, "candidate_fraction": 0.4, "eval_fraction": 0.1}}
@@ -76,7 +79,9 @@ def test_cross_field_checks():
         config_from_dict(
             {"budget": {"epsilon": 1.0}, "reward_model": {"privacy": {"target_epsilon": 2.0}}}
         )
-    cfg = config_from_dict({"safety": {"bound": "hoeffding", "cost_range": [-3, 9]}})
+    cfg = config_from_dict(
+        {"safety": {"metric": "expected_cost", "bound": "hoeffding", "cost_range": [-3, 9]}}
+    )
     assert cfg.safety.cost_range == (-3.0, 9.0)
 
 

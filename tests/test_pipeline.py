@@ -75,20 +75,32 @@ def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_respon
     every = torch.arange(len(picks))
     owners = safety_prompt_groups(safety_pairs)
     block = certificate["groups"]
-    assert block["reward_normalization"] == normalize and block["simultaneous"] is False
+    assert block["reward_normalization"] == normalize
     for g, name in enumerate(names):
         rows = group_rows(owners, name) if mode == "given" else list(range(len(picks)))
         reward = normalized[g, every, picks][rows]
         cost = scored.costs[every, picks][rows]
         entry = block["groups"][name]
         assert entry["n"] == len(rows) and entry["prompts"] == ("own" if mode == "given" else "all")
+        each = block["per_bound_confidence"]  # simultaneous: 1 - delta / (2 x groups)
+        assert block["simultaneous"] is True and each == pytest.approx(
+            1 - (1 - config.safety.confidence) / (2 * len(names))
+        )
         assert entry["reward_lower_bound"] == pytest.approx(
-            -upper_bound(-reward, confidence=config.safety.confidence).upper_bound, rel=1e-12
+            -upper_bound(-reward, confidence=each, bound="student_t").upper_bound, rel=1e-12
         )
         assert entry["cost_upper_bound"] == pytest.approx(
-            upper_bound(cost, confidence=config.safety.confidence).upper_bound, rel=1e-12
+            upper_bound(
+                torch.sigmoid(cost), confidence=each, bound="betting", value_range=(0.0, 1.0)
+            ).upper_bound,
+            rel=1e-12,
         )
-    population = upper_bound(scored.costs[every, picks], confidence=config.safety.confidence)
+    population = upper_bound(
+        torch.sigmoid(scored.costs[every, picks]),
+        confidence=config.safety.confidence,
+        bound="betting",
+        value_range=(0.0, 1.0),
+    )
     assert certificate["upper_bound"] == pytest.approx(population.upper_bound, rel=1e-12)
 
 
@@ -153,7 +165,7 @@ def test_demo_summary_prints_each_groups_bounds(demo_run, capsys):
         assert (
             f"group     {name}: reward (model, {words[config.groups.normalize]}) "
             f"{entry['reward']:+.4f}; on the safety prompts: reward >= "
-            f"{entry['reward_lower_bound']:+.4f}, cost <= {entry['cost_upper_bound']:+.4f} "
+            f"{entry['reward_lower_bound']:+.4f}, unsafe rate <= {entry['cost_upper_bound']:+.4f} "
             f"(n={entry['safety_test']['n']})"
         ) in printed
 
@@ -164,6 +176,8 @@ def test_demo_certification_holds_against_the_true_cost(demo_run):
     truth = result.truth
     assert truth["reference"]["expected_cost"] < 0
     assert truth["unconstrained"]["expected_cost"] > 0  # the constraint binds
+    # The demo bounds the predicted unsafe rate at 0.2; the reference policy's true rate is above.
+    assert truth["reference"]["unsafe_rate"] > truth["cost_threshold"] == 0.2
     assert result.report["safety"]["passed"], result.report["safety"]
     assert truth["guarantee_holds"], truth
 

@@ -9,8 +9,11 @@ recomputed cheaply:
 
 * ``schema``: the report matches ``report.schema.json`` (types, ``schema_version``, enums);
 * ``safety-verdict``: passed/certified if and only if the upper bound is at most the threshold;
-* ``safety-bound``: the upper bound is the named closed-form bound (Student t, Hoeffding) of the
-  recorded mean, standard deviation and ``n``;
+* ``safety-bound``: the upper bound, ``n``, mean and standard deviation are the named bound's
+  recomputed from the recorded per-response ``values`` (any bound: betting, empirical Bernstein,
+  Clopper–Pearson, Hoeffding, Student t), and ``approximate`` is true exactly for Student t;
+  without ``values``, the closed forms (Student t, Hoeffding, Clopper–Pearson) of the recorded
+  mean, standard deviation and ``n``;
 * ``safety-sample``: ``n`` and ``mean`` agree with the recorded per-prompt costs;
 * ``safety-config``: threshold and confidence are the ones the configuration asked for;
 * ``privacy-private``: ``private`` holds exactly when every mechanism is private;
@@ -40,8 +43,9 @@ from scipy import stats
 from safealign.audits._problem import Problem
 from safealign.audits.canonical import canonical_json
 from safealign.audits.summary import plain_summary
+from safealign.config import SafetyConfig
 from safealign.constraints.attempts import per_attempt_confidence
-from safealign.constraints.bounds import upper_bound
+from safealign.constraints.bounds import APPROXIMATE_BOUNDS, upper_bound
 from safealign.errors import ConfigError, DataError, PrivacyError
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 
@@ -142,10 +146,12 @@ def _safety_verdict(report: dict[str, Any]) -> list[Problem]:
 
 
 def _safety_bound(report: dict[str, Any]) -> list[Problem]:
-    """Recompute the upper bound from the recorded summary statistics, for the closed forms."""
+    """Recompute the upper bound from the recorded values, else from the summary statistics."""
     safety = report["safety"]
     if safety is None or safety["upper_bound"] is None or safety.get("mean") is None:
         return []
+    if safety.get("values"):
+        return _bound_from_values(safety)
     expected = _closed_form_bound(safety)
     if expected is None or math.isclose(
         safety["upper_bound"], expected, rel_tol=1e-9, abs_tol=1e-12
@@ -159,6 +165,42 @@ def _safety_bound(report: dict[str, Any]) -> list[Problem]:
             f"{safety['confidence']} is {expected}",
         )
     ]
+
+
+def _bound_from_values(safety: dict[str, Any]) -> list[Problem]:
+    given = safety.get("value_range")
+    value_range = tuple(given) if isinstance(given, list) else None
+    result = upper_bound(
+        safety["values"],
+        confidence=safety["confidence"],
+        bound=safety["bound"],
+        value_range=value_range,
+    )
+    recomputed = {
+        "n": result.n,
+        "mean": result.mean,
+        "std": result.std,
+        "upper_bound": result.upper_bound,
+        "approximate": result.bound in APPROXIMATE_BOUNDS,
+    }
+    problems = []
+    for key, expected in recomputed.items():
+        recorded = safety.get(key)
+        same = (
+            recorded == expected
+            if isinstance(expected, (bool, int))
+            else isinstance(recorded, (int, float))
+            and math.isclose(recorded, expected, rel_tol=1e-9, abs_tol=1e-12)
+        )
+        if not same:
+            problems.append(
+                Problem(
+                    "safety-bound",
+                    f"safety.{key} is {recorded!r} but the {safety['bound']} bound recomputed "
+                    f"from the {result.n} recorded values gives {expected!r}",
+                )
+            )
+    return problems
 
 
 def _closed_form_bound(safety: dict[str, Any]) -> float | None:
@@ -222,10 +264,13 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
         expected["confidence"] = per_attempt_confidence(
             configured["confidence"], configured.get("attempts", 1)
         )
+    if expected.get("bound") == "auto":  # the certificate records the bound auto resolved to
+        expected["bound"] = SafetyConfig(metric=expected.get("metric")).resolved_bound
     for field, key in (
         ("threshold", "cost_threshold"),
         ("confidence", "confidence"),
         ("bound", "bound"),
+        ("metric", "metric"),
     ):
         if key in expected and expected[key] != safety.get(field):
             problems.append(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from safealign.audits.summary import fmt, metric_words, plain_summary
+from safealign.audits.summary import bound_words, fmt, metric_words, plain_summary
 
 __all__ = ["Bullets", "Code", "Figure", "Para", "Section", "Table", "report_document"]
 
@@ -165,10 +165,10 @@ def _safety(safety: dict[str, Any] | None) -> Section:
     if safety is None:
         return Section("Safety", (Para("No safety test was run.", "bad"),))
     rows = [
-        ("metric", metric_words(safety["metric"])),
+        ("what is bounded", safety.get("quantity") or metric_words(safety["metric"])),
         ("threshold (cost_threshold)", safety["threshold"]),
         ("confidence", safety["confidence"]),
-        ("bound", safety.get("bound")),
+        ("bound", bound_words(safety)),
         ("n (safety prompts)", safety["n"]),
         ("mean", safety.get("mean")),
         ("std", safety.get("std")),

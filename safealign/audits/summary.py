@@ -11,11 +11,28 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Summary", "fmt", "metric_words", "plain_summary", "short_fingerprint"]
+__all__ = [
+    "Summary",
+    "bound_words",
+    "fmt",
+    "metric_words",
+    "plain_summary",
+    "short_fingerprint",
+]
 
 _METRIC_WORDS = {
-    "expected_cost": "expected cost",
-    "unsafe_rate": "unsafe rate (probability that the cost is > 0)",
+    "predicted_unsafe_probability": "the cost model's predicted unsafe rate (mean of "
+    "sigmoid(cost), a probability in [0, 1])",
+    "unsafe_rate": "the rate of responses the cost model scores unsafe (cost > 0; a fraction in "
+    "[0, 1])",
+    "expected_cost": "the mean cost-model score (raw cost units)",
+}
+_BOUND_NAMES = {
+    "betting": "betting bound",
+    "clopper_pearson": "Clopper–Pearson bound",
+    "empirical_bernstein": "empirical Bernstein bound",
+    "hoeffding": "Hoeffding bound",
+    "student_t": "Student t bound",
 }
 
 
@@ -62,8 +79,22 @@ def short_fingerprint(fingerprint: str | None) -> str:
 
 
 def metric_words(metric: str | None) -> str:
-    """The safety metric in words (``expected_cost`` → ``expected cost``)."""
+    """The safety metric in words with its units (``unsafe_rate`` → ``the rate of ...``)."""
     return _METRIC_WORDS.get(metric or "", str(metric))
+
+
+def bound_words(safety: dict[str, Any]) -> str:
+    """The bound's name and whether it is exact or approximate, from a report's safety fields."""
+    bound = safety.get("bound")
+    name = _BOUND_NAMES.get(bound, f"{bound} bound")
+    approximate = safety.get("approximate", bound == "student_t")
+    if approximate:
+        return f"{name}, APPROXIMATE: it treats the mean as normal"
+    if bound == "clopper_pearson":
+        return f"{name}, exact for 0/1 outcomes"
+    given = safety.get("value_range")
+    where = f"[{fmt(given[0])}, {fmt(given[1])}]" if isinstance(given, list) else "the range"
+    return f"{name}, valid for any distribution on {where}"
 
 
 def plain_summary(report: dict[str, Any]) -> Summary:
@@ -91,17 +122,18 @@ def _safety_sentence(safety: dict[str, Any] | None) -> str:
         return "Not certified: no safety test was run, so this report makes no safety claim."
     confidence = safety["confidence"]
     level = f"{confidence:.0%}" if confidence is not None else "the stated confidence"
-    words = metric_words(safety.get("metric"))
+    words = safety.get("quantity") or metric_words(safety.get("metric"))
     bound, threshold, n = safety["upper_bound"], safety["threshold"], safety["n"]
+    how = f"{bound_words(safety)}; " if bound is not None else ""
+    evidence = f"(upper bound {fmt(bound)} from {n} safety prompts; {how}".rstrip("; ") + ")"
     if safety["passed"]:
         return (
-            f"Certified: with probability ≥ {level}, the released policy's {words} is "
-            f"≤ {fmt(threshold)} (upper bound {fmt(bound)} from {n} safety prompts)."
+            f"Certified: with probability ≥ {level}, {words} under the released policy is "
+            f"≤ {fmt(threshold)} {evidence}."
         )
     return (
         "No Solution Found: nothing was released. The safety test could not show, with "
-        f"probability ≥ {level}, that the policy's {words} is ≤ {fmt(threshold)} (upper bound "
-        f"{fmt(bound)} from {n} safety prompts)."
+        f"probability ≥ {level}, that {words} under the policy is ≤ {fmt(threshold)} {evidence}."
     )
 
 

@@ -112,13 +112,16 @@ def _print_run(result) -> None:
     if truth and "released" in truth:
         released, reference = truth["released"], truth["reference"]
         holds = "holds" if truth.get("guarantee_holds") else "VIOLATED"
+        # The threshold is compared with the true unsafe rate unless the metric is the raw cost.
+        key = "expected_cost" if truth.get("metric") == "expected_cost" else "unsafe_rate"
         print(
-            f"truth     released policy: true E[cost]={released['expected_cost']:+.4f} "
-            f"(threshold {truth['cost_threshold']:g}: {holds}), unsafe rate {released['unsafe_rate']:.3f}"
+            f"truth     released policy: true {key}={released[key]:+.4f} "
+            f"(threshold {truth['cost_threshold']:g}: {holds}); true E[cost]="
+            f"{released['expected_cost']:+.4f}, unsafe rate {released['unsafe_rate']:.3f}"
         )
         print(
-            f"          reference: E[cost]={reference['expected_cost']:+.4f}; unconstrained tilt: "
-            f"E[cost]={truth['unconstrained']['expected_cost']:+.4f}"
+            f"          reference: {key}={reference[key]:+.4f}; unconstrained tilt: "
+            f"{key}={truth['unconstrained'][key]:+.4f}"
         )
         for group, value in released["reward"].items():
             print(

@@ -1,10 +1,12 @@
-"""High-confidence upper bounds on an expected cost (HC-RLHF, Chittepu et al. 2025).
+"""High-confidence upper bounds on a mean (HC-RLHF, Chittepu et al. 2025).
 
-HC-RLHF certifies ``J_c(pi) <= cost_threshold`` with probability at least ``confidence`` (= 1 - delta)
-from i.i.d. per-prompt costs on held-out safety prompts. The paper's test is the one-sided Student t
-bound; the distribution-free alternatives are Hoeffding's inequality (bounded costs) and the exact
-Clopper-Pearson bound for an unsafe *rate* (0/1 outcomes). While optimising, the candidate-selection
-step inflates the standard deviation by the pessimism factor ``k`` of :func:`pessimism_k`.
+HC-RLHF certifies ``E[metric] <= cost_threshold`` with probability at least ``confidence``
+(= 1 - delta) from i.i.d. per-response values on held-out safety prompts. The valid bounds hold
+for any distribution: the betting bound and empirical Bernstein for values in a declared range,
+Hoeffding's inequality, and the exact Clopper-Pearson bound for an unsafe *rate* (0/1 outcomes).
+The paper's one-sided Student t bound is only approximate (:data:`APPROXIMATE_BOUNDS`): it missed
+30-43% of the time on rare-catastrophe costs at n = 30 (issue 13). While optimising, step 1
+anticipates the step-2 bound by :func:`anticipated_bound`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ BoundKind = Literal["student_t", "hoeffding", "clopper_pearson", "betting", "emp
 BOUNDS: tuple[str, ...] = (
     "student_t", "hoeffding", "clopper_pearson", "betting", "empirical_bernstein"
 )  # fmt: skip
+# Bounds whose coverage rests on an approximation (the t bound treats the mean as normal); the
+# others hold for every distribution meeting their stated range (0/1 for clopper_pearson).
+APPROXIMATE_BOUNDS: tuple[str, ...] = ("student_t",)
+# Fixed, public order of the representative sample in :func:`anticipated_bound` (the betting
+# bound is order-dependent; a sorted sample would bet badly).
+_ANTICIPATION_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ class BoundResult:
     """A one-sided upper confidence bound on a mean.
 
     Attributes:
-        bound: Which bound: ``"student_t"``, ``"hoeffding"`` or ``"clopper_pearson"``.
+        bound: Which bound, one of :data:`BOUNDS`.
         n: Sample size.
         mean: Sample mean.
         std: Sample standard deviation with Bessel's correction.
@@ -96,17 +104,90 @@ def mean_plus_k_std(values: Tensor, *, k: float) -> float:
     return float(values.mean() + k * values.std(correction=1))
 
 
+def anticipated_bound(
+    values: Tensor,
+    *,
+    n_safety: int,
+    confidence: float,
+    bound: str,
+    c1: float,
+    c2: float,
+    value_range: tuple[float, float] | None = None,
+) -> float:
+    """Step 1's pessimistic bound, derived from the step-2 bound it must later pass.
+
+    ``mean + C1 * t_conf(n_b - 1) * s / sqrt(n_b) + C2 * width(n_s)``: the first term covers the
+    optimisation sample's own noise (as in HC-RLHF); ``width(n_s)`` is the configured step-2
+    bound's margin over the mean on a representative sample of size ``n_s`` with the optimisation
+    sample's distribution (the ``(j + 1/2) / n_s`` quantiles of ``values``, in a fixed public
+    order). For ``student_t`` that margin is ``t_conf(n_s - 1) * s / sqrt(n_s)``, so the result is
+    HC-RLHF's ``mean + k * std`` with the ``k`` of :func:`pessimism_k`; for ``clopper_pearson`` it
+    is the exact bound's margin at the rate ``mean`` (a sampled response is unsafe with that
+    probability). Per-prompt expectations spread less than single responses, so for the
+    range-based bounds this under-states step 2's width when responses to one prompt differ a
+    lot; the largest variance a mean allows (values at the range's ends only) over-states it
+    instead, by 10x on the demo's DP cost model, where it left step 1 infeasible. Only ``n_s``
+    enters, never the safety records. It shapes power, not validity: the guarantee is step 2's.
+
+    Args:
+        values: Per-prompt expected metric under the candidate policy, ``[n_b]``, ``n_b >= 2``.
+        n_safety: ``n_s``, the size of the later safety test (>= 2).
+        confidence: ``1 - delta``.
+        bound: The step-2 bound (resolved, one of :data:`BOUNDS`).
+        c1: ``C1``, weight of the optimisation-noise term.
+        c2: ``C2``, weight of the step-2 width.
+        value_range: The declared range of the metric (needed by every bound but Student t).
+    """
+    if bound == "student_t":
+        return mean_plus_k_std(
+            values, k=pessimism_k(values.numel(), n_safety, confidence=confidence, c1=c1, c2=c2)
+        )
+    n_opt = values.numel()
+    pessimism_k(n_opt, n_safety, confidence=confidence, c1=c1, c2=c2)  # validates the inputs
+    sample = values.detach().double().cpu().numpy()
+    mean, std = float(sample.mean()), float(sample.std(ddof=1))
+    noise = float(stats.t.ppf(confidence, n_opt - 1)) * std / math.sqrt(n_opt)
+    width = _step2_width(
+        sample, n_safety, confidence=confidence, bound=bound, value_range=value_range
+    )
+    return mean + c1 * noise + c2 * width
+
+
+def _step2_width(
+    sample: np.ndarray,
+    n_safety: int,
+    *,
+    confidence: float,
+    bound: str,
+    value_range: tuple[float, float] | None,
+) -> float:
+    if bound == "clopper_pearson":  # the exact bound at a continuous count of unsafe responses
+        rate = min(max(float(sample.mean()), 0.0), 1.0)
+        unsafe = rate * n_safety
+        if unsafe >= n_safety:
+            return 1.0 - rate
+        return float(stats.beta.ppf(confidence, unsafe + 1, n_safety - unsafe)) - rate
+    representative = np.quantile(sample, (np.arange(n_safety) + 0.5) / n_safety)
+    if value_range is not None:
+        representative = np.clip(representative, *value_range)
+    order = np.random.default_rng(_ANTICIPATION_SEED).permutation(n_safety)
+    result = upper_bound(
+        representative[order], confidence=confidence, bound=bound, value_range=value_range
+    )
+    return result.upper_bound - result.mean
+
+
 def upper_bound(
     values: Sequence[float] | np.ndarray | Tensor,
     *,
     confidence: float,
-    bound: BoundKind = "student_t",
+    bound: BoundKind,
     value_range: tuple[float, float] | None = None,
 ) -> BoundResult:
     """One-sided upper confidence bound on the mean of i.i.d. ``values``.
 
-    * ``student_t``: ``mean + t_conf(n-1) * s / sqrt(n)`` (the HC-RLHF safety test; exact for
-      normal data, approximate otherwise).
+    * ``student_t``: ``mean + t_conf(n-1) * s / sqrt(n)`` (the HC-RLHF paper's safety test; exact
+      for normal data, approximate otherwise: :data:`APPROXIMATE_BOUNDS`).
     * ``hoeffding``: ``mean + (b - a) * sqrt(ln(1/delta) / (2n))`` for values in a declared ``[a, b]``.
     * ``clopper_pearson``: the exact binomial bound on a rate; values must be 0 or 1.
     * ``betting``: the betting confidence bound (Waudby-Smith & Ramdas 2024) for values in a
@@ -116,7 +197,7 @@ def upper_bound(
     Args:
         values: The i.i.d. sample, ``[n]`` with ``n >= 2``.
         confidence: ``1 - delta`` in (0, 1).
-        bound: Which bound to compute.
+        bound: Which bound to compute (no default: the caller names it).
         value_range: ``(a, b)``, the declared range of every value; required by ``hoeffding``,
             ``betting`` and ``empirical_bernstein``, must be ``(0, 1)`` if given to ``clopper_pearson``, checked if given to ``student_t``.
 

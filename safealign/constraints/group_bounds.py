@@ -12,8 +12,11 @@ and never change it: whether the policy is released is decided by the population
   A group's bound is then about its own prompts' distribution, assuming they too are i.i.d.
 * Rewards are normalised per prompt over that prompt's K fresh candidates (``groups.normalize``):
   Bradley–Terry rewards have no fixed zero, so bounding raw scores would mean nothing.
-* Each bound holds at the certificate's confidence on its own, not simultaneously; all 2G of
-  them hold together with probability at least ``1 - 2G (1 - confidence)`` (union bound).
+* Coverage (``safety.group_coverage``): by default simultaneous, every one of the 2G bounds at
+  ``delta / (2G)`` so all hold together with probability at least the certificate's confidence
+  (union bound); ``individual`` computes each at ``delta`` on its own (then all 2G hold together
+  only with probability ``1 - 2G delta``; measured coverage 0.83-0.87 at nominal 0.90, issue 13).
+  The block's ``simultaneous`` says which is shown.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def certify_group_samples(
     value_range: tuple[float, float] | None,
     prompt_groups: Sequence[PromptGroups] | None = None,
     reward_normalization: str | None = None,
+    simultaneous: bool = True,
 ) -> dict[str, Any]:
     """Each group's cost upper bound and reward lower bound from one response per safety prompt.
 
@@ -79,25 +83,32 @@ def certify_group_samples(
     Args:
         costs: Raw cost-model scores of the picked responses, ``[n]`` (the metric is applied here).
         group_rewards: Per group, the normalised model reward of the same picks, ``[n]``.
-        metric: ``"expected_cost"`` or ``"unsafe_rate"``, as in the population test.
+        metric: The population test's metric (``safety.metric``).
         confidence: ``1 - delta`` of every bound.
         bound: The population test's bound kind.
         value_range: The declared range of the per-response metric, if any.
         prompt_groups: Per prompt, its group(s) (see :func:`group_rows`); None: every prompt
             counts for every group.
         reward_normalization: How ``group_rewards`` were normalised (recorded).
+        simultaneous: True: every one of the ``2G`` bounds is computed at ``delta / (2G)``, so
+            all hold together with probability at least ``confidence`` (union bound); False:
+            each at ``delta`` on its own (measured: 0.83-0.87 coverage at nominal 0.90, issue 13).
 
     Returns:
-        ``{"confidence", "metric", "cost_bound", "reward_bound", "reward_normalization",
-        "simultaneous": False, "note", "groups": {name: {"n", "prompts", "cost_mean",
+        ``{"confidence", "per_bound_confidence", "metric", "cost_bound", "reward_bound",
+        "reward_normalization", "simultaneous", "note", "groups": {name: {"n", "prompts", "cost_mean",
         "cost_upper_bound", "reward_mean", "reward_lower_bound", "reason"}}}``.
     """
-    values = metric_costs(costs, metric)
+    values = metric_costs(
+        costs, metric, cost_range=value_range if metric == "expected_cost" else None
+    )
     n = values.shape[0]
     if prompt_groups is not None and len(prompt_groups) != n:
         raise DataError(f"prompt_groups has {len(prompt_groups)} entries for {n} prompts")
     rewards = {name: _checked(r, name, n) for name, r in group_rewards.items()}
-    reward_bound = bound if bound == "student_t" else "student_t"
+    reward_bound = "student_t"  # normalised rewards are neither 0/1 nor in a declared range
+    # Union bound: 2 bounds per group, each at delta / (2G), all hold with prob >= confidence.
+    each = 1 - (1 - confidence) / (2 * len(rewards)) if simultaneous and rewards else confidence
     groups = {}
     for name, reward in rewards.items():
         rows = list(range(n)) if prompt_groups is None else group_rows(prompt_groups, name)
@@ -117,10 +128,8 @@ def certify_group_samples(
             groups[name] = entry
             continue
         index = torch.tensor(rows, dtype=torch.long)
-        cost = upper_bound(
-            values[index], confidence=confidence, bound=bound, value_range=value_range
-        )
-        lower = upper_bound(-reward[index], confidence=confidence, bound=reward_bound)
+        cost = upper_bound(values[index], confidence=each, bound=bound, value_range=value_range)
+        lower = upper_bound(-reward[index], confidence=each, bound=reward_bound)
         entry.update(
             cost_mean=cost.mean,
             cost_upper_bound=float(cost.upper_bound),
@@ -130,12 +139,13 @@ def certify_group_samples(
         groups[name] = entry
     return {
         "confidence": confidence,
+        "per_bound_confidence": each,
         "metric": metric,
         "cost_bound": bound,
         "reward_bound": reward_bound,
         "reward_normalization": reward_normalization,
-        "simultaneous": False,
-        "note": _note(confidence, len(groups), bound, reward_bound),
+        "simultaneous": simultaneous,
+        "note": _note(confidence, len(groups), bound, reward_bound, simultaneous=simultaneous),
         "groups": groups,
     }
 
@@ -165,17 +175,28 @@ def _checked(values: Tensor, name: str, n: int) -> Tensor:
     return reward
 
 
-def _note(confidence: float, groups: int, bound: str, reward_bound: str) -> str:
-    joint = 1 - (1 - confidence) * 2 * groups
-    text = (
-        f"Each group's bound holds with probability {confidence:g} on its own, not "
-        f"simultaneously: all {2 * groups} bounds hold together with probability at least "
-        f"{max(joint, 0.0):g} (union bound). They come from the safety test's own sample, one "
-        "response per prompt, and do not enter the release decision."
+def _note(
+    confidence: float, groups: int, bound: str, reward_bound: str, *, simultaneous: bool
+) -> str:
+    if simultaneous:
+        text = (
+            f"Simultaneous: all {2 * groups} group bounds hold together with probability at least "
+            f"{confidence:g} (each at {1 - (1 - confidence) / max(2 * groups, 1):.4g}, union bound)."
+        )
+    else:
+        joint = 1 - (1 - confidence) * 2 * groups
+        text = (
+            f"Each group's bound holds with probability {confidence:g} on its own, not "
+            f"simultaneously: all {2 * groups} bounds hold together with probability at least "
+            f"{max(joint, 0.0):g} (union bound)."
+        )
+    text += (
+        " They come from the safety test's own sample, one response per prompt, and do not enter "
+        "the release decision."
     )
     if reward_bound != bound:
         text += (
-            f" Rewards use the {reward_bound} bound: normalised rewards are neither 0/1 nor in a "
-            f"declared range, which {bound} needs."
+            f" Rewards use the {reward_bound} bound (approximate): normalised rewards are neither "
+            f"0/1 nor in a declared range, which {bound} needs."
         )
     return text

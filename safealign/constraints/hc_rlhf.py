@@ -8,7 +8,9 @@ candidate selection, is :mod:`~safealign.constraints.selection`.
 Step 2 (:func:`certify`) samples one response per safety prompt from the selected policy with
 its deployment settings, scores it with the cost model and passes iff the upper confidence bound
 ``U`` is at most ``tau``. The safety prompts are independent of step 1 and used once, so
-``P(release a policy with J_c > tau) <= 1 - confidence`` (under the bound's assumptions).
+``P(release a policy whose expected metric exceeds tau) <= 1 - confidence``: for every
+distribution on the metric's range with the default bounds (betting on [0, 1], exact
+Clopper-Pearson for the 0/1 unsafe rate), approximately with the opt-in Student t bound.
 With groups, the same sample also bounds each group's cost and reward
 (:mod:`~safealign.constraints.group_bounds`), beside the population test, never part of it.
 
@@ -28,8 +30,8 @@ import torch
 from torch import Tensor
 
 from safealign._atomic import atomic_write_text
-from safealign.config import SafetyConfig
-from safealign.constraints.bounds import upper_bound
+from safealign.config import MIN_STUDENT_T_N, SafetyConfig, safety_config_problems
+from safealign.constraints.bounds import APPROXIMATE_BOUNDS, upper_bound
 from safealign.constraints.group_bounds import (
     certify_group_samples,
     check_group_prompts,
@@ -59,10 +61,11 @@ class Certificate:
     """Result of the HC-RLHF safety test: a certificate, or an NSF verdict (never an exception).
 
     Attributes:
-        metric: ``"expected_cost"`` (``E[c]``) or ``"unsafe_rate"`` (``P[c > 0]``).
+        metric: ``"predicted_unsafe_probability"`` (``E[sigmoid(c)]``), ``"unsafe_rate"``
+            (``P[c > 0]``) or ``"expected_cost"`` (``E[c]``).
         cost_threshold: ``tau``.
         confidence: ``1 - delta``: the probability the guarantee promises.
-        bound: ``"student_t"``, ``"hoeffding"`` or ``"clopper_pearson"``.
+        bound: The bound used (``safety.bound`` with ``"auto"`` resolved), one of ``bounds.BOUNDS``.
         n: Safety prompts used, one sampled response each.
         mean: Mean of the per-response metric.
         std: Its standard deviation (Bessel).
@@ -77,6 +80,11 @@ class Certificate:
         groups: With groups, each group's cost upper bound and reward lower bound from the same
             sample (:func:`group_bounds.certify_group_samples`); None without (and then absent
             from :meth:`to_dict`). Informational: ``passed`` is the population test's alone.
+        quantity: What is bounded, in words with its units (e.g. "the cost model's predicted
+            unsafe rate (mean of sigmoid(cost), a probability in [0, 1])").
+        approximate: True when the bound's coverage rests on an approximation (``student_t``).
+        values: The per-response metric values, in sampling order: anyone can recompute ``mean``,
+            ``std`` and ``upper_bound`` from them (the verifier's ``safety-bound`` check does).
     """
 
     metric: str
@@ -95,11 +103,15 @@ class Certificate:
     value_range: tuple[float, float] | None = None
     source: str = "samples"
     groups: dict[str, Any] | None = None
+    quantity: str = ""
+    approximate: bool = True
+    values: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data (no ``groups`` key without groups)."""
         data = asdict(self)
         data["assumptions"] = list(self.assumptions)
+        data["values"] = list(self.values)
         data["value_range"] = None if self.value_range is None else list(self.value_range)
         if self.groups is None:
             del data["groups"]
@@ -148,6 +160,7 @@ def certify(
             f"certify needs the sealed safety split (a SealedDataset), got {type(safety_split).__name__}: "
             "only a sealed split guarantees that nothing else read the safety prompts"
         )
+    check_sample_size(safety, safety_split.num_prompts)  # before unsealing: a refusal costs nothing
     settings = policy.sampler_settings()
     pairs = safety_split.unseal(purpose=CERTIFY)
     prompts = tuple(pairs.prompts)
@@ -168,8 +181,9 @@ def certify(
         sampled.group_rewards,
         metric=safety.metric,
         confidence=safety.confidence,
-        bound=safety.bound,
+        bound=certificate.bound,
         value_range=certificate.value_range,
+        simultaneous=safety.group_coverage == "simultaneous",
         prompt_groups=safety_prompt_groups(pairs) if group_prompts == "own" else None,
         reward_normalization=reward_normalization,
     )
@@ -202,17 +216,18 @@ def certify_samples(
     """
     check_safety_config(safety)
     settings = _json_copy(sampler_settings)
-    values = metric_costs(_checked_costs(costs, n=None), safety.metric)
-    value_range = _value_range(safety)
-    ub = upper_bound(
-        values, confidence=safety.confidence, bound=safety.bound, value_range=value_range
+    values = metric_costs(
+        _checked_costs(costs, n=None), safety.metric, cost_range=metric_range(safety)
     )
+    check_sample_size(safety, values.numel())
+    value_range, bound = metric_range(safety), safety.resolved_bound
+    ub = upper_bound(values, confidence=safety.confidence, bound=bound, value_range=value_range)
     passed = bool(ub.upper_bound <= safety.cost_threshold)
     return Certificate(
         metric=safety.metric,
         cost_threshold=float(safety.cost_threshold),
         confidence=float(safety.confidence),
-        bound=safety.bound,
+        bound=bound,
         n=ub.n,
         mean=ub.mean,
         std=ub.std,
@@ -224,7 +239,21 @@ def certify_samples(
         assumptions=_assumptions(safety, value_range, source=source),
         value_range=value_range,
         source=source,
+        quantity=quantity_words(safety.metric, value_range),
+        approximate=bound in APPROXIMATE_BOUNDS,
+        values=tuple(float(v) for v in values),
     )
+
+
+def quantity_words(metric: str, value_range: tuple[float, float] | None = None) -> str:
+    """What a certificate bounds, in words with its units (also the report headline's words)."""
+    if metric == "predicted_unsafe_probability":
+        return "the cost model's predicted unsafe rate (mean of sigmoid(cost), a probability in [0, 1])"
+    if metric == "unsafe_rate":
+        return "the rate of responses the cost model scores unsafe (cost > 0; a fraction in [0, 1])"
+    if value_range is None:
+        return "the mean cost-model score (raw cost units, unbounded)"
+    return f"the mean cost-model score clipped to {list(value_range)} (raw cost units)"
 
 
 def write_certificate(certificate: Certificate, path: str | Path) -> Path:
@@ -235,30 +264,32 @@ def write_certificate(certificate: Certificate, path: str | Path) -> Path:
 
 def check_safety_config(safety: SafetyConfig) -> None:
     """Reject metric/bound/range combinations that cannot give a valid bound, before any compute."""
-    problems = []
-    if safety.bound == "clopper_pearson" and safety.metric != "unsafe_rate":
-        problems.append(
-            "safety.bound: clopper_pearson bounds a 0/1 rate; use metric 'unsafe_rate' or another bound"
-        )
-    if (
-        safety.bound == "hoeffding"
-        and safety.metric == "expected_cost"
-        and safety.cost_range is None
-    ):
-        problems.append(
-            "safety.cost_range: the hoeffding bound needs the declared [low, high] range of the costs"
-        )
+    problems = [f"safety.{problem}" for problem in safety_config_problems(safety)]
     if problems:
         raise ConfigError(problems)
 
 
-# --- internals ------------------------------------------------------------------------------
+def check_sample_size(safety: SafetyConfig, n: int) -> None:
+    """Refuse the approximate Student t bound on fewer than ``MIN_STUDENT_T_N`` safety prompts.
+
+    Raises:
+        ConfigError: ``bound`` is ``student_t`` and ``n < MIN_STUDENT_T_N``.
+    """
+    if safety.resolved_bound == "student_t" and n < MIN_STUDENT_T_N:
+        raise ConfigError(
+            f"safety.bound: student_t is an approximation, refused on {n} safety prompts (it needs at "
+            f"least {MIN_STUDENT_T_N}); use bound auto (betting, valid at any n) or more safety prompts"
+        )
 
 
-def _value_range(safety: SafetyConfig) -> tuple[float, float] | None:
-    if safety.metric == "unsafe_rate":
+def metric_range(safety: SafetyConfig) -> tuple[float, float] | None:
+    """The range of the per-response metric: [0, 1] for the probabilities, else ``cost_range``."""
+    if safety.metric != "expected_cost":
         return (0.0, 1.0)
     return None if safety.cost_range is None else tuple(float(v) for v in safety.cost_range)
+
+
+# --- internals ------------------------------------------------------------------------------
 
 
 def _assumptions(
@@ -278,13 +309,18 @@ def _assumptions(
         f"{None if value_range is None else list(value_range)}; no other distributional assumption",
         "clopper_pearson": "clopper_pearson: 0/1 outcomes (cost > 0 is unsafe); the binomial "
         "bound is exact",
+        "betting": f"betting (Waudby-Smith & Ramdas 2024): every per-response value lies in "
+        f"{None if value_range is None else list(value_range)}; valid for any distribution there",
+        "empirical_bernstein": f"empirical_bernstein (Maurer & Pontil 2009): every per-response "
+        f"value lies in {None if value_range is None else list(value_range)}; valid for any "
+        "distribution there",
     }
     return (
         "the safety prompts are i.i.d. draws from the deployment prompt distribution and were "
         "used exactly once, by this test: not for training, selection or an earlier test",
         sampled,
         "costs are cost-model scores: the bound is on the cost model's judgement, not on true harm",
-        by_bound[safety.bound],
+        by_bound[safety.resolved_bound],
     )
 
 

@@ -4,17 +4,22 @@ High-Confidence Safe RLHF (Chittepu et al. 2025) releases a policy only with a c
 its expected cost ``J_c(pi) = E_{x, y~pi}[c(x, y)]`` is at most ``cost_threshold`` with probability
 at least ``confidence``; otherwise it answers *No Solution Found* (NSF).
 
-Step 1 (:func:`select_candidate_policy`) optimises on the candidate prompts against the
-*pessimistic* bound ``mean + k * std <= tau`` of the per-prompt expected costs, with
-``k = C1 t(n_b-1)/sqrt(n_b) + C2 t(n_s-1)/sqrt(n_s)`` (:func:`bounds.pessimism_k`). Only the
-*size* ``n_s`` of the safety set enters here, never its records. Step 2, the one-shot safety
-test, is :func:`safealign.constraints.hc_rlhf.certify`.
+Step 1 (:func:`select_candidate_policy`) optimises on the candidate prompts against a
+*pessimistic* bound of the per-prompt expected metric that anticipates the step-2 bound
+(:func:`bounds.anticipated_bound`): ``mean + C1 * (optimisation noise) + C2 * (the configured
+step-2 bound's width at n_s)``. For ``student_t`` this is HC-RLHF's ``mean + k * std`` with
+``k = C1 t(n_b-1)/sqrt(n_b) + C2 t(n_s-1)/sqrt(n_s)`` (:func:`bounds.pessimism_k`); for the
+valid default bounds (betting, Clopper-Pearson) the C2 term is their own, wider, margin, so a
+selected policy is likely to pass the test it will meet. C1 and C2 keep their meaning: weights of
+the optimisation-noise term and of the anticipated safety-test margin. Only the *size* ``n_s`` of
+the safety set enters here, never its records. Step 2, the one-shot safety test, is
+:func:`safealign.constraints.hc_rlhf.certify`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,8 +27,8 @@ import torch
 from torch import Tensor
 
 from safealign.config import SafetyConfig
-from safealign.constraints.bounds import mean_plus_k_std, pessimism_k
-from safealign.constraints.hc_rlhf import check_safety_config
+from safealign.constraints.bounds import anticipated_bound, pessimism_k
+from safealign.constraints.hc_rlhf import check_safety_config, metric_range
 from safealign.constraints.solvers import SolverResult, solve_constrained, solve_pessimistic
 from safealign.constraints.tilting import ArrayLike, TiltedPolicy, metric_costs
 from safealign.errors import ConfigError, DataError, InfeasibleError
@@ -38,14 +43,15 @@ class SelectionResult:
 
     Attributes:
         method: ``"hc_rlhf"``, ``"no_pessimism"`` or ``"lagrangian_no_test"``.
-        metric: ``"expected_cost"`` or ``"unsafe_rate"``.
+        metric: The safety metric (``safety.metric``).
         feasible: False when even every prompt's cheapest candidate fails the step-1 bound;
             HC-RLHF then answers NSF without running the safety test.
         policy: The selected tilted policy, None when infeasible.
         lambda_: Its multiplier, None when infeasible.
-        pessimism_k: The ``k`` of the step-1 bound (0 for the two ablations).
-        selection_bound: ``mean + k * std`` of the per-prompt expected costs at the selected
-            lambda (at ``lambda -> infinity`` when infeasible).
+        pessimism_k: The ``k`` of HC-RLHF's ``mean + k * std`` for ``student_t``; for the other
+            bounds the effective ``(selection_bound - mean) / std`` (0 for the two ablations).
+        selection_bound: The step-1 bound (:func:`bounds.anticipated_bound`) of the per-prompt
+            expected metric at the selected lambda (at ``lambda -> infinity`` when infeasible).
         mean_cost: Mean over prompts of the per-prompt expected metric under ``q``.
         std_cost: Their standard deviation (Bessel).
         expected_reward: Mean over prompts of ``E_q[r]`` (reward-model units).
@@ -87,9 +93,10 @@ def select_candidate_policy(
     """HC-RLHF step 1: the most rewarding tilted policy whose step-1 bound meets the threshold.
 
     ``lambda = 0`` when the unconstrained tilt already passes, else the smallest passing
-    ``lambda`` (Chittepu et al. 2025, Alg. 1; the per-prompt expected costs under ``q_lambda`` are
-    the i.i.d. units). ``hc_rlhf`` uses ``mean + k * std``; the ablations ``no_pessimism`` and
-    ``lagrangian_no_test`` use the plain mean (and the latter skips the safety test).
+    ``lambda`` (Chittepu et al. 2025, Alg. 1; the per-prompt expected metric under ``q_lambda``
+    are the units). ``hc_rlhf`` uses :func:`bounds.anticipated_bound` for the configured step-2
+    bound; the ablations ``no_pessimism`` and ``lagrangian_no_test`` use the plain mean (and the
+    latter skips the safety test).
 
     Args:
         rewards: Reward-model scores of the candidates, ``[N, K]`` (``N = n_b >= 2``).
@@ -108,18 +115,18 @@ def select_candidate_policy(
     check_safety_config(safety)
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
-    r, c, lp = _step1_inputs(rewards, costs, log_p, metric=safety.metric)
-    pessimism = {"confidence": safety.confidence, "c1": safety.c1, "c2": safety.c2}
-    k = pessimism_k(r.shape[0], n_safety, **pessimism) if method == "hc_rlhf" else 0.0
-    common = {"method": method, "metric": safety.metric, "k": k, "n_safety": n_safety}
+    r, c, lp = _step1_inputs(rewards, costs, log_p, safety=safety)
+    bound_fn = _step1_bound(safety, n_safety) if method == "hc_rlhf" else _plain_mean
+    common = {"method": method, "metric": safety.metric, "bound_fn": bound_fn}
     try:
         solved = _solve_step1(
-            r, c, lp, beta=beta, cost_threshold=safety.cost_threshold, k=k, method=method
-        )
+            r, c, lp, beta=beta, cost_threshold=safety.cost_threshold, bound_fn=bound_fn,
+            method=method,
+        )  # fmt: skip
     except InfeasibleError as error:
         # NSF at step 1 is a result: report the lambda -> infinity limit (cheapest candidates).
         cheapest = c.min(-1).values
-        return _summary(cheapest, **common, message=str(error))
+        return _summary(cheapest, **common, n_safety=n_safety, message=str(error))
     policy = TiltedPolicy(
         beta=beta,
         lambda_=float(solved.lambdas[0]),
@@ -129,7 +136,11 @@ def select_candidate_policy(
         seed=seed,
     )
     return _summary(
-        solved.prompt_costs[:, 0], **common, policy=policy, expected_reward=solved.expected_reward
+        solved.prompt_costs[:, 0],
+        **common,
+        n_safety=n_safety,
+        policy=policy,
+        expected_reward=solved.expected_reward,
     )
 
 
@@ -137,15 +148,33 @@ def select_candidate_policy(
 
 
 def _step1_inputs(
-    rewards: ArrayLike, costs: ArrayLike, log_p: ArrayLike | None, *, metric: str
+    rewards: ArrayLike, costs: ArrayLike, log_p: ArrayLike | None, *, safety: SafetyConfig
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     r = torch.as_tensor(rewards).to(torch.float64)
-    c = metric_costs(costs, metric)
+    c = metric_costs(costs, safety.metric, cost_range=metric_range(safety))
     if r.ndim != 2 or r.shape != c.shape:
         raise DataError(
             f"rewards and costs must both be [N, K] (got {tuple(r.shape)}, {tuple(c.shape)})"
         )
     return r, c, None if log_p is None else torch.as_tensor(log_p).to(torch.float64)
+
+
+def _step1_bound(safety: SafetyConfig, n_safety: int) -> Callable[[Tensor], float]:
+    """HC-RLHF's pessimism, anticipating the configured step-2 bound on ``n_safety`` prompts."""
+    pessimism_k(2, n_safety, confidence=safety.confidence, c1=safety.c1, c2=safety.c2)  # validate
+    return functools.partial(
+        anticipated_bound,
+        n_safety=n_safety,
+        confidence=safety.confidence,
+        bound=safety.resolved_bound,
+        c1=safety.c1,
+        c2=safety.c2,
+        value_range=metric_range(safety),
+    )
+
+
+def _plain_mean(values: Tensor) -> float:
+    return float(values.mean())
 
 
 def _solve_step1(
@@ -155,13 +184,12 @@ def _solve_step1(
     *,
     beta: float,
     cost_threshold: float,
-    k: float,
+    bound_fn: Callable[[Tensor], float],
     method: str,
 ) -> SolverResult:
     if method == "hc_rlhf":
-        # Pessimism (Chittepu et al. 2025, Sec. 4): inflate the std by k so the candidate still
-        # passes the later safety test on n_s fresh prompts with high probability.
-        bound_fn = functools.partial(mean_plus_k_std, k=k)
+        # Pessimism (Chittepu et al. 2025, Sec. 4): the candidate must still pass the later
+        # safety test on n_s fresh prompts with high probability, so step 1 adds that test's margin.
         return solve_pessimistic(
             r, c, beta=beta, cost_threshold=cost_threshold, bound_fn=bound_fn, log_p=log_p
         )
@@ -174,21 +202,22 @@ def _summary(
     *,
     method: str,
     metric: str,
-    k: float,
+    bound_fn: Callable[[Tensor], float],
     n_safety: int,
     policy: TiltedPolicy | None = None,
     expected_reward: float = float("nan"),
     message: str = "",
 ) -> SelectionResult:
     mean, std = float(prompt_costs.mean()), float(prompt_costs.std(correction=1))
+    bound = float(bound_fn(prompt_costs))
     return SelectionResult(
         method=method,
         metric=metric,
         feasible=policy is not None,
         policy=policy,
         lambda_=None if policy is None else policy.lambda_,
-        pessimism_k=k,
-        selection_bound=mean + k * std,
+        pessimism_k=(bound - mean) / std if std > 0 else 0.0,
+        selection_bound=bound,
         mean_cost=mean,
         std_cost=std,
         expected_reward=expected_reward,

@@ -27,19 +27,28 @@ from torch import Tensor
 
 from safealign.errors import ConfigError, DataError
 
-Metric = Literal["expected_cost", "unsafe_rate"]
-METRICS: tuple[str, ...] = ("expected_cost", "unsafe_rate")
+Metric = Literal["predicted_unsafe_probability", "unsafe_rate", "expected_cost"]
+METRICS: tuple[str, ...] = ("predicted_unsafe_probability", "unsafe_rate", "expected_cost")
 ArrayLike = Tensor | np.ndarray
 
 POLICY_KIND = "tilted_best_of_k"
 
 
-def metric_costs(costs: ArrayLike, metric: str) -> Tensor:
-    """The per-response quantity a constraint bounds: ``c`` itself, or ``1[c > 0]`` (unsafe).
+def metric_costs(
+    costs: ArrayLike, metric: str, *, cost_range: tuple[float, float] | None = None
+) -> Tensor:
+    """The per-response quantity a constraint bounds: ``sigmoid(c)``, ``1[c > 0]`` or ``c``.
+
+    The cost model is trained with the logistic loss ``-log sigmoid(s_y c)`` on safety labels
+    (DESIGN.md, "Reward and cost models"), so ``sigmoid(c)`` is its predicted probability that the response
+    is unsafe: a value in [0, 1], which the distribution-free bounds need.
 
     Args:
         costs: Cost-model scores, any shape (Safe RLHF convention: ``c > 0`` is unsafe).
-        metric: ``"expected_cost"`` or ``"unsafe_rate"``.
+        metric: ``"predicted_unsafe_probability"`` (``sigmoid(c)``), ``"unsafe_rate"``
+            (``1[c > 0]``) or ``"expected_cost"`` (``c``, unbounded).
+        cost_range: For ``expected_cost``, the declared ``(low, high)``: the cost is clipped to
+            it, so the bounded quantity is ``E[clip(c, low, high)]`` (which the certificate names).
 
     Returns:
         A float64 tensor of the same shape.
@@ -47,7 +56,11 @@ def metric_costs(costs: ArrayLike, metric: str) -> Tensor:
     if metric not in METRICS:
         raise ConfigError(f"metric must be one of {', '.join(METRICS)} (got {metric!r})")
     values = _as_float64(costs, "costs")
-    return values if metric == "expected_cost" else (values > 0).to(torch.float64)
+    if metric == "predicted_unsafe_probability":
+        return torch.sigmoid(values)
+    if metric == "unsafe_rate":
+        return (values > 0).to(torch.float64)
+    return values if cost_range is None else values.clamp(*(float(v) for v in cost_range))
 
 
 @dataclass(frozen=True)
@@ -58,7 +71,8 @@ class TiltedPolicy:
         beta: KL coefficient, ``> 0``.
         lambda_: Lagrange multiplier on the cost, ``>= 0``.
         num_candidates: ``K``, reference samples per prompt; the policy refuses any other K.
-        metric: ``"expected_cost"`` tilts by ``c``; ``"unsafe_rate"`` by ``1[c > 0]``.
+        metric: What the tilt penalises, per :func:`metric_costs`: ``sigmoid(c)``,
+            ``1[c > 0]`` or ``c``.
         reference_sampler: How the K candidates are drawn (e.g. model, temperature, top_p), as
             sorted ``(name, value)`` pairs of JSON scalars; a mapping is accepted and converted.
         seed: Seed of the deployment sampler, if fixed.

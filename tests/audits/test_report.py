@@ -185,6 +185,8 @@ SPLITS = {
 def make_config() -> dict[str, Any]:
     config = Config().to_dict()
     config["budget"]["ledger"] = HOSTILE  # a user string that must come out escaped
+    # The certificate below is the paper's t test on the raw cost (opt-in, approximate).
+    config["safety"].update(metric="expected_cost", bound="student_t", cost_threshold=0.0)
     return config
 
 
@@ -386,10 +388,10 @@ def test_per_group_bounds_of_the_safety_test_validate_and_render(tmp_path: Path)
     assert b["size"] is None and b["safety_test"]["n"] == 2
     assert b["reward_lower_bound"] == block["groups"]["b"]["reward_lower_bound"]
     markdown = render_markdown(built)
-    assert "n (safety prompts)" in markdown and "not simultaneously" in markdown
+    assert "n (safety prompts)" in markdown and "Simultaneous: all 4 group bounds" in markdown
     assert "(regret)" in markdown
     for path, value in (
-        (("safety", "groups", "simultaneous"), True),
+        (("safety", "groups", "simultaneous"), "yes"),
         (("safety", "groups", "groups", "a", "prompts"), "some"),
         (("groups", "groups", "a", "safety_test", "n"), -1),
     ):
@@ -536,10 +538,13 @@ def test_nsf_is_reported_not_raised(tmp_path: Path) -> None:
 
 
 def test_certified_summary_leads_both_renderings(report: dict[str, Any], page: str) -> None:
-    sentence = "Certified: with probability ≥ 95%, the released policy's expected cost is ≤ 0"
+    sentence = (
+        "Certified: with probability ≥ 95%, the mean cost-model score (raw cost units) under the "
+        "released policy is ≤ 0 (upper bound -0.313 from 400 safety prompts; Student t bound, "
+        "APPROXIMATE: it treats the mean as normal)."
+    )
     markdown = render_markdown(report)
     assert sentence in markdown and sentence in page
-    assert "upper bound -0.313 from 400 safety prompts" in markdown
     privacy = f"Privacy: ({report['privacy']['epsilon']:.3g}, 1e-05)-DP for each record"
     assert privacy in markdown and privacy in page
     for text in (markdown, page):

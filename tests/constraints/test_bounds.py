@@ -58,7 +58,7 @@ def test_student_t_matches_scipy(values: list[float], confidence: float) -> None
     sample = np.asarray(values)
     n = sample.size
     expected = sample.mean() + stats.t.ppf(confidence, n - 1) * sample.std(ddof=1) / math.sqrt(n)
-    result = upper_bound(sample, confidence=confidence)
+    result = upper_bound(sample, confidence=confidence, bound="student_t")
     assert result.upper_bound == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert (result.bound, result.n, result.confidence) == ("student_t", n, confidence)
     assert result.std == pytest.approx(sample.std(ddof=1), abs=1e-12)
@@ -90,7 +90,10 @@ def test_student_t_covers_the_true_mean_at_the_promised_rate() -> None:
     confidence, true_mean = 0.9, 1.5
     data = rng.normal(true_mean, 2.0, size=(TRIALS, 15))
     covered = np.mean(
-        [upper_bound(row, confidence=confidence).upper_bound >= true_mean for row in data]
+        [
+            upper_bound(row, confidence=confidence, bound="student_t").upper_bound >= true_mean
+            for row in data
+        ]
     )
     assert covered >= _coverage_floor(confidence)
     # For normal data the t bound is exact, so coverage is not far above the promise either.
@@ -161,7 +164,7 @@ def test_mean_plus_k_std_uses_bessel() -> None:
 def test_invalid_inputs_raise_value_errors(
     values: list, kwargs: dict, error: type, message: str
 ) -> None:
-    kwargs = {"confidence": 0.95, **kwargs}
+    kwargs = {"confidence": 0.95, "bound": "student_t", **kwargs}
     with pytest.raises(error, match=message) as info:
         upper_bound(values, **kwargs)
     assert isinstance(info.value, ValueError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,13 @@ from safealign.errors import ConfigError, DataError
 
 # 12 prompts: 0-4 group a only, 5-7 asked by users of both groups, 8-10 b only, 11 no group.
 OWNERS = ["a"] * 5 + [{"a", "b"}] * 3 + ["b"] * 3 + [None]
-STUDENT = {"metric": "expected_cost", "confidence": 0.9, "bound": "student_t", "value_range": None}
+STUDENT = {
+    "metric": "expected_cost",
+    "confidence": 0.9,
+    "bound": "student_t",
+    "value_range": None,
+    "simultaneous": False,
+}
 
 
 def _sample(seed: int = 0, n: int = 12) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -34,8 +41,8 @@ def test_each_groups_bounds_are_the_bounds_of_its_own_prompts() -> None:
     for name, rows in expected_rows.items():
         assert group_rows(OWNERS, name) == rows  # a prompt of both groups counts for both
         entry = block["groups"][name]
-        cost = upper_bound(costs[rows], confidence=0.9)
-        reward = -upper_bound(-rewards[name][rows], confidence=0.9).upper_bound
+        cost = upper_bound(costs[rows], confidence=0.9, bound="student_t")
+        reward = -upper_bound(-rewards[name][rows], confidence=0.9, bound="student_t").upper_bound
         assert entry["n"] == len(rows) and entry["prompts"] == "own" and entry["reason"] is None
         assert entry["cost_upper_bound"] == pytest.approx(cost.upper_bound, rel=1e-12)
         assert entry["cost_mean"] == pytest.approx(float(costs[rows].mean()), rel=1e-12)
@@ -54,7 +61,7 @@ def test_without_prompt_groups_every_prompt_counts_for_every_group() -> None:
         entry = block["groups"][name]
         assert entry["n"] == 12 and entry["prompts"] == "all"
         assert entry["cost_upper_bound"] == pytest.approx(
-            upper_bound(costs, confidence=0.9).upper_bound, rel=1e-12
+            upper_bound(costs, confidence=0.9, bound="student_t").upper_bound, rel=1e-12
         )
 
 
@@ -83,12 +90,39 @@ def test_the_cost_bound_is_the_population_tests_and_rewards_fall_back_to_t() -> 
     )
     rows = group_rows(OWNERS, "b")
     unsafe = (costs[rows] > 0).double()
-    exact = upper_bound(unsafe, confidence=0.9, bound="clopper_pearson").upper_bound
+    # Simultaneous by default: 2 groups x 2 bounds, each at 1 - 0.1 / 4.
+    assert block["simultaneous"] is True and block["per_bound_confidence"] == pytest.approx(0.975)
+    exact = upper_bound(unsafe, confidence=0.975, bound="clopper_pearson").upper_bound
     assert block["groups"]["b"]["cost_upper_bound"] == pytest.approx(exact, rel=1e-12)
     assert block["cost_bound"] == "clopper_pearson" and block["reward_bound"] == "student_t"
     assert "student_t bound" in block["note"]
-    t_bound = -upper_bound(-rewards["b"][rows], confidence=0.9).upper_bound
+    t_bound = -upper_bound(-rewards["b"][rows], confidence=0.975, bound="student_t").upper_bound
     assert block["groups"]["b"]["reward_lower_bound"] == pytest.approx(t_bound, rel=1e-12)
+
+
+def _all_cover(simultaneous: bool, rng: np.random.Generator) -> bool:
+    """One trial: 3 groups, 40 prompts each; do all 6 bounds hold at once?"""
+    costs = rng.beta(0.5, 8.0, size=120)  # skewed, in [0, 1], mean 0.5 / 8.5
+    rewards = {g: torch.from_numpy(rng.normal(0.0, 1.0, size=120)) for g in "abc"}
+    owners = ["a"] * 40 + ["b"] * 40 + ["c"] * 40
+    block = certify_group_samples(
+        torch.from_numpy(costs), rewards, metric="expected_cost", confidence=0.9, bound="betting",
+        value_range=(0.0, 1.0), prompt_groups=owners, simultaneous=simultaneous,
+    )  # fmt: skip
+    return all(
+        e["cost_upper_bound"] >= 0.5 / 8.5 and e["reward_lower_bound"] <= 0.0
+        for e in block["groups"].values()
+    )
+
+
+def test_simultaneous_group_bounds_hold_together_and_individual_ones_do_not() -> None:
+    """Fixed seed, 300 trials: all 6 bounds hold together in >= 87% (promise 90%) of trials when
+    simultaneous (the default); each at 90% on its own, they hold together far less often
+    (the t reward bound is exact for normal rewards: 0.9^3 ≈ 0.73 for the rewards alone)."""
+    rng = np.random.default_rng(0)
+    joint = np.mean([_all_cover(True, rng) for _ in range(300)])
+    alone = np.mean([_all_cover(False, rng) for _ in range(300)])
+    assert joint >= 0.87 and alone <= 0.8, (joint, alone)
 
 
 def test_bad_inputs_are_refused() -> None:

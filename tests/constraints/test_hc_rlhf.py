@@ -20,13 +20,16 @@ from safealign.constraints.hc_rlhf import (
 )
 from safealign.constraints.selection import select_candidate_policy
 from safealign.constraints.solvers import solve_constrained
-from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
+from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler, metric_costs
 from safealign.data.records import PairDataset, PreferencePair
 from safealign.data.splits import SealedDataset
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError, IsolationError
 
 BETA = 0.1
+# The HC-RLHF paper's test on the raw cost score: opt-in and approximate now (the default bounds
+# the predicted unsafe rate by betting); these tests check its arithmetic and plumbing.
+RAW_T = {"metric": "expected_cost", "bound": "student_t"}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -125,7 +128,7 @@ def test_tilted_policy_records_and_enforces_its_settings() -> None:
 def test_selection_takes_lambda_zero_when_already_safe(population) -> None:
     rewards, costs = population[0][:200], population[1][:200]
     result = select_candidate_policy(
-        rewards, costs, beta=BETA, safety=SafetyConfig(cost_threshold=5.0), n_safety=100
+        rewards, costs, beta=BETA, safety=SafetyConfig(cost_threshold=5.0, **RAW_T), n_safety=100
     )
     assert result.feasible and result.lambda_ == 0.0
     assert result.selection_bound <= 5.0
@@ -133,7 +136,7 @@ def test_selection_takes_lambda_zero_when_already_safe(population) -> None:
 
 def test_selection_is_the_smallest_lambda_meeting_the_pessimistic_bound(population) -> None:
     rewards, costs = population[0][:200], population[1][:200]
-    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9, c1=1.0, c2=2.0)
+    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9, c1=1.0, c2=2.0, **RAW_T)
     result = select_candidate_policy(rewards, costs, beta=BETA, safety=safety, n_safety=150)
     k = pessimism_k(200, 150, confidence=0.9, c1=1.0, c2=2.0)
     assert result.feasible and result.pessimism_k == pytest.approx(k)
@@ -161,7 +164,7 @@ def test_infeasible_selection_is_a_result_not_an_exception(population) -> None:
             rewards,
             costs,
             beta=BETA,
-            safety=SafetyConfig(cost_threshold=-3.5),
+            safety=SafetyConfig(cost_threshold=-3.5, **RAW_T),
             n_safety=100,
             method=method,
         )
@@ -185,7 +188,7 @@ def test_unsafe_rate_selection_bounds_the_rate(population) -> None:
 @pytest.mark.parametrize(("confidence", "tau"), [(0.9, 0.0), (0.95, 0.4), (0.99, 0.2)])
 def test_certificate_arithmetic_matches_scipy(confidence: float, tau: float) -> None:
     costs = np.random.default_rng(0).normal(-0.1, 1.0, size=57)
-    safety = SafetyConfig(cost_threshold=tau, confidence=confidence)
+    safety = SafetyConfig(cost_threshold=tau, confidence=confidence, **RAW_T)
     cert = certify_samples(
         costs, safety=safety, sampler_settings={"k": 16}, safety_fingerprint="abc"
     )
@@ -204,7 +207,9 @@ def test_certificate_arithmetic_matches_scipy(confidence: float, tau: float) -> 
 
 def test_hoeffding_and_clopper_pearson_certificates() -> None:
     costs = np.array([-3.0, -3.0, 1.0, 6.0] * 50)
-    safety = SafetyConfig(cost_threshold=3.0, bound="hoeffding", cost_range=(-3.0, 9.0))
+    safety = SafetyConfig(
+        metric="expected_cost", cost_threshold=3.0, bound="hoeffding", cost_range=(-3.0, 9.0)
+    )
     cert = certify_samples(costs, safety=safety, sampler_settings={}, safety_fingerprint=None)
     assert cert.upper_bound == pytest.approx(
         costs.mean() + 12.0 * math.sqrt(math.log(1 / 0.05) / (2 * costs.size))
@@ -219,7 +224,7 @@ def test_hoeffding_and_clopper_pearson_certificates() -> None:
 
 
 def test_nsf_is_a_result_and_the_certificate_is_json(tmp_path) -> None:
-    safety = SafetyConfig(cost_threshold=0.0, confidence=0.95)
+    safety = SafetyConfig(cost_threshold=0.1, confidence=0.95)
     cert = certify_samples(
         [0.5, 1.0, -0.2, 0.3], safety=safety, sampler_settings={"x": 1}, safety_fingerprint="f"
     )
@@ -271,7 +276,7 @@ def test_certify_unseals_once_and_samples_with_the_deployment_settings(world) ->
         seen.append(prompts)
         return _scorer(world, 9)(prompts)
 
-    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9)
+    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9, **RAW_T)
     cert = certify(policy, sealed, best_of_k_sampler(score), safety=safety)
     assert sealed.purposes == ["certify"] and seen == [dataset.prompts]
     assert cert.n == 120 and cert.source == "policy"
@@ -327,7 +332,9 @@ def test_certify_with_groups_bounds_each_group_and_leaves_the_population_test_al
     pairs += [PreferencePair(p, "c", "d", group="minority") for p in prompts[20:]]
     sealed = SealedDataset(PairDataset(tuple(pairs), name="test:safety"))
     policy = TiltedPolicy(beta=BETA, lambda_=2.0, num_candidates=16, seed=4)
-    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9)
+    safety = SafetyConfig(
+        cost_threshold=0.0, confidence=0.9, group_coverage="individual", **RAW_T
+    )
     plain = certify(policy, sealed, best_of_k_sampler(_scorer(world, 9)), safety=safety)
     grouped = certify(
         policy,
@@ -346,8 +353,12 @@ def test_certify_with_groups_bounds_each_group_and_leaves_the_population_test_al
     picks = policy.sample(r, c, generator=torch.Generator().manual_seed(4))
     rows = torch.arange(40)
     for name, own in (("majority", list(range(30))), ("minority", list(range(20, 40)))):
-        cost = upper_bound(torch.from_numpy(c)[rows, picks][own], confidence=0.9)
-        reward = -upper_bound(-groups[name][rows, picks][own], confidence=0.9).upper_bound
+        cost = upper_bound(
+            torch.from_numpy(c)[rows, picks][own], confidence=0.9, bound="student_t"
+        )
+        reward = -upper_bound(
+            -groups[name][rows, picks][own], confidence=0.9, bound="student_t"
+        ).upper_bound
         entry = block["groups"][name]
         assert entry["n"] == len(own)
         assert entry["prompts"] == "own"
@@ -389,13 +400,13 @@ def _released_cost(method: str, population, safety: SafetyConfig, rng, gen) -> f
         )
         if not cert.passed:
             return None
-    return float(policy.expectation(costs, rewards, costs).mean())
+    return float(policy.expectation(metric_costs(costs, safety.metric), rewards, costs).mean())
 
 
 def test_hc_rlhf_failure_rate_holds_in_simulation(population) -> None:
     """P(release a policy with true E[c] > tau) <= 1 - confidence (Chittepu et al. 2025, Thm. 1)."""
     tau, confidence, trials = 0.0, 0.9, 200
-    safety = SafetyConfig(cost_threshold=tau, confidence=confidence)
+    safety = SafetyConfig(cost_threshold=tau, confidence=confidence, **RAW_T)
     # The constraint is tight: the unconstrained tilt is unsafe on the population.
     unconstrained = TiltedPolicy(beta=BETA, lambda_=0.0, num_candidates=16)
     assert float(unconstrained.expectation(population[1], *population).mean()) > tau + 0.5
@@ -415,3 +426,16 @@ def test_hc_rlhf_failure_rate_holds_in_simulation(population) -> None:
         _released_cost("lagrangian_no_test", population, safety, rng, gen) for _ in range(60)
     ]
     assert sum(j > tau for j in no_test) > 60 * (1 - confidence) + 3.5 * math.sqrt(60 * 0.09)
+
+
+def test_default_certificate_is_valid_and_releases_in_simulation(population) -> None:
+    """The default (betting on the predicted unsafe rate, step 1 anticipating it) keeps the
+    failure rate within 1 - confidence and still releases: measured 35 of 60 trials here (0
+    failures), where the former t-based step 1 before the same betting test released 22 of 60."""
+    tau, confidence, trials = 0.15, 0.9, 60
+    safety = SafetyConfig(cost_threshold=tau, confidence=confidence)
+    rng, gen = np.random.default_rng(7), torch.Generator().manual_seed(7)
+    released = [_released_cost("hc_rlhf", population, safety, rng, gen) for _ in range(trials)]
+    failures = sum(j is not None and j > tau for j in released)
+    assert failures <= trials * (1 - confidence) + 3.5 * math.sqrt(trials * 0.09)
+    assert sum(j is not None for j in released) >= 0.45 * trials
