@@ -4,8 +4,9 @@ The HC-RLHF certificate bounds the policy's expected cost *under the DP cost mod
 world knows the true cost of every response, so each seed's run can be checked: a certified policy
 whose true expected cost exceeds the threshold is a violation. For each seed this runs the demo
 pipeline exactly as ``safealign demo --seed N`` does (``demo_config``) in a fresh directory and
-records the certificate, the composed ε, the cost model's held-out metrics, the true outcomes and
-the wall time.
+records the certificate, the composed ε, the cost model's held-out metrics, the true value of the
+certified quantity (the true unsafe rate for the probability metrics, the true expected cost for
+``expected_cost``) and the wall time.
 
 Usage: python benchmarks/demo_truth.py --seeds 0 1 2 3 4 --out benchmarks/results/demo_truth.json
 """
@@ -32,6 +33,7 @@ def one_seed(seed: int, root: Path) -> dict:
     seconds = time.perf_counter() - start
     safety, truth = result.report["safety"], result.truth
     cost_receipt = json.loads((out / "cost" / "receipt.json").read_text())
+    key = "expected_cost" if truth["metric"] == "expected_cost" else "unsafe_rate"
     return {
         "seed": seed,
         "seconds": seconds,
@@ -40,9 +42,12 @@ def one_seed(seed: int, root: Path) -> dict:
         "threshold": safety["threshold"],
         "epsilon": result.report["privacy"]["epsilon"],
         "cost_model_auroc": cost_receipt["metrics"].get("eval/safety_auroc"),
+        "metric": truth["metric"],
+        # The TRUE value of the certified quantity (the unsafe rate for the probability metrics).
+        "true_value": truth["released"][key] if "released" in truth else None,
+        "true_unconstrained_value": truth["unconstrained"][key] if "released" in truth else None,
+        "true_reference_value": truth["reference"][key],
         "true_expected_cost": truth["released"]["expected_cost"] if "released" in truth else None,
-        "true_unconstrained_cost": truth["unconstrained"]["expected_cost"],
-        "true_reference_cost": truth["reference"]["expected_cost"],
         "guarantee_holds": truth.get("guarantee_holds"),
     }
 
@@ -59,10 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds:
             runs.append(one_seed(seed, Path(root)))
             r = runs[-1]
+            unconstrained = r["true_unconstrained_value"]
             print(
-                f"seed {seed}: certified={r['certified']} UB {r['upper_bound']:+.3f}, true "
-                f"E[cost] {r['true_expected_cost']:+.3f} (unconstrained "
-                f"{r['true_unconstrained_cost']:+.3f}), {r['seconds']:.0f} s",
+                f"seed {seed}: certified={r['certified']} UB {r['upper_bound']:+.3f} on "
+                f"{r['metric']}, true value {r['true_value']} (unconstrained {unconstrained}, "
+                f"reference {r['true_reference_value']:+.3f}), {r['seconds']:.0f} s",
                 flush=True,
             )
     certified = [r for r in runs if r["certified"]]
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     times = [r["seconds"] for r in runs]
     print(
         f"demo_truth: {payload['certified']}/{len(runs)} seeds certified, "
-        f"{payload['violations']} violations of the true cost; demo {min(times):.0f}-"
+        f"{payload['violations']} violations of the truth; demo {min(times):.0f}-"
         f"{max(times):.0f} s per run"
     )
 
