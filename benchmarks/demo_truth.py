@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(one_seed(seed, Path(root)))
             r = runs[-1]
             unconstrained = r["true_unconstrained_value"]
+            bound = "none (no policy)" if r["upper_bound"] is None else f"{r['upper_bound']:+.3f}"
             print(
-                f"seed {seed}: certified={r['certified']} UB {r['upper_bound']:+.3f} on "
+                f"seed {seed}: certified={r['certified']} UB {bound} on "
                 f"{r['metric']}, true value {r['true_value']} (unconstrained {unconstrained}, "
                 f"reference {r['true_reference_value']:+.3f}), {r['seconds']:.0f} s",
                 flush=True,
