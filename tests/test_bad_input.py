@@ -294,6 +294,17 @@ def _data_source_missing(tmp: Path, mp) -> list[str]:
     )(tmp, mp)
 
 
+def _policy_file(data: bytes):
+    """A ``certify`` case on a run directory whose ``policy.json`` holds ``data``."""
+
+    def make(tmp: Path, mp) -> list[str]:
+        (tmp / "out").mkdir()
+        (tmp / "out" / "policy.json").write_bytes(data)
+        return _run(command="certify")(tmp, mp)
+
+    return make
+
+
 # fmt: off
 PREFLIGHT_CASES = [
     Case("run-bad-signing-key", _key_file("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"),
@@ -306,6 +317,11 @@ PREFLIGHT_CASES = [
     Case("run-ledger-under-a-file", _ledger_under_a_file, 2, "{tmp}/file"),
     Case("run-data-source-missing", _data_source_missing, 2, "{tmp}/absent.jsonl: file not found"),
     Case("certify-without-policy", _run(command="certify"), 2, "{tmp}/out: no policy.json in this directory"),
+    Case("certify-policy-duplicate-key", _policy_file(b'{"kind": "a", "kind": "b"}'), 2,
+         "policy.json: duplicate key 'kind'"),
+    Case("certify-policy-deeply-nested", _policy_file(b'{"a":' * 100_000 + b"1" + b"}" * 100_000), 2,
+         "policy.json"),
+    Case("certify-policy-5000-digit-integer", _policy_file(b'{"a":' + b"9" * 5000 + b"}"), 2, "policy.json"),
     Case("keys-out-is-a-file", _keys_out_is_a_file, 2, "{tmp}/keys: File exists"),
 ]
 # fmt: on

@@ -38,11 +38,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _certify_samples(args: argparse.Namespace) -> int:
-    import json
-
     from safealign.config import load_config
     from safealign.constraints.attempts import attempt_safety, logged_test
     from safealign.constraints.hc_rlhf import certify_samples
+    from safealign.data.io import parse_json
     from safealign.data.records import LabelledResponse, normalise_text
     from safealign.data.records import fingerprint as records_fingerprint
     from safealign.data.responses import load_responses
@@ -51,11 +50,12 @@ def _certify_samples(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     try:
-        settings = json.loads(Path(args.sampler_settings).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        text = Path(args.sampler_settings).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(
-            f"cannot read the sampler settings as JSON ({exc})", path=args.sampler_settings
+            f"cannot read the sampler settings ({exc})", path=args.sampler_settings
         ) from None
+    settings = parse_json(text, path=args.sampler_settings)  # strict: see safealign.data.io
     if not isinstance(settings, dict) or not settings:
         raise DataError(
             "sampler settings must be a non-empty JSON object (model, temperature, top_p, ...)",

@@ -29,6 +29,7 @@ from typing import Any
 from safealign._atomic import atomic_write_text
 from safealign.constraints.align import AlignResult
 from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
+from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
 
 POLICY_FILE = "policy.json"
@@ -210,11 +211,14 @@ def load_policy_file(path: str | Path) -> PolicyFile:
     """
     path = str(path)
     try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError("no such file", path=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"cannot read the policy file as JSON ({exc})", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read the policy file ({exc})", path=path) from None
+    # The data readers' strict JSON: duplicate keys, NaN, huge numbers, deep nesting and lone
+    # surrogates are refused with the file named, never a crash.
+    obj = parse_json(text, path=path)
     read = _Reader(path)
     if not isinstance(obj, dict):
         raise read.bad("", f"expected a JSON object, got {type(obj).__name__}")

@@ -129,7 +129,7 @@ def test_missing_and_non_json_files_are_data_errors(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_policy_file(tmp_path / "policy.json")
     (tmp_path / "policy.json").write_text("{not json")
-    with pytest.raises(DataError, match="cannot read the policy file as JSON"):
+    with pytest.raises(DataError, match="policy.json: not valid JSON"):
         load_policy_file(tmp_path / "policy.json")
 
 
