@@ -17,24 +17,10 @@ from safealign.data.source import load_source, make_splits
 from safealign.pipeline import align_stage, certify_stage
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.run_stages import released_fingerprints
+from tests._tiny_run import CONFIG, TINY_WORLD
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "examples" / "synthetic.yaml")
 TINY = [
-    "data.synthetic.num_prompts=150",
-    "data.synthetic.num_users=10",
-    "data.synthetic.pairs_per_user=20",
-    "reward_model.lora=null",
-    "cost_model.lora=null",
-    "reward_model.train.epochs=1",
-    "cost_model.train.epochs=1",
-    "reward_model.train.batch_size=32",
-    "cost_model.train.batch_size=32",
-    "reward_model.privacy.accountant=rdp",
-    "cost_model.privacy.accountant=rdp",
-    "reward_model.privacy.target_delta=1e-3",
-    "cost_model.privacy.target_delta=1e-3",
-    "budget.delta=1e-3",
-    "policy.num_candidates=4",
+    *TINY_WORLD,
     "groups.mode=given",
     "safety.cost_threshold=1",  # every policy passes: the exit codes are then known
 ]

@@ -23,26 +23,12 @@ from safealign.config import load_config
 from safealign.data.source import load_source, make_splits
 from safealign.pipeline import run
 from safealign.privacy.ledger import PrivacyLedger
+from tests._tiny_run import CONFIG, TINY_WORLD
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "examples" / "synthetic.yaml")
-# The fastest whole run (tests/test_align_cli.py's tiny world), with EM and a small count noise
+# The fastest whole run (tests/_tiny_run.py), with EM and a small count noise
 # (a large ε per iteration: leaving it out of the report's composition shows at once).
 TINY = [
-    "data.synthetic.num_prompts=150",
-    "data.synthetic.num_users=10",
-    "data.synthetic.pairs_per_user=20",
-    "reward_model.lora=null",
-    "cost_model.lora=null",
-    "reward_model.train.epochs=1",
-    "cost_model.train.epochs=1",
-    "reward_model.train.batch_size=32",
-    "cost_model.train.batch_size=32",
-    "reward_model.privacy.accountant=rdp",
-    "cost_model.privacy.accountant=rdp",
-    "reward_model.privacy.target_delta=1e-3",
-    "cost_model.privacy.target_delta=1e-3",
-    "budget.delta=1e-3",
-    "policy.num_candidates=4",
+    *TINY_WORLD,
     "groups.mode=em",
     "groups.em_max_iters=2",
     "groups.em_count_noise=1.0",
