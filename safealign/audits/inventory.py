@@ -15,8 +15,9 @@ Paths are dotted: ``*`` is any one key (group names, split names), ``[]`` any li
 final ``**`` the whole subtree.
 
 The command line prints fields of these files (receipts, the report), classified here, and
-progress bars whose training loss is measured on private batches: a local log on the data
-holder's own terminal, never written to the run directory. ``data validate`` and ``ledger show``
+local notes on the data holder's own terminal, never written to the run directory: progress
+bars whose training loss is measured on private batches, and the count of training, eval and
+candidate prompts that are near-copies of safety prompts (``pipeline``, step 1 of a run). ``data validate`` and ``ledger show``
 are the data holder's own tools, run on the private data and the ledger; their output is not a
 release.
 """
