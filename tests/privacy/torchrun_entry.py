@@ -29,8 +29,14 @@ def _group_threads() -> int:
     tasks = Path("/proc/self/task")
     if not tasks.is_dir():  # not Linux: nothing to count
         return 0
-    names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
-    return sum(name.startswith(GROUP_THREADS) for name in names)
+    alive = 0
+    for task in tasks.iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except FileNotFoundError:  # the thread ended between listing and reading: not alive
+            continue
+        alive += name.startswith(GROUP_THREADS)
+    return alive
 
 
 if __name__ == "__main__":
