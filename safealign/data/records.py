@@ -7,6 +7,7 @@ the order records arrive in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import unicodedata
@@ -184,9 +185,10 @@ class PairDataset(Sequence[PreferencePair]):
     def __iter__(self) -> Iterator[PreferencePair]:
         return iter(self.pairs)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 over the sorted canonical records (see :func:`fingerprint`)."""
+        """SHA-256 over the sorted canonical records (see :func:`fingerprint`), computed once:
+        the pairs are an immutable tuple of frozen records."""
         return fingerprint(self.pairs)
 
     @property
