@@ -1,0 +1,135 @@
+"""Coverage and width of label-rectified bounds on the TRUE unsafe rate, by model quality.
+
+A simulated world with a known truth: each sampled response has a latent severity
+``z ~ N(0, 1)``; its trusted label is ``Y = 1[z > t]`` with ``t`` set so that the true unsafe rate
+``theta = P(Y = 1)`` is exactly 0.05 or 0.2. The cost model scores it ``c = a (z - t) + s + e``,
+``e ~ N(0, 1)``, and predicts ``f = sigmoid(c)``: ``a`` is its quality (AUROC against the labels
+is reported), ``s`` a calibration shift (``s < 0``: the model under-predicts harm). One trial
+draws N responses, labels a uniformly random subset of m, and computes at ``delta = 0.05``:
+
+* ``ppi_tuned``: :func:`rectified_upper_bound` with the predictable power-tuned weight (valid);
+* ``ppi_lam1``: the same with the declared weight 1 (classic PPI; valid);
+* ``ppi_clt``: PPI++'s normal approximation (approximate);
+* ``labels_only``: Clopper-Pearson on the m labels (valid);
+* ``cost_model_only``: the betting bound on E[f] from all N: NOT a bound on theta.
+
+Miss = bound below theta. A valid bound misses at most delta; ``miss_p`` is the one-sided binomial
+p-value of the misses under delta (small p: evidence of under-coverage). Width = bound - theta.
+
+Usage (about 15 minutes on one core at 2000 trials):
+nice python benchmarks/ppi_coverage.py --trials 2000 --out benchmarks/results/ppi_coverage.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import special, stats
+
+from safealign._atomic import atomic_write_text
+from safealign.constraints.ppi import (
+    LabelSubset,
+    approximate_rectified_upper_bound,
+    cost_model_only_upper_bound,
+    labels_only_upper_bound,
+    rectified_upper_bound,
+)
+
+DELTA = 0.05
+THETAS = (0.05, 0.2)
+SIZES = ((200, 50), (200, 100), (1000, 50), (1000, 100), (1000, 200))
+# name: (quality a, calibration shift s)
+MODELS = {
+    "useless": (0.0, 0.0),
+    "fair": (1.0, 0.0),
+    "good": (4.0, 0.0),
+    "excellent": (16.0, 0.0),
+    "good_underpredicting": (4.0, -2.0),
+}
+METHODS = ("ppi_tuned", "ppi_lam1", "ppi_clt", "labels_only", "cost_model_only")
+
+
+def draw(rng: np.random.Generator, n: int, theta: float, a: float, s: float):
+    t = stats.norm.isf(theta)
+    z = rng.standard_normal(n)
+    return special.expit(a * (z - t) + s + rng.standard_normal(n)), (z > t).astype(float)
+
+
+def auroc(rng: np.random.Generator, theta: float, a: float, s: float) -> float:
+    f, y = draw(rng, 200_000, theta, a, s)
+    ranks = stats.rankdata(f)
+    pos = y == 1
+    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
+
+
+def trial(rng: np.random.Generator, n: int, m: int, theta: float, a: float, s: float) -> dict:
+    f, y_all = draw(rng, n, theta, a, s)
+    subset = LabelSubset(n, tuple(int(i) for i in rng.permutation(n)[:m]))
+    y = y_all[list(subset.indices)]
+    conf = 1 - DELTA
+    kw = {"target": "unsafe_rate", "confidence": conf}
+    return {
+        "ppi_tuned": rectified_upper_bound(f, y, subset, **kw).upper_bound,
+        "ppi_lam1": rectified_upper_bound(f, y, subset, weight=1.0, **kw).upper_bound,
+        "ppi_clt": approximate_rectified_upper_bound(f, y, subset, **kw).upper_bound,
+        "labels_only": labels_only_upper_bound(y, **kw).upper_bound,
+        "cost_model_only": cost_model_only_upper_bound(f, confidence=conf).upper_bound,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--out", default="benchmarks/results/ppi_coverage.json")
+    args = parser.parse_args()
+    start = time.time()
+    rows = []
+    for theta in THETAS:
+        for name, (a, s) in MODELS.items():
+            quality = auroc(np.random.default_rng(0), theta, a, s)
+            for n, m in SIZES:
+                rng = np.random.default_rng([int(theta * 100), int(a * 10), int(-s), n, m])
+                bounds = {k: np.empty(args.trials) for k in METHODS}
+                for i in range(args.trials):
+                    for k, v in trial(rng, n, m, theta, a, s).items():
+                        bounds[k][i] = v
+                row = {"theta": theta, "model": name, "auroc": round(quality, 3), "N": n, "m": m}
+                for k in METHODS:
+                    misses = int((bounds[k] < theta).sum())
+                    row[k] = {
+                        "miss_rate": misses / args.trials,
+                        "miss_p": float(stats.binom.sf(misses - 1, args.trials, DELTA)),
+                        "mean_width": float((bounds[k] - theta).mean()),
+                    }
+                rows.append(row)
+                print(
+                    f"theta={theta} {name:<21} N={n:<5} m={m:<4} "
+                    + " ".join(
+                        f"{k}={row[k]['miss_rate']:.3f}/{row[k]['mean_width']:.3f}" for k in METHODS
+                    ),
+                    flush=True,
+                )
+    result = {
+        "delta": DELTA,
+        "trials": args.trials,
+        "seconds": round(time.time() - start, 1),
+        "rows": rows,
+    }
+    atomic_write_text(Path(args.out), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    valid = ("ppi_tuned", "ppi_lam1", "labels_only")
+    worst = max(r[k]["miss_rate"] for r in rows for k in valid)
+    wins = sum(r["ppi_tuned"]["mean_width"] < r["labels_only"]["mean_width"] for r in rows)
+    under = sum(r["cost_model_only"]["miss_rate"] > DELTA for r in rows)
+    print(
+        f"ppi_coverage: {len(rows)} settings x {args.trials} trials; worst miss of the valid bounds "
+        f"{worst:.3f} (delta {DELTA}); ppi_tuned narrower than labels_only in {wins}/{len(rows)}; "
+        f"cost_model_only misses > delta in {under}/{len(rows)} -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
