@@ -23,13 +23,13 @@ from safealign.constraints.candidates import (
     candidates_from_texts,
     load_alignment_candidates,
 )
-from safealign.constraints.groups import train_group_reward_models
 from safealign.constraints.policy_file import FROM_FILE, FROM_REFERENCE, ModelDirs
 from safealign.constraints.tilting import TiltedPolicy
 from safealign.data.records import PairDataset
 from safealign.data.source import load_source, make_splits
 from safealign.data.splits import CERTIFY, SealedDataset, Splits
 from safealign.errors import ConfigError
+from safealign.groups.training import train_group_reward_models
 from safealign.models.scalar import Kind, load_scoring_model, save_scoring_model
 from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
 from safealign.privacy.identity import default_ledger_path

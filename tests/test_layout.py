@@ -9,18 +9,19 @@ import pytest
 from safealign import errors
 
 PACKAGE = Path(__file__).resolve().parents[1] / "safealign"
-# data <- models <- privacy <- constraints <- audits <- pipeline/cli (STYLE.md).
+# data <- models <- privacy <- groups <- constraints <- audits <- pipeline/cli (STYLE.md).
 LAYERS = {
     "data": 1,
     "models": 2,
     "privacy": 3,
-    "constraints": 4,
-    "audits": 5,
-    "pipeline": 6,
-    "runs": 6,
-    "run_stages": 6,
-    "cli": 6,
-    "__main__": 7,
+    "groups": 4,
+    "constraints": 5,
+    "audits": 6,
+    "pipeline": 7,
+    "runs": 7,
+    "run_stages": 7,
+    "cli": 7,
+    "__main__": 8,
 }
 BASE = {"errors", "config", "_typed", "_atomic", "__init__"}
 
