@@ -40,7 +40,8 @@ from safealign.data.records import PairDataset
 from safealign.data.synthetic import SyntheticWorld
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model
-from safealign.privacy.dp_sgd import TrainingPlan, make_step
+from safealign.privacy.dp_sgd import make_step
+from safealign.privacy.plan import TrainingPlan
 
 # ../shared/data beside the checkout, as in tests/conftest.py.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

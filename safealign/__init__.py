@@ -5,4 +5,6 @@ high-confidence safety test before release (HC-RLHF), and the worst-off user gro
 (MaxMin-RLHF). See the README for the two commands and ``safealign --help``.
 """
 
-__version__ = "0.1.0"
+from safealign._version import __version__
+
+__all__ = ["__version__"]

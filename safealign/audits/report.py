@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from safealign import __version__
+from safealign._version import __version__
 from safealign.audits.canonical import atomic_write_text, build_manifest, canonical_json
 from safealign.audits.checks import SCHEMA_VERSION, load_schema, validate_report
 from safealign.audits.render import render_html, render_markdown

@@ -20,7 +20,7 @@ from safealign.data.records import PairDataset
 from safealign.errors import DataError
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism, compute_epsilon
-from safealign.privacy.dp_sgd import TrainingPlan
+from safealign.privacy.plan import TrainingPlan
 from safealign.privacy.release import ChargeTarget, charge
 from safealign.privacy.training import PrivacyReceipt, TrainResult
 

@@ -56,7 +56,8 @@ from safealign.groups.common import (
 )
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism
-from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
+from safealign.privacy.dp_sgd import privacy_units
+from safealign.privacy.plan import TrainingPlan, plan_training
 from safealign.privacy.secret import secret_generator
 from safealign.privacy.training import (
     TrainResult,

@@ -33,7 +33,8 @@ from safealign.groups.common import (
 )
 from safealign.groups.em import train_em
 from safealign.privacy.accounting import Mechanism
-from safealign.privacy.dp_sgd import plan_training, privacy_units
+from safealign.privacy.dp_sgd import privacy_units
+from safealign.privacy.plan import plan_training
 from safealign.privacy.release import ChargeTarget
 from safealign.privacy.training import (
     TrainResult,

@@ -10,8 +10,8 @@ from safealign.config import load_config
 from safealign.data.synthetic import SyntheticWorld
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.calibration import fit_shift
-from safealign.privacy.dp_sgd import plan_training
 from safealign.privacy.ledger import PrivacyLedger
+from safealign.privacy.plan import plan_training
 from safealign.privacy.release import train_and_record
 from safealign.privacy.training import train_cost_model, train_reward_model
 

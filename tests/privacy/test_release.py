@@ -277,7 +277,7 @@ def test_a_checkpoint_without_its_charge_record_is_refused(tmp_path, monkeypatch
 
 
 def test_the_torchrun_entry_point_charges_the_ledger_like_train_reward(tmp_path, capsys):
-    from safealign.privacy import distributed
+    from safealign.cli import distributed
 
     ledger_path = tmp_path / "ledger.sqlite"
     config = tmp_path / "config.yaml"
