@@ -16,11 +16,9 @@ LAYERS = {
     "privacy": 3,
     "constraints": 4,
     "audits": 5,
-    "pipeline": 6,
-    "runs": 6,
-    "run_stages": 6,
-    "cli": 6,
-    "__main__": 7,
+    "run": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 BASE = {"errors", "config", "_typed", "_atomic", "__init__"}
 
