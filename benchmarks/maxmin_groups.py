@@ -49,13 +49,13 @@ from safealign.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from safealign.constraints.em import assign_users, holdout_split, pooled_initial_assignment
-from safealign.constraints.group_models import score_candidates
 from safealign.constraints.group_rewards import group_report, normalize_group_rewards
-from safealign.constraints.groups import train_group_reward_models
 from safealign.constraints.maxmin_solver import solve_maxmin
 from safealign.constraints.solvers import solve_unconstrained
 from safealign.data.synthetic import SyntheticWorld
+from safealign.groups.common import score_candidates
+from safealign.groups.em import assign_users, holdout_split, pooled_initial_assignment
+from safealign.groups.training import train_group_reward_models
 from safealign.privacy.accounting import compute_epsilon
 from safealign.privacy.training import train_reward_model
 

@@ -9,16 +9,17 @@ import pytest
 from safealign import errors
 
 PACKAGE = Path(__file__).resolve().parents[1] / "safealign"
-# data <- models <- privacy <- constraints <- audits <- pipeline/cli (STYLE.md).
+# data <- models <- privacy <- groups <- constraints <- audits <- run <- cli (STYLE.md).
 LAYERS = {
     "data": 1,
     "models": 2,
     "privacy": 3,
-    "constraints": 4,
-    "audits": 5,
-    "run": 6,
-    "cli": 7,
-    "__main__": 8,
+    "groups": 4,
+    "constraints": 5,
+    "audits": 6,
+    "run": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 BASE = {"errors", "config", "_typed", "_atomic", "__init__"}
 

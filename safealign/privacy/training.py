@@ -63,7 +63,7 @@ class PrivacyReceipt:
     labelled NON-PRIVATE everywhere it is shown. ``dataset_fingerprint`` is a keyed commitment
     (:func:`commit_fingerprint`), not a plain hash. ``num_units``/``num_pairs`` are the training
     set's size (declared public, as the sampling rate reveals it) or None where the size is not
-    released (a group's or an EM cluster's subset, :mod:`safealign.constraints.group_models`).
+    released (a group's or an EM cluster's subset, :mod:`safealign.groups.common`).
     """
 
     kind: str

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safealign._atomic import atomic_write_text
 from safealign.constraints.align import Scorers
-from safealign.constraints.groups import train_group_reward_models
+from safealign.groups.training import train_group_reward_models
 from safealign.models.scalar import Kind, ScoringModel, load_scoring_model, save_scoring_model
 from safealign.privacy.release import RecordedTraining, budget_target, train_and_record
 from safealign.privacy.training import PrivacyReceipt

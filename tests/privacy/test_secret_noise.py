@@ -18,9 +18,9 @@ import torch
 
 from safealign import _atomic
 from safealign.config import load_config
-from safealign.constraints.em import _noisy_log_prior
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import DataError
+from safealign.groups.em import _noisy_log_prior
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model, load_scoring_model
 from safealign.privacy import secret

@@ -18,22 +18,22 @@ from safealign.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from safealign.constraints.em import (
-    COIN_FLIP,
-    assign_users,
-    holdout_split,
-    pooled_initial_assignment,
-)
 from safealign.constraints.group_rewards import (
     group_report,
     normalize_group_rewards,
 )
-from safealign.constraints.groups import train_group_reward_models
 from safealign.constraints.maxmin_solver import solve_maxmin
 from safealign.constraints.solvers import policy_objective, solve_unconstrained
 from safealign.data.records import PairDataset
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
+from safealign.groups.em import (
+    COIN_FLIP,
+    assign_users,
+    holdout_split,
+    pooled_initial_assignment,
+)
+from safealign.groups.training import train_group_reward_models
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.release import budget_target
 from safealign.privacy.training import train_reward_model

@@ -1,0 +1,1 @@
+"""Group reward models for MaxMin alignment: one DP reward model per group, given or found by EM."""
