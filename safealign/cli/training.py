@@ -162,7 +162,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     s = result.policy_file.selection
     bound = (
         f"pessimistic bound {s['selection_bound']:.4f} (k={s['pessimism_k']:.3f}, "
-        f"n_b={s['n_opt']}, n_s={s['n_safety']})"
+        f"n_opt={s['n_opt']}, n_safety={s['n_safety']})"
     )
     if result.policy_file.policy is None:
         print(

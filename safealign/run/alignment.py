@@ -12,7 +12,7 @@ import yaml
 
 from safealign._atomic import atomic_write_text
 from safealign.config import to_plain
-from safealign.constraints.align import AlignResult, align_policy
+from safealign.constraints.align import AlignResult, optimize_policy
 from safealign.constraints.attempts import attempt_safety
 from safealign.constraints.candidates import Candidates, load_alignment_candidates
 from safealign.errors import ConfigError
@@ -89,7 +89,7 @@ def align_checked(
     candidates, source, reference = _candidates(ws, candidates_path)
     models = train_models(ws, progress=progress)
     say(progress, "[4/6] policy: pessimistic tilting over candidates (HC-RLHF step 1)")
-    aligned = align_policy(
+    aligned = optimize_policy(
         candidates,
         models.scorers,
         policy=config.policy,

@@ -11,7 +11,7 @@ from safealign._atomic import atomic_write_text
 from safealign.constraints.align import Scorers
 from safealign.groups.training import train_group_reward_models
 from safealign.models.scalar import Kind, ScoringModel, load_scoring_model, save_scoring_model
-from safealign.privacy.release import RecordedTraining, budget_target, train_and_record
+from safealign.privacy.release import RecordedTraining, budget_target, train_on_budget
 from safealign.privacy.training import PrivacyReceipt
 from safealign.run.paths import (
     MODEL_DIR,
@@ -45,7 +45,7 @@ def train_model(ws: Workspace, kind: Kind, *, progress: bool = True) -> Recorded
     return _train_into(ws, kind, ws.out, progress=progress)
 
 
-def _model_in_run(ws: Workspace, kind: Kind, *, progress: bool):
+def _load_or_train(ws: Workspace, kind: Kind, *, progress: bool):
     """The ``kind`` model and receipt of the run: loaded when its receipt exists, else trained."""
     out = ws.paths.model_dir(kind)
     receipt_path = out / RECEIPT_FILE
@@ -57,7 +57,7 @@ def _model_in_run(ws: Workspace, kind: Kind, *, progress: bool):
 
 def _train_into(ws: Workspace, kind: Kind, out: Path, *, progress: bool) -> RecordedTraining:
     config = ws.config
-    return train_and_record(
+    return train_on_budget(
         ws.splits.train,
         kind=kind,
         config=config.reward_model if kind == "reward" else config.cost_model,
@@ -75,10 +75,10 @@ def train_models(ws: Workspace, *, progress: bool = True) -> TrainedModels:
     """The cost model and the reward model(s): trained once per run directory, then loaded."""
     config = ws.config
     say(progress, "[2/6] private cost model")
-    cost_model, cost_receipt = _model_in_run(ws, "cost", progress=progress)
+    cost_model, cost_receipt = _load_or_train(ws, "cost", progress=progress)
     if config.groups.mode == "none":
         say(progress, "[3/6] private reward model")
-        reward_model, reward_receipt = _model_in_run(ws, "reward", progress=progress)
+        reward_model, reward_receipt = _load_or_train(ws, "reward", progress=progress)
         return TrainedModels(
             Scorers(cost=cost_model, reward=reward_model),
             [reward_receipt, cost_receipt],

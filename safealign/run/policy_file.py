@@ -127,7 +127,7 @@ def policy_file_from(
     """The ``policy.json`` content of an alignment result.
 
     Args:
-        aligned: What :func:`safealign.constraints.align.align_policy` returned.
+        aligned: What :func:`safealign.constraints.align.optimize_policy` returned.
         safety: The safety config section the policy was selected for (plain data).
         models: The model directories used, relative to the run directory.
         candidates: Where the candidates came from (``{"source": "reference_sampler", ...}`` or

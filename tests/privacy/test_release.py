@@ -22,7 +22,7 @@ from safealign.config import load_config
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import BudgetExceededError, ConfigError, PrivacyError
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.privacy.release import train_and_record
+from safealign.privacy.release import train_on_budget
 
 TINY = [
     "data.synthetic.num_users=6",
@@ -45,7 +45,7 @@ def _dump(path) -> list[str]:
 
 
 def _run(config, pairs, out, **kwargs):
-    return train_and_record(
+    return train_on_budget(
         pairs,
         kind="reward",
         config=config.reward_model,
