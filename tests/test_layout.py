@@ -30,7 +30,7 @@ LAYER_ORDER = [
     ("groups",),
     ("constraints",),
     ("audits",),
-    ("run", "pipeline", "run_stages", "runs"),  # pipeline/run_stages/runs: the run layer
+    ("run",),
     ("__init__",),  # the public face (safealign/__init__.py): over the library, under the CLI
     ("cli",),
     ("__main__",),

@@ -3,7 +3,7 @@
 :func:`main` is the console entry point (``safealign.cli:main``). The parser lives in
 :mod:`safealign.cli.parser`; the handlers, grouped by topic, in :mod:`~safealign.cli.data`,
 :mod:`~safealign.cli.training`, :mod:`~safealign.cli.certify` and :mod:`~safealign.cli.audit`.
-Handlers import the heavy modules (torch, the pipeline) only when they run, so that
+Handlers import the heavy modules (torch, the run layer) only when they run, so that
 ``safealign --help`` stays fast.
 
 Exit codes: 0 success; 1 a check that ran and failed; 2 bad input or usage, or a file the operating

@@ -295,7 +295,7 @@ class RecordedTraining:
     receipt_path: Path
 
 
-def train_and_record(
+def train_on_budget(
     pairs: PairDataset,
     *,
     kind: Kind,
