@@ -33,7 +33,6 @@ import torch.distributed as dist
 # exit instead: a rank then aborted after training correctly ("terminate called without an
 # active exception", SIGABRT).
 from safealign.config import load_config
-from safealign.data.source import load_source, make_splits
 from safealign.errors import PrivacyError, SafeAlignError
 from safealign.privacy.calibration import calibrates_run
 from safealign.privacy.distributed import Ranks, check_ranks_agree, current_ranks
@@ -41,6 +40,7 @@ from safealign.privacy.dp_sgd import privacy_units
 from safealign.privacy.plan import plan_training
 from safealign.privacy.release import budget_target, charge
 from safealign.privacy.training import save_training_output, train_scoring_model
+from safealign.run.workspace import Workspace
 
 
 def _init_process_group() -> Ranks:
@@ -55,9 +55,8 @@ def _init_process_group() -> Ranks:
 
 
 def _train(args: argparse.Namespace, ranks: Ranks) -> None:
-    config = load_config(args.config, args.overrides)
-    pairs, _ = load_source(config)
-    splits = make_splits(pairs, config)
+    ws = Workspace(load_config(args.config, args.overrides), args.out)  # data and splits, once
+    config, pairs, splits = ws.config, ws.pairs, ws.splits
     model_config = config.reward_model if args.kind == "reward" else config.cost_model
     privacy = model_config.privacy
     num_units = privacy_units(splits.train, privacy.privacy_unit)[1]
