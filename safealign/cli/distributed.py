@@ -32,8 +32,7 @@ import torch.distributed as dist
 # destroy_process_group cannot free it, and its gloo threads are torn down during interpreter
 # exit instead: a rank then aborted after training correctly ("terminate called without an
 # active exception", SIGABRT).
-from safealign import PrivacyError, SafeAlignError, load_config
-from safealign.data import load_source, make_splits
+from safealign import PrivacyError, SafeAlignError, Workspace, load_config
 from safealign.privacy import (
     budget_target,
     charge,
@@ -58,9 +57,8 @@ def _init_process_group() -> Ranks:
 
 
 def _train(args: argparse.Namespace, ranks: Ranks) -> None:
-    config = load_config(args.config, args.overrides)
-    pairs, _ = load_source(config)
-    splits = make_splits(pairs, config)
+    ws = Workspace(load_config(args.config, args.overrides), args.out)  # data and splits, once
+    config, pairs, splits = ws.config, ws.pairs, ws.splits
     model_config = config.reward_model if args.kind == "reward" else config.cost_model
     privacy = model_config.privacy
     num_units = privacy_units(splits.train, privacy.privacy_unit)[1]
