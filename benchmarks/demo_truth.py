@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from safealign._atomic import atomic_write_text
-from safealign.pipeline import demo_config, run
+from safealign.run import demo_config, run
 
 
 def one_seed(seed: int, root: Path) -> dict:

@@ -1,7 +1,15 @@
 """Atomic file writes: a crash leaves either the old file or the new one, never half of one.
 
-Every file safealign writes for a user (models, receipts, certificates, reports, exports) goes
-through here, so no stage can leave a half-written artefact behind.
+Every file safealign writes itself goes through here: receipts, ``policy.json``, certificates,
+reports and their renderings, model heads and ``scalar_model.json``, training checkpoints, keys,
+exports. Three kinds of file are written by others, each crash-safe in its own way:
+
+* a Hugging Face backbone's files (``save_pretrained``): not atomic, so a model directory counts
+  as written only once the receipt beside it exists (``privacy.training.save_training_output``
+  writes the receipt last, and a run stage without a receipt trains again);
+* the ledger key (:mod:`safealign.privacy.identity`): an fsynced temp file ``link``-ed into place,
+  so two processes creating it at once agree on one key;
+* the SQLite databases (the privacy ledger, the certification log): SQLite's own journal.
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ import pytest
 
 from safealign.cli import main
 from safealign.config import load_config
-from safealign.constraints.policy_file import load_policy_file
 from safealign.data.source import load_source, make_splits
-from safealign.pipeline import align_stage, certify_stage
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.run_stages import released_fingerprints
+from safealign.run import Workspace, align, unseal_safety_split
+from safealign.run.certification import run_safety_test
+from safealign.run.policy_file import load_policy_file
 from tests._tiny_run import CONFIG, TINY_WORLD
 
 TINY = [
@@ -69,7 +69,7 @@ def test_policy_json_records_the_selection_groups_models_and_provenance(aligned,
     # The private splits as keyed commitments, the public ones (candidate, safety) as SHA-256.
     config = load_config(CONFIG, _overrides(aligned))
     pairs, _ = load_source(config)
-    released = released_fingerprints(config, pairs, splits)
+    released = Workspace(config, aligned).released_fingerprints()
     assert policy["data"]["split_fingerprints"] == released["splits"]
     plain = splits.fingerprints()
     assert released["splits"]["safety"] == plain["safety"]
@@ -104,15 +104,14 @@ def test_certify_after_align_writes_the_pipelines_certificate(aligned, capsys):
     assert certificate["n"] == policy["selection"]["n_safety"]
     # The same certificate as the whole pipeline's certify stage on the in-memory alignment.
     config = load_config(CONFIG, _overrides(aligned))
-    a = align_stage(config, aligned, progress=False)
-    expected = certify_stage(
-        config,
-        policy=a.aligned.selection.policy,
-        reason="",
+    ws = Workspace(config, aligned)
+    a = align(ws, progress=False)
+    expected = run_safety_test(
+        ws,
+        a.aligned.selection.policy,
         scorers=a.aligned.scorers,
-        splits=a.splits,
-        sampler=a.sampler,
-    )
+        safety_pairs=unseal_safety_split(ws.splits.safety),
+    ).to_dict()
     assert certificate.pop("attempts")["number"] == 1  # the log's record (only the CLI logs)
     assert certificate == expected
     # Certifying the same policy again is no new attempt: the logged certificate is kept.

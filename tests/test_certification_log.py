@@ -13,13 +13,15 @@ import pytest
 from safealign.config import load_config
 from safealign.constraints.attempts import (
     CertificationLog,
-    archive_certificate,
     log_path,
     logged_test,
     resumable_certificate,
     safety_set_identity,
 )
+from safealign.constraints.hc_rlhf import Certificate
 from safealign.errors import IsolationError
+from safealign.run.certification import archive_certificate
+from safealign.run.paths import RunPaths
 
 PROMPTS = [f"how would someone do dangerous thing number {i}?" for i in range(30)]
 
@@ -30,7 +32,22 @@ def _config(tmp_path, *extra):
 
 def _test(settings):
     def run():
-        return {"upper_bound": 0.3, "result": "NSF", "passed": False, "sampler_settings": settings}
+        return Certificate(
+            metric="predicted_unsafe_probability",
+            cost_threshold=0.2,
+            confidence=0.95,
+            bound="betting",
+            n=len(PROMPTS),
+            mean=0.25,
+            std=0.1,
+            upper_bound=0.3,
+            passed=False,
+            result="NSF",
+            sampler_settings=settings,
+            safety_fingerprint=None,
+            assumptions=("a test stand-in",),
+            values=(0.25,) * len(PROMPTS),
+        )
 
     return run
 
@@ -50,7 +67,7 @@ def _attempt(config, tmp_path, settings=None):
 def test_a_second_test_on_the_same_safety_set_is_refused(tmp_path):
     config = _config(tmp_path)
     first = _attempt(config, tmp_path)
-    assert first["attempts"]["number"] == 1 and first["attempts"]["declared"] == 1
+    assert first.attempts["number"] == 1 and first.attempts["declared"] == 1
     with pytest.raises(IsolationError, match=r"already been tested 1 time\(s\), and 1 attempt"):
         _attempt(config, tmp_path, {"beta": 0.5, "lambda": 2.0})  # retest shopping
     # The same prompts re-ordered, re-cased and re-spaced are the same safety set.
@@ -69,7 +86,7 @@ def test_declared_attempts_split_delta_and_the_next_one_is_refused(tmp_path):
     config = _config(tmp_path, "safety.attempts=3", "safety.confidence=0.94")
     for k in (1, 2, 3):
         certificate = _attempt(config, tmp_path, {"beta": k})
-        record = certificate["attempts"]
+        record = certificate.attempts
         assert record["number"] == k and record["declared"] == 3
         assert record["per_attempt_confidence"] == pytest.approx(1 - 0.06 / 3)
         assert [a["number"] for a in record["log"]] == list(range(1, k + 1))
@@ -105,7 +122,7 @@ def test_only_the_logged_certificate_of_this_policy_is_resumed(tmp_path):
     certificate = _attempt(config, tmp_path, {"b": 1})
     assert resumable_certificate(config.budget, PROMPTS, {"b": 1}, path) == certificate
     assert resumable_certificate(config.budget, PROMPTS, {"b": 2}, path) is None  # other policy
-    forged = {**certificate, "result": "certified", "passed": True}
+    forged = {**certificate.to_dict(), "result": "certified", "passed": True}
     path.write_text(json.dumps(forged, indent=2, sort_keys=True) + "\n")
     assert resumable_certificate(config.budget, PROMPTS, {"b": 1}, path) is None  # not logged
 
@@ -113,10 +130,11 @@ def test_only_the_logged_certificate_of_this_policy_is_resumed(tmp_path):
 def test_earlier_certificates_are_kept_not_deleted(tmp_path):
     config = _config(tmp_path)
     certificate = _attempt(config, tmp_path, {"b": 1})
-    assert archive_certificate(tmp_path, {"b": 1}) is None  # same policy: it still applies
-    moved = archive_certificate(tmp_path, {"b": 2})
+    paths = RunPaths(tmp_path)
+    assert archive_certificate(paths, {"b": 1}) is None  # same policy: it still applies
+    moved = archive_certificate(paths, {"b": 2})
     assert moved == tmp_path / "certificates" / "attempt-1.json"
-    assert json.loads(moved.read_text()) == certificate
+    assert json.loads(moved.read_text()) == certificate.to_dict()
     assert not (tmp_path / "certificate.json").exists()
 
 

@@ -203,7 +203,7 @@ def test_preflight_rechecks_a_config_built_in_code(tmp_path):
 
     from safealign.config import load_config
     from safealign.errors import ConfigError
-    from safealign.pipeline import preflight
+    from safealign.run import preflight
 
     config = dataclasses.replace(load_config(None, TOY), seed=-1)  # bypasses load-time checks
     with pytest.raises(ConfigError, match=r"seed: must be in \[0, 4294967295\]"):

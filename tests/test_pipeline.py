@@ -18,10 +18,9 @@ from safealign.constraints.bounds import upper_bound
 from safealign.constraints.group_bounds import group_rows, safety_prompt_groups
 from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.tilting import TiltedPolicy
-from safealign.data.source import load_source, make_splits
-from safealign.pipeline import certify_stage, demo_config, run
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.run_stages import ReferenceSampler
+from safealign.run import Workspace, demo_config, run, unseal_safety_split
+from safealign.run.certification import run_safety_test
 
 
 class _TrueScorer:
@@ -35,7 +34,7 @@ class _TrueScorer:
 
 
 @pytest.mark.parametrize(("mode", "normalize"), [("given", "regret"), ("em", "reference")])
-def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_response(
+def test_the_safety_test_bounds_each_groups_normalised_reward_of_the_picked_response(
     tmp_path, mode, normalize
 ):
     config = load_config(
@@ -50,9 +49,8 @@ def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_respon
             f"budget.ledger={tmp_path / 'ledger.sqlite'}",
         ],
     )
-    pairs, world = load_source(config)
-    splits = make_splits(pairs, config)
-    sampler = ReferenceSampler(config, world, splits)
+    ws = Workspace(config, tmp_path / "run")
+    world, splits, sampler = ws.world, ws.splits, ws.sampler
     names = list(world.group_weights)
     scorers = Scorers(
         cost=_TrueScorer(world.true_cost),
@@ -60,12 +58,12 @@ def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_respon
         group_weights={"majority": 0.3, "minority": 0.7},
     )
     policy = TiltedPolicy(beta=config.policy.beta, lambda_=1.0, num_candidates=4, seed=config.seed)
-    certificate = certify_stage(
-        config, policy=policy, reason="", scorers=scorers, splits=splits, sampler=sampler
-    )
+    safety_pairs = unseal_safety_split(splits.safety)
+    certificate = run_safety_test(ws, policy, scorers=scorers, safety_pairs=safety_pairs)
     # By hand: the same fresh candidates and pick, each group's reward normalised per prompt.
-    safety_pairs = splits.safety.unseal(purpose="certify")
-    cands = sampler.candidates(safety_pairs.prompts, seed=config.seed + 2, sealed=splits.safety)
+    cands = sampler.candidates(
+        safety_pairs.prompts, seed=config.seed + 2, safety_pairs=safety_pairs
+    )
     scored = score_candidates(cands, scorers)
     normalized = normalize_group_rewards(
         scored.group_rewards, mode=normalize, beta=policy.beta, log_p=scored.log_p
@@ -74,7 +72,7 @@ def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_respon
     picks = policy.sample(scored.rewards, scored.costs, generator=generator, log_p=scored.log_p)
     every = torch.arange(len(picks))
     owners = safety_prompt_groups(safety_pairs)
-    block = certificate["groups"]
+    block = certificate.groups
     assert block["reward_normalization"] == normalize
     for g, name in enumerate(names):
         rows = group_rows(owners, name) if mode == "given" else list(range(len(picks)))
@@ -101,7 +99,7 @@ def test_certify_stage_bounds_each_groups_normalised_reward_of_the_picked_respon
         bound="betting",
         value_range=(0.0, 1.0),
     )
-    assert certificate["upper_bound"] == pytest.approx(population.upper_bound, rel=1e-12)
+    assert certificate.upper_bound == pytest.approx(population.upper_bound, rel=1e-12)
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,23 @@ def test_near_duplicate_index_agrees_with_brute_force_on_templated_prompts():
         i for i, q in enumerate(queries) if any(jaccard(shingles(q), s) >= 0.8 for s in sets)
     )
     assert NearDuplicateIndex(indexed).matches(queries) == brute and brute  # hits, all found
+
+
+def test_only_the_run_layer_unseals_the_safety_split():
+    """One function opens the seal (safealign.run.certification.unseal_safety_split): every other
+    module that wants the safety records goes through it. Before the run layer, three places in
+    the package called the unseal primitive (the pipeline, the reference sampler, the test)."""
+    import ast
+
+    import safealign
+
+    package = Path(safealign.__file__).parent
+    callers = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+            for node in ast.walk(function):
+                called = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                if called and node.func.attr == "unseal":
+                    callers.append(f"{path.relative_to(package)}:{function.name}")
+    assert callers == ["run/certification.py:unseal_safety_split"]

@@ -17,9 +17,9 @@ final ``**`` the whole subtree.
 The command line prints fields of these files (receipts, the report), classified here, and
 local notes on the data holder's own terminal, never written to the run directory: progress
 bars whose training loss is measured on private batches, and the count of training, eval and
-candidate prompts that are near-copies of safety prompts (``pipeline``, step 1 of a run). ``data validate`` and ``ledger show``
-are the data holder's own tools, run on the private data and the ledger; their output is not a
-release.
+candidate prompts that are near-copies of safety prompts (:mod:`safealign.run.alignment`, step 1
+of a run). ``data validate`` and ``ledger show`` are the data holder's own tools, run on the
+private data and the ledger; their output is not a release.
 """
 
 from __future__ import annotations

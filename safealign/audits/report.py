@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from safealign import __version__
+from safealign._version import __version__
 from safealign.audits.canonical import atomic_write_text, build_manifest, canonical_json
 from safealign.audits.checks import SCHEMA_VERSION, load_schema, validate_report
 from safealign.audits.render import render_html, render_markdown
@@ -35,7 +35,9 @@ from safealign.audits.sections import (
 )
 from safealign.audits.signing import sign_report, signer_section, write_report
 from safealign.audits.summary import plain_summary
+from safealign.constraints.hc_rlhf import Certificate
 from safealign.errors import DataError
+from safealign.privacy.training import PrivacyReceipt
 
 __all__ = [
     "FORMATS",
@@ -54,9 +56,9 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 def build_report(
     *,
-    receipts: Sequence[dict[str, Any]],
+    receipts: Sequence[PrivacyReceipt | dict[str, Any]],
     ledger: dict[str, Any] | None,
-    certificate: dict[str, Any] | None,
+    certificate: Certificate | dict[str, Any] | None,
     groups: dict[str, Any] | None,
     splits: dict[str, Any],
     config: dict[str, Any],
@@ -67,19 +69,19 @@ def build_report(
     """Assemble the unsigned audit report of one run.
 
     Args:
-        receipts: ``PrivacyReceipt.to_dict()`` of every mechanism charged on the private data:
+        receipts: The :class:`PrivacyReceipt` (or ``to_dict()``) of every mechanism charged on the private data:
             the reward and cost models, and each group release's publishable receipts
             (``GroupModels.release_receipts``: one per release, EM's noisy cluster sizes
             included). Their mechanisms are composed in one accountant, as the ledger does.
         ledger: The dataset's ledger ``BudgetSummary`` as a dict (``dataclasses.asdict``), or
             ``None``; its budget takes precedence over ``config["budget"]``.
-        certificate: ``Certificate.to_dict()`` of the safety test (pass or NSF), or ``None``
-            when no safety test was run.
+        certificate: The safety test's :class:`Certificate` (pass or NSF; or its ``to_dict()``),
+            or ``None`` when there is none.
         groups: MaxMin results ``{name: {"size", "reward", "reward_ci", "cost_upper_bound",
             "reward_lower_bound"}, "worst_group": name}``, or ``None``.
         splits: ``{"fingerprints": {split: id}, "sizes": Splits.sizes()}``, the ids as
             released: keyed commitments for private splits
-            (``safealign.run_stages.released_fingerprints``), never their plain SHA-256.
+            (``safealign.run.Workspace.released_fingerprints``), never their plain SHA-256.
         config: The resolved config, ``Config.to_dict()``.
         artifacts: Files to pin by SHA-256 (data, weights, config); each must lie under
             ``base_dir``.

@@ -1,8 +1,9 @@
 """The sections of an audit report: privacy, safety, groups and splits, as canonical-JSON data.
 
-Each builder takes the plain dicts the earlier stages produce (``PrivacyReceipt.to_dict()``, the
-ledger's ``BudgetSummary``, ``Certificate.to_dict()``, MaxMin group results) and returns the
-section exactly as it is signed. Inputs are checked here, with every problem named, because a
+Each builder takes what the earlier stages produce (typed :class:`PrivacyReceipt` and
+:class:`Certificate` results, or their ``to_dict()`` plain data; the ledger's ``BudgetSummary``,
+MaxMin group results) and returns the section exactly as it is signed: the report is where a
+result becomes a dict. Inputs are checked here, with every problem named, because a
 report that misstates a guarantee is worse than no report.
 """
 
@@ -17,8 +18,10 @@ from functools import lru_cache
 from typing import Any
 
 from safealign.audits.inventory import outside_guarantee
+from safealign.constraints.hc_rlhf import Certificate
 from safealign.errors import ConfigError, DataError
 from safealign.privacy.accounting import Mechanism, compute_epsilon, naive_epsilon_sum
+from safealign.privacy.training import PrivacyReceipt
 
 __all__ = [
     "groups_section",
@@ -168,7 +171,7 @@ def _mechanism_entry(
 
 
 def privacy_section(
-    receipts: Sequence[dict[str, Any]],
+    receipts: Sequence[PrivacyReceipt | Mapping[str, Any]],
     *,
     ledger: dict[str, Any] | None,
     splits: dict[str, Any],
@@ -188,7 +191,8 @@ def privacy_section(
     False.
 
     Args:
-        receipts: ``PrivacyReceipt.to_dict()`` of every model trained on the private data.
+        receipts: The :class:`PrivacyReceipt` (or its ``to_dict()``) of every mechanism charged
+            on the private data; a typed receipt gives its own ``mechanism``.
         ledger: The dataset's ``BudgetSummary`` as a dict, or ``None`` without a ledger.
         splits: ``{"fingerprints": {...}, "sizes": {...}}`` of the data splits.
         config: The run's resolved config (for the budget when there is no ledger).
@@ -196,8 +200,11 @@ def privacy_section(
     Returns:
         The section dict (canonical-JSON safe).
     """
-    receipts = [dict(r) for r in receipts]
-    mechanisms = [_receipt_mechanism(r, i) for i, r in enumerate(receipts)]
+    mechanisms = [
+        r.mechanism if isinstance(r, PrivacyReceipt) else _receipt_mechanism(r, i)
+        for i, r in enumerate(receipts)
+    ]
+    receipts = [r.to_dict() if isinstance(r, PrivacyReceipt) else dict(r) for r in receipts]
     budget = _budget(ledger, config, receipts)
     # Without receipts or a budget nothing was spent: (0, δ) holds for any δ; 1e-5 is shown.
     delta = budget["delta"] if budget["delta"] is not None else 1e-5
@@ -284,7 +291,7 @@ def _scope(receipts: Sequence[dict[str, Any]], splits: dict[str, Any]) -> dict[s
     }
 
 
-def safety_section(certificate: dict[str, Any] | None) -> dict[str, Any] | None:
+def safety_section(certificate: Certificate | Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The safety section: the HC-RLHF certificate, checked for internal consistency.
 
     A failed certification (NSF) is a result, reported like a pass. The certificate's own
@@ -296,6 +303,8 @@ def safety_section(certificate: dict[str, Any] | None) -> dict[str, Any] | None:
     """
     if certificate is None:
         return None
+    if isinstance(certificate, Certificate):
+        certificate = certificate.to_dict()
     safety = json_safe(dict(certificate), "$.safety")
     if "threshold" not in safety and "cost_threshold" in safety:
         safety["threshold"] = safety["cost_threshold"]  # Certificate's field name for the limit

@@ -1,10 +1,10 @@
 """Handlers of the training and pipeline commands: ``demo``, ``run``, ``align``, ``train-reward``,
 ``train-cost`` and ``privacy-audit``.
 
-Each handler loads the config, calls one stage of :mod:`safealign.pipeline` and prints what the
-stage returned: the privacy receipt, the selected policy or the run's verdict. The pipeline (and
-with it torch) is imported inside the handlers, never at start-up, so that ``safealign --help``
-stays fast.
+Each handler loads the config, opens the run's workspace, calls one verb of :mod:`safealign.run`
+and prints what it returned: the privacy receipt, the selected policy or the run's verdict. The
+run layer (and with it torch) is imported inside the handlers, never at start-up, so that
+``safealign --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ def cmd_train(kind: str):
     """The handler of ``safealign train-<kind>`` (``kind`` is ``reward`` or ``cost``)."""
 
     def handler(args: argparse.Namespace) -> int:
-        from safealign.config import load_config
-        from safealign.pipeline import preflight
-        from safealign.run_stages import train_model_stage
+        from safealign import load_config
+        from safealign.run import Workspace, preflight, train_model
+        from safealign.run.paths import MODEL_DIR
 
         config = load_config(args.config, args.overrides)
         preflight(config, args.out, trains=(kind,))
-        recorded = train_model_stage(config, kind=kind, out_dir=args.out)
+        recorded = train_model(Workspace(config, args.out), kind)
         receipt = recorded.result.receipt
         if receipt.private:
             print(
@@ -42,10 +42,10 @@ def cmd_train(kind: str):
         for key, value in sorted(receipt.metrics.items()):
             if isinstance(value, float):
                 print(f"  {key}: {value:.4f}")
-        print(f"  model:   {Path(args.out) / 'model'}")
+        print(f"  model:   {Path(args.out) / MODEL_DIR}")
         print(f"  receipt: {recorded.receipt_path}")
         if recorded.release_id is not None:
-            from safealign.privacy.identity import default_ledger_path
+            from safealign.privacy import default_ledger_path
 
             ledger = config.budget.ledger or default_ledger_path()
             print(f"  ledger:  {ledger} (release #{recorded.release_id})")
@@ -135,8 +135,8 @@ def _print_run(result) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``safealign run CONFIG``: the whole pipeline; exit 1 when no solution is found."""
-    from safealign.config import load_config
-    from safealign.pipeline import run
+    from safealign import load_config
+    from safealign.run import run
 
     result = run(load_config(args.config, args.overrides), args.out)
     _print_run(result)
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``safealign demo``: the whole pipeline on the built-in synthetic world."""
-    from safealign.pipeline import demo_config, run
+    from safealign.run import demo_config, run
 
     result = run(demo_config(seed=args.seed, out_dir=args.out, overrides=args.overrides), args.out)
     _print_run(result)
@@ -154,16 +154,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_align(args: argparse.Namespace) -> int:
     """``safealign align CONFIG``: HC-RLHF step 1; exit 1 if no policy meets the bound."""
-    from safealign.config import load_config
-    from safealign.pipeline import align_stage
+    from safealign import load_config
+    from safealign.run import Workspace, align
 
-    result = align_stage(
-        load_config(args.config, args.overrides), args.out, candidates_path=args.candidates
-    )
+    config = load_config(args.config, args.overrides)
+    result = align(Workspace(config, args.out), candidates_path=args.candidates)
     s = result.policy_file.selection
     bound = (
         f"pessimistic bound {s['selection_bound']:.4f} (k={s['pessimism_k']:.3f}, "
-        f"n_b={s['n_opt']}, n_s={s['n_safety']})"
+        f"n_opt={s['n_opt']}, n_safety={s['n_safety']})"
     )
     if result.policy_file.policy is None:
         print(
@@ -180,14 +179,13 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 def cmd_privacy_audit(args: argparse.Namespace) -> int:
     """``safealign privacy-audit CONFIG``: exit 1 if the measured epsilon exceeds the claim."""
-    from safealign.config import load_config
-    from safealign.pipeline import preflight
-    from safealign.run_stages import privacy_audit_stage
+    from safealign import load_config
+    from safealign.run import Workspace, audit_privacy, preflight
 
     config = load_config(args.config, args.overrides)
     preflight(config, args.out, trains=("reward",))
-    result = privacy_audit_stage(
-        config, out_dir=args.out, num_canaries=args.canaries, noise_off=args.no_noise
+    result = audit_privacy(
+        Workspace(config, args.out), num_canaries=args.canaries, noise_off=args.no_noise
     )
     claimed = "none: noise switched off" if result.epsilon is None else f"{result.epsilon:.4f}"
     print(
@@ -198,5 +196,7 @@ def cmd_privacy_audit(args: argparse.Namespace) -> int:
     if result.epsilon is not None and result.epsilon_lower > result.epsilon:
         print("  VIOLATION: the measured lower bound exceeds the claimed epsilon", file=sys.stderr)
         return EXIT_CHECK_FAILED
-    print(f"  wrote {Path(args.out) / 'privacy_audit.json'}")
+    from safealign.run import RunPaths
+
+    print(f"  wrote {RunPaths(Path(args.out)).privacy_audit}")
     return EXIT_OK

@@ -80,7 +80,7 @@ class AlignResult:
     group_rewards: dict[str, float] | None
 
 
-def align_policy(
+def optimize_policy(
     candidates: Candidates,
     scorers: Scorers,
     *,

@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from safealign._atomic import atomic_write_text
 from safealign.config import BudgetConfig, SafetyConfig
+from safealign.constraints.hc_rlhf import Certificate, write_certificate
 from safealign.data.records import normalise_text
 from safealign.errors import ConfigError, IsolationError
 from safealign.privacy.identity import (
@@ -263,12 +263,12 @@ def logged_test(
     prompts: Iterable[str],
     settings: Mapping[str, Any],
     path: Path,
-    run_test: Callable[[], dict[str, Any]],
-) -> dict[str, Any]:
+    run_test: Callable[[], Certificate],
+) -> Certificate:
     """Run ``run_test`` (the safety test) as a logged attempt; write its certificate to ``path``.
 
     Returns:
-        The certificate with its ``attempts`` field (the declared split, every test on the set).
+        The certificate with its ``attempts`` record (the declared split, every test on the set).
 
     Raises:
         IsolationError: the log refuses the attempt (nothing is run).
@@ -287,18 +287,18 @@ def logged_test(
     except BaseException:
         log.withdraw(safety_set, attempt)  # no verdict exists: the attempt gave no chance to pass
         raise
-    done = replace(attempt, upper_bound=certificate["upper_bound"], result=certificate["result"])
+    done = replace(attempt, upper_bound=certificate.upper_bound, result=certificate.result)
     earlier = [a for a in log.attempts(safety_set) if a.number != attempt.number]
-    certificate = {**certificate, "attempts": attempts_record(safety, safety_set, [*earlier, done])}
-    text = json.dumps(certificate, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    atomic_write_text(path, text)
+    record = attempts_record(safety, safety_set, [*earlier, done])
+    certificate = replace(certificate, attempts=record)
+    text = write_certificate(certificate, path).read_text(encoding="utf-8")
     log.finish(safety_set, done, hashlib.sha256(text.encode()).hexdigest())
     return certificate
 
 
 def resumable_certificate(
     budget: BudgetConfig, prompts: Iterable[str], settings: Mapping[str, Any], path: Path
-) -> dict[str, Any] | None:
+) -> Certificate | None:
     """The certificate at ``path`` when it is the logged result of testing this very policy.
 
     A resumed run (or a repeated ``certify``) reuses it instead of testing again: that spends no
@@ -313,42 +313,16 @@ def resumable_certificate(
     except ValueError:
         return None
     if not isinstance(certificate, dict) or not same_settings(
-        certificate.get("sampler_settings"), _plain(settings)
+        certificate.get("sampler_settings"), plain_settings(settings)
     ):
         return None
     safety_set = safety_set_identity(budget, prompts)
     log = CertificationLog(log_path(budget))
-    return certificate if log.finished_with(safety_set, hashlib.sha256(data).hexdigest()) else None
-
-
-def archive_certificate(out: Path, settings: Mapping[str, Any] | None) -> Path | None:
-    """Keep ``out/certificate.json`` of an earlier policy as ``out/certificates/attempt-K.json``.
-
-    Certificates are never deleted: a new policy moves the old one aside (``untested-M.json``
-    for one of no logged attempt: step 1's NSF), so the directory keeps every test it ran.
-    """
-    path = out / "certificate.json"
-    if not path.is_file():
+    if not log.finished_with(safety_set, hashlib.sha256(data).hexdigest()):
         return None
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        old = {}
-    old = old if isinstance(old, dict) else {}
-    if same_settings(old.get("sampler_settings"), _plain(settings or {})):
-        return None
-    attempts = old.get("attempts")
-    number = attempts.get("number") if isinstance(attempts, dict) else None
-    name = f"attempt-{number}" if isinstance(number, int) else "untested"
-    folder = out / "certificates"
-    folder.mkdir(exist_ok=True)
-    target, copy = folder / f"{name}.json", 1
-    while target.exists():  # e.g. several untested ones, or a copied directory's attempt K
-        copy += 1
-        target = folder / f"{name}-copy{copy}.json"
-    path.replace(target)
-    return target
+    return Certificate.from_dict(certificate)
 
 
-def _plain(settings: Mapping[str, Any]) -> Any:
+def plain_settings(settings: Mapping[str, Any]) -> Any:
+    """``settings`` as plain JSON data, as a certificate records them."""
     return json.loads(json.dumps(dict(settings), sort_keys=True))

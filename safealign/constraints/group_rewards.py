@@ -4,7 +4,7 @@
 the minimum; :func:`group_report` gives each group's expected reward under a policy with a
 confidence interval. Per-group bounds for a certificate come from the safety test's own sample
 (:mod:`safealign.constraints.group_bounds`). The models themselves come from
-:mod:`safealign.constraints.groups`.
+:mod:`safealign.groups.training`.
 """
 
 from __future__ import annotations

@@ -14,14 +14,15 @@ Clopper-Pearson for the 0/1 unsafe rate), approximately with the opt-in Student 
 With groups, the same sample also bounds each group's cost and reward
 (:mod:`~safealign.constraints.group_bounds`), beside the population test, never part of it.
 
-:func:`certify` is the only code in safealign that unseals the safety split.
+:func:`certify` takes the safety pairs already unsealed: the one place in safealign that unseals
+the sealed safety split is :func:`safealign.run.certification.unseal_safety_split`, called once per test.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,10 +39,11 @@ from safealign.constraints.group_bounds import (
     safety_prompt_groups,
 )
 from safealign.constraints.tilting import ArrayLike, SafetySample, metric_costs
-from safealign.data.splits import CERTIFY, SealedDataset
-from safealign.errors import ConfigError, DataError, IsolationError
+from safealign.data.records import PairDataset
+from safealign.errors import ConfigError, DataError
 
 CERTIFIED, NSF = "certified", "NSF"
+UNTESTED = "selection"  # Certificate.source when step 1 found no policy and no test ran
 
 
 class DeployablePolicy(Protocol):
@@ -66,17 +68,19 @@ class Certificate:
         cost_threshold: ``tau``.
         confidence: ``1 - delta``: the probability the guarantee promises.
         bound: The bound used (``safety.bound`` with ``"auto"`` resolved), one of ``bounds.BOUNDS``.
-        n: Safety prompts used, one sampled response each.
-        mean: Mean of the per-response metric.
-        std: Its standard deviation (Bessel).
-        upper_bound: ``U``, the one-sided upper confidence bound on the metric.
+        n: Safety prompts used, one sampled response each (0: no test ran, see ``reason``).
+        mean: Mean of the per-response metric (None when no test ran).
+        std: Its standard deviation (Bessel; None when no test ran).
+        upper_bound: ``U``, the one-sided upper confidence bound on the metric (None when no
+            test ran).
         passed: ``U <= tau``.
         result: ``"certified"`` or ``"NSF"``.
         sampler_settings: The exact deployment settings the responses were sampled with.
         safety_fingerprint: SHA-256 fingerprint of the safety split, if known.
         assumptions: The conditions under which the guarantee holds, in words.
         value_range: The declared range of the per-response metric, if any.
-        source: ``"policy"`` (sampled by :func:`certify`) or ``"samples"`` (brought by the user).
+        source: ``"policy"`` (sampled by :func:`certify`), ``"samples"`` (brought by the user) or
+            ``"selection"`` (no test ran: step 1 found no policy; :func:`untested_certificate`).
         groups: With groups, each group's cost upper bound and reward lower bound from the same
             sample (:func:`group_bounds.certify_group_samples`); None without (and then absent
             from :meth:`to_dict`). Informational: ``passed`` is the population test's alone.
@@ -85,6 +89,10 @@ class Certificate:
         approximate: True when the bound's coverage rests on an approximation (``student_t``).
         values: The per-response metric values, in sampling order: anyone can recompute ``mean``,
             ``std`` and ``upper_bound`` from them (the verifier's ``safety-bound`` check does).
+        reason: Why no test ran (``source="selection"`` only; absent from :meth:`to_dict` else).
+        attempts: The certification log's record of this test (the declared split and every
+            test on the set), set by :func:`~safealign.constraints.attempts.logged_test`; absent
+            from :meth:`to_dict` while None.
     """
 
     metric: str
@@ -92,9 +100,9 @@ class Certificate:
     confidence: float
     bound: str
     n: int
-    mean: float
-    std: float
-    upper_bound: float
+    mean: float | None
+    std: float | None
+    upper_bound: float | None
     passed: bool
     result: str
     sampler_settings: dict[str, Any]
@@ -106,30 +114,68 @@ class Certificate:
     quantity: str = ""
     approximate: bool = True
     values: tuple[float, ...] = ()
+    reason: str | None = None
+    attempts: dict[str, Any] | None = None
+
+    @property
+    def tested(self) -> bool:
+        """False for step 1's NSF, where no safety test ran (``source="selection"``)."""
+        return self.source != UNTESTED
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data (no ``groups`` key without groups)."""
+        """Plain JSON data: the file and report form (the only place a certificate is a dict).
+
+        ``groups``, ``reason`` and ``attempts`` are absent while None; a certificate of no test
+        has no ``quantity``, ``approximate`` or ``values`` (nothing was measured).
+        """
         data = asdict(self)
         data["assumptions"] = list(self.assumptions)
         data["values"] = list(self.values)
         data["value_range"] = None if self.value_range is None else list(self.value_range)
-        if self.groups is None:
-            del data["groups"]
+        for name in ("groups", "reason", "attempts"):
+            if data[name] is None:
+                del data[name]
+        if not self.tested:
+            for name in ("quantity", "approximate", "values"):
+                del data[name]
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Certificate:
+        """The certificate :meth:`to_dict` wrote (e.g. ``certificate.json`` read back).
+
+        Raises:
+            DataError: a field is missing or unknown.
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise DataError(f"not a certificate: unknown fields {', '.join(unknown)}")
+        values = dict(data)
+        values["assumptions"] = tuple(values.get("assumptions", ()))
+        values["values"] = tuple(values.get("values", ()))
+        if values.get("value_range") is not None:
+            values["value_range"] = tuple(values["value_range"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise DataError(f"not a certificate: {exc}") from None
 
 
 def certify(
     policy: DeployablePolicy,
-    safety_split: SealedDataset,
+    safety_pairs: PairDataset,
     sample_costs: SafetySampler,
     *,
     safety: SafetyConfig,
     group_prompts: str = "all",
     reward_normalization: str | None = None,
 ) -> Certificate:
-    """HC-RLHF step 2: the one-shot safety test of ``policy`` on the sealed safety prompts.
+    """HC-RLHF step 2: the one-shot safety test of ``policy`` on the safety prompts.
 
-    The only code path that unseals the safety split. For each distinct safety prompt,
+    ``safety_pairs`` are the records of the sealed safety split, unsealed for this one test by
+    :func:`safealign.run.certification.unseal_safety_split` (the one caller of
+    :meth:`SealedDataset.unseal`). For each distinct safety prompt,
     ``sample_costs(policy, prompts)`` must sample one response from ``policy`` with its deployment
     settings and return the cost-model score of each, ``[n_s]`` (see :func:`tilting.best_of_k_sampler`).
     If it returns a :class:`~safealign.constraints.tilting.SafetySample`, the certificate's
@@ -138,7 +184,7 @@ def certify(
 
     Args:
         policy: The selected policy; its ``sampler_settings()`` go into the certificate.
-        safety_split: The sealed safety split.
+        safety_pairs: The safety split's records (unsealed for this test).
         sample_costs: Samples and scores one response per prompt.
         safety: Threshold, confidence, metric and bound.
         group_prompts: Which safety prompts count for a group: ``"own"``, those its pairs in the
@@ -149,21 +195,15 @@ def certify(
         A :class:`Certificate` with ``result="certified"`` or ``"NSF"``.
 
     Raises:
-        IsolationError: ``safety_split`` is not a :class:`SealedDataset`.
-        ConfigError: The safety configuration is inconsistent (checked before unsealing).
+        ConfigError: The safety configuration is inconsistent.
         DataError: The sampler returned the wrong number of costs or non-finite ones.
     """
     check_safety_config(safety)
     check_group_prompts(group_prompts)
-    if not isinstance(safety_split, SealedDataset):
-        raise IsolationError(
-            f"certify needs the sealed safety split (a SealedDataset), got {type(safety_split).__name__}: "
-            "only a sealed split guarantees that nothing else read the safety prompts"
-        )
-    check_sample_size(safety, safety_split.num_prompts)  # before unsealing: a refusal costs nothing
-    settings = policy.sampler_settings()
-    pairs = safety_split.unseal(purpose=CERTIFY)
+    pairs = safety_pairs
     prompts = tuple(pairs.prompts)
+    check_sample_size(safety, len(prompts))  # before sampling: a refusal costs nothing
+    settings = policy.sampler_settings()
     sampled = sample_costs(policy, prompts)
     grouped = isinstance(sampled, SafetySample)
     costs = _checked_costs(sampled.costs if grouped else sampled, n=len(prompts))
@@ -171,7 +211,7 @@ def certify(
         costs,
         safety=safety,
         sampler_settings=settings,
-        safety_fingerprint=safety_split.fingerprint,
+        safety_fingerprint=pairs.fingerprint,
         source="policy",
     )
     if not grouped:
@@ -242,6 +282,33 @@ def certify_samples(
         quantity=quantity_words(safety.metric, value_range),
         approximate=bound in APPROXIMATE_BOUNDS,
         values=tuple(float(v) for v in values),
+    )
+
+
+def untested_certificate(
+    safety: SafetyConfig, *, reason: str, safety_fingerprint: str | None
+) -> Certificate:
+    """NSF without a test: step 1 found no policy meeting the pessimistic bound, so nothing is
+    released and the safety prompts stay unused (``source="selection"``, ``n = 0``)."""
+    return Certificate(
+        metric=safety.metric,
+        cost_threshold=safety.cost_threshold,
+        confidence=safety.confidence,
+        bound=safety.resolved_bound,
+        n=0,
+        mean=None,
+        std=None,
+        upper_bound=None,
+        passed=False,
+        result=NSF,
+        sampler_settings={},
+        safety_fingerprint=safety_fingerprint,
+        assumptions=(
+            "No policy met the pessimistic step-1 bound on the candidate prompts; the safety "
+            "test was not run and nothing was released.",
+        ),
+        source=UNTESTED,
+        reason=reason,
     )
 
 

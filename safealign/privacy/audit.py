@@ -27,7 +27,8 @@ from safealign.models.backbones import tiny_vocabulary
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model
 from safealign.privacy.accounting import Mechanism, compute_epsilon
-from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units, run_dp_sgd
+from safealign.privacy.dp_sgd import privacy_units, run_dp_sgd
+from safealign.privacy.plan import TrainingPlan, plan_training
 
 
 def audit_p_value(

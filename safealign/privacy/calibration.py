@@ -15,7 +15,7 @@ labelled responses of ``-log σ(s_y·(c_y + b))``). Its gradient in ``b`` is a m
 most their number of pairs) and clipping at ``max_grad_norm ≥ 1`` never binds for pair-level
 privacy: the noisy step is unbiased. Each step samples units with the plan's rate q and adds
 ``N(0, σ²·max_grad_norm²)`` with the plan's σ, so the calibration steps are further steps of the
-same subsampled Gaussian mechanism; :func:`safealign.privacy.dp_sgd.plan_training` counts them in
+same subsampled Gaussian mechanism; :func:`safealign.privacy.plan.plan_training` counts them in
 the planned steps and calibrates σ for the total.
 
 The step size is ``4`` (the reciprocal of the loss's largest curvature in ``b``, ``σ(1-σ) ≤ ¼``),

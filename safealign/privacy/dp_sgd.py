@@ -38,7 +38,6 @@ rank 0 (:mod:`safealign.privacy.distributed` explains why this is the same mecha
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -63,7 +62,6 @@ from safealign.errors import ConfigError, DataError
 from safealign.models.paired import check_pair_layout, paired_scores
 from safealign.models.pairs import EncodedPairs, PairLoss, pair_loss
 from safealign.models.scalar import Kind, ScalarModel, ScoringModel
-from safealign.privacy.accounting import Mechanism, calibrate_noise, check_target_delta
 from safealign.privacy.distributed import (
     Ranks,
     current_ranks,
@@ -78,74 +76,13 @@ from safealign.privacy.loop import (
     save_checkpoint,
     sweep_stale_temps,
 )
+from safealign.privacy.plan import TrainingPlan
 from safealign.privacy.secret import secret_generator, shared_secret_generator
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """The schedule fixed before any data is touched (and reserved in the ledger).
-
-    Attributes:
-        private: False for the explicitly non-private mode (``target_epsilon: null``).
-        num_units: Privacy units (pairs, or users) in the training data.
-        sample_rate: Poisson sampling rate q of each unit per step.
-        steps: Optimizer steps planned.
-        noise_multiplier: σ calibrated to the target ε for this schedule (None if non-private).
-        expected_batch_size: q · num_units, the divisor of the noisy gradient sum.
-        calibration_steps: The last of ``steps``, spent on the cost model's DP calibration
-            (:mod:`safealign.privacy.calibration`) rather than on training.
-    """
-
-    private: bool
-    num_units: int
-    sample_rate: float
-    steps: int
-    noise_multiplier: float | None
-    expected_batch_size: float
-    calibration_steps: int = 0
-
-    @property
-    def mechanism(self) -> Mechanism | None:
-        if not self.private:
-            return None
-        return Mechanism(self.noise_multiplier, self.sample_rate, self.steps)
-
 
 # Opacus' floating-point-safe Gaussian (module doc). Measured step time on CPU, one thread,
 # median of 40 steps: x1.05 (feature head, 2.9k weights), x1.06 (tiny LoRA, 2.1k), x1.10 (tiny,
 # full fine-tune, 42k); the noise alone grows from 13.5 to 60 ms for 1M weights.
 SECURE_NOISE = True
-
-# Calibration is a pure function of its arguments and takes seconds under PRV: remember it.
-_calibrate = functools.lru_cache(maxsize=128)(calibrate_noise)
-
-
-def plan_training(num_units: int, config: ModelConfig, *, calibration: bool = False) -> TrainingPlan:
-    """Sample rate, step count and calibrated noise for ``config`` on ``num_units`` units.
-
-    With ``calibration`` (a private cost model with safety labels: ``calibration.calibrates``)
-    ``train.calibration_epochs`` more epochs of steps are planned, and σ covers them too.
-    """
-    train, privacy = config.train, config.privacy
-    sample_rate = min(1.0, train.batch_size / num_units)
-    per_epoch = max(1, round(num_units / train.batch_size))
-    steps = train.epochs * per_epoch
-    if privacy.target_epsilon is None:
-        return TrainingPlan(False, num_units, sample_rate, steps, None, sample_rate * num_units)
-    calibration_steps = train.calibration_epochs * per_epoch if calibration else 0
-    steps += calibration_steps
-    check_target_delta(privacy.target_delta, num_units)
-    sigma = _calibrate(
-        target_epsilon=privacy.target_epsilon,
-        target_delta=privacy.target_delta,
-        sample_rate=sample_rate,
-        steps=steps,
-        accountant=privacy.accountant,
-    )
-    return TrainingPlan(
-        True, num_units, sample_rate, steps, sigma, sample_rate * num_units, calibration_steps
-    )
-
 
 def privacy_units(pairs: PairDataset, unit: str) -> tuple[torch.Tensor, int]:
     """Unit index ``[P]`` of each pair and the number of units (pair-level or user-level DP).

@@ -20,7 +20,7 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -30,10 +30,7 @@ from safealign.config import ModelConfig
 from safealign.errors import DataError
 from safealign.models.scalar import Kind
 from safealign.privacy.accounting import Mechanism, compute_epsilon
-
-if TYPE_CHECKING:  # dp_sgd imports this module
-    from safealign.privacy.dp_sgd import TrainingPlan
-
+from safealign.privacy.plan import TrainingPlan
 
 CHECKPOINT_KEYS = frozenset({"step", "trainable", "optimizer", "plan"})
 

@@ -37,9 +37,10 @@ from safealign.errors import ConfigError, PrivacyError
 from safealign.models.scalar import Kind
 from safealign.privacy.accounting import AccountantName, Mechanism
 from safealign.privacy.calibration import calibrates_run
-from safealign.privacy.dp_sgd import plan_training, privacy_units
+from safealign.privacy.dp_sgd import privacy_units
 from safealign.privacy.ledger import DatasetBudgets, PrivacyLedger
 from safealign.privacy.loop import checkpoint_step
+from safealign.privacy.plan import plan_training
 from safealign.privacy.training import (
     TrainResult,
     ledger_commitment_key,
@@ -294,7 +295,7 @@ class RecordedTraining:
     receipt_path: Path
 
 
-def train_and_record(
+def train_on_budget(
     pairs: PairDataset,
     *,
     kind: Kind,

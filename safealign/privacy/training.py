@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from safealign import __version__
 from safealign._atomic import atomic_write_text
+from safealign._version import __version__
 from safealign.config import ModelConfig
 from safealign.data.records import PairDataset
 from safealign.errors import DataError
@@ -30,8 +30,9 @@ from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import Kind, ScoringModel, build_scoring_model, save_scoring_model
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.calibration import apply_shift, calibrates_run, fit_shift, labelled_costs
-from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units, run_dp_sgd
+from safealign.privacy.dp_sgd import privacy_units, run_dp_sgd
 from safealign.privacy.identity import default_ledger_path, keyed_digest, ledger_key
+from safealign.privacy.plan import TrainingPlan, plan_training
 
 _COMMITMENT_DOMAIN = "safealign.dataset-commitment.v1"
 
@@ -63,7 +64,7 @@ class PrivacyReceipt:
     labelled NON-PRIVATE everywhere it is shown. ``dataset_fingerprint`` is a keyed commitment
     (:func:`commit_fingerprint`), not a plain hash. ``num_units``/``num_pairs`` are the training
     set's size (declared public, as the sampling rate reveals it) or None where the size is not
-    released (a group's or an EM cluster's subset, :mod:`safealign.constraints.group_models`).
+    released (a group's or an EM cluster's subset, :mod:`safealign.groups.common`).
     """
 
     kind: str

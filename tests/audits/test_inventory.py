@@ -21,8 +21,8 @@ from safealign.audits.inventory import (
 from safealign.audits.report import load_schema
 from safealign.config import load_config
 from safealign.data.source import load_source, make_splits
-from safealign.pipeline import run
 from safealign.privacy.ledger import PrivacyLedger
+from safealign.run import run
 from tests._tiny_run import CONFIG, TINY_WORLD
 
 # The fastest whole run (tests/_tiny_run.py), with EM and a small count noise

@@ -43,7 +43,7 @@ from safealign.errors import DataError
 from safealign.privacy.accounting import Mechanism, compute_epsilon, naive_epsilon_sum
 from safealign.privacy.ledger_records import BudgetSummary
 from safealign.privacy.training import PrivacyReceipt
-from safealign.run_stages import report_groups
+from safealign.run.reporting import report_groups
 
 TRAIN, EVAL, CANDIDATE, SAFETY = (hashlib.sha256(n.encode()).hexdigest() for n in "tecs")
 DELTA = 1e-5
@@ -380,7 +380,7 @@ def test_per_group_bounds_of_the_safety_test_validate_and_render(tmp_path: Path)
         reward_normalization="regret",
     )
     certificate = make_certificate() | {"groups": block}
-    groups = report_groups({"a": 0.1, "b": -0.2}, certificate)
+    groups = report_groups({"a": 0.1, "b": -0.2}, block)
     built = make_report(tmp_path, certificate=certificate, groups=groups)
     validate_report(built)
     assert built["safety"]["groups"] == json.loads(json.dumps(block))

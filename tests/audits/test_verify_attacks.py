@@ -274,7 +274,7 @@ def test_unpinned_verification_never_reads_as_valid(
 def test_the_demo_private_key_never_enters_the_run_directory(tmp_path: Path) -> None:
     from safealign.config import Config
     from safealign.privacy.identity import default_data_dir
-    from safealign.runs import signing_key
+    from safealign.run.keys import signing_key
 
     home = default_data_dir()
     assert str(home) == os.environ["SAFEALIGN_HOME"]  # tests never touch the real home

@@ -254,15 +254,18 @@ def test_isolation_guard(world: SyntheticWorld) -> None:
         list(sealed)
     with pytest.raises(IsolationError):
         sealed[0]
-    policy = TiltedPolicy(beta=BETA, lambda_=0.0, num_candidates=16, seed=0)
+    # Only a sealed split is unsealed for the test (safealign.run's one unseal function).
+    from safealign.run import unseal_safety_split
+
     plain = PairDataset(tuple(sealed.unseal(purpose="certify")))
     with pytest.raises(IsolationError, match="SealedDataset"):
-        certify(policy, plain, best_of_k_sampler(_scorer(world, 1)), safety=SafetyConfig())
+        unseal_safety_split(plain)
+    counting = _CountingSeal(plain)
+    assert unseal_safety_split(counting) == plain and counting.purposes == ["certify"]
 
 
-def test_certify_unseals_once_and_samples_with_the_deployment_settings(world) -> None:
+def test_certify_samples_once_with_the_deployment_settings(world) -> None:
     dataset = _sealed(world, 120).unseal(purpose="certify")
-    sealed = _CountingSeal(dataset)
     policy = TiltedPolicy(
         beta=BETA,
         lambda_=3.0,
@@ -277,11 +280,11 @@ def test_certify_unseals_once_and_samples_with_the_deployment_settings(world) ->
         return _scorer(world, 9)(prompts)
 
     safety = SafetyConfig(cost_threshold=0.0, confidence=0.9, **RAW_T)
-    cert = certify(policy, sealed, best_of_k_sampler(score), safety=safety)
-    assert sealed.purposes == ["certify"] and seen == [dataset.prompts]
+    cert = certify(policy, dataset, best_of_k_sampler(score), safety=safety)
+    assert seen == [dataset.prompts]
     assert cert.n == 120 and cert.source == "policy"
     assert cert.sampler_settings == policy.sampler_settings()
-    assert cert.safety_fingerprint == sealed.fingerprint
+    assert cert.safety_fingerprint == dataset.fingerprint
     # The same draw by hand: K fresh candidates, one pick from q_lambda, its cost.
     r, c = _scorer(world, 9)(seen[0])
     picks = policy.sample(r, c, generator=torch.Generator().manual_seed(5))
@@ -292,12 +295,12 @@ def test_certify_unseals_once_and_samples_with_the_deployment_settings(world) ->
         safety_fingerprint=None,
     )
     assert cert.upper_bound == pytest.approx(by_hand.upper_bound, rel=1e-12)
-    # A misconfigured bound is rejected before the safety split is touched.
+    # A misconfigured bound is rejected before anything is sampled.
     with pytest.raises(ConfigError):
         certify(
-            policy, sealed, best_of_k_sampler(score), safety=SafetyConfig(bound="clopper_pearson")
+            policy, dataset, best_of_k_sampler(score), safety=SafetyConfig(bound="clopper_pearson")
         )
-    assert sealed.purposes == ["certify"]
+    assert seen == [dataset.prompts]
 
 
 def test_certify_rejects_a_sampler_that_skips_prompts(world) -> None:
@@ -305,7 +308,7 @@ def test_certify_rejects_a_sampler_that_skips_prompts(world) -> None:
     with pytest.raises(DataError, match="one response per prompt"):
         certify(
             policy,
-            _sealed(world, 20),
+            _sealed(world, 20).unseal(purpose="certify"),
             lambda _p, prompts: np.zeros(len(prompts) - 1),
             safety=SafetyConfig(),
         )
@@ -330,7 +333,7 @@ def test_certify_with_groups_bounds_each_group_and_leaves_the_population_test_al
     prompts = world.prompts[:40]
     pairs = [PreferencePair(p, "a", "b", group="majority") for p in prompts[:30]]
     pairs += [PreferencePair(p, "c", "d", group="minority") for p in prompts[20:]]
-    sealed = SealedDataset(PairDataset(tuple(pairs), name="test:safety"))
+    sealed = PairDataset(tuple(pairs), name="test:safety")  # the unsealed safety pairs
     policy = TiltedPolicy(beta=BETA, lambda_=2.0, num_candidates=16, seed=4)
     safety = SafetyConfig(
         cost_threshold=0.0, confidence=0.9, group_coverage="individual", **RAW_T

@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from safealign.constraints.policy_file import (
+from safealign.constraints.tilting import TiltedPolicy
+from safealign.errors import ConfigError, DataError
+from safealign.run.policy_file import (
     ModelDirs,
     PolicyFile,
     check_policy_file_matches,
     load_policy_file,
     write_policy_file,
 )
-from safealign.constraints.tilting import TiltedPolicy
-from safealign.errors import ConfigError, DataError
 
 SAFETY = {
     "metric": "expected_cost",

@@ -10,9 +10,9 @@ from safealign.config import load_config
 from safealign.data.synthetic import SyntheticWorld
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.calibration import fit_shift
-from safealign.privacy.dp_sgd import plan_training
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.privacy.release import train_and_record
+from safealign.privacy.plan import plan_training
+from safealign.privacy.release import train_on_budget
 from safealign.privacy.training import train_cost_model, train_reward_model
 
 
@@ -117,7 +117,7 @@ def test_calibration_steps_are_planned_spent_and_charged_inside_the_budget(tmp_p
     pairs = SyntheticWorld(config.data.synthetic, seed=0).pairs
     plan = plan_training(len(pairs), config.cost_model, calibration=True)
     assert plan.calibration_steps == 2 * round(len(pairs) / 16)
-    recorded = train_and_record(
+    recorded = train_on_budget(
         pairs, kind="cost", config=config.cost_model, budget=config.budget,
         source=pairs, seed=0,
         out_dir=tmp_path / "cost", progress=False,

@@ -22,14 +22,8 @@ from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model, load_scoring_model
-from safealign.privacy.dp_sgd import (
-    TrainingPlan,
-    fold_grad_samples,
-    make_step,
-    pair_losses,
-    plan_training,
-    run_dp_sgd,
-)
+from safealign.privacy.dp_sgd import fold_grad_samples, make_step, pair_losses, run_dp_sgd
+from safealign.privacy.plan import TrainingPlan, plan_training
 from safealign.privacy.training import save_training_output, train_cost_model, train_reward_model
 
 SMALL = [

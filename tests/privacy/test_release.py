@@ -22,7 +22,7 @@ from safealign.config import load_config
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import BudgetExceededError, ConfigError, PrivacyError
 from safealign.privacy.ledger import PrivacyLedger
-from safealign.privacy.release import train_and_record
+from safealign.privacy.release import train_on_budget
 
 TINY = [
     "data.synthetic.num_users=6",
@@ -45,7 +45,7 @@ def _dump(path) -> list[str]:
 
 
 def _run(config, pairs, out, **kwargs):
-    return train_and_record(
+    return train_on_budget(
         pairs,
         kind="reward",
         config=config.reward_model,
@@ -134,7 +134,8 @@ def test_cli_refusal_exits_2_and_ledger_show(tmp_path, capsys):
 
 
 def test_privacy_audit_is_charged_even_when_it_fails(tmp_path, monkeypatch):
-    import safealign.run_stages as run_stages
+    import safealign.run.privacy_audit as privacy_audit
+    from safealign.run import Workspace
 
     ledger_path = tmp_path / "ledger.sqlite"
     config = load_config(None, [*TINY, "budget.epsilon=5", f"budget.ledger={ledger_path}"])
@@ -142,10 +143,10 @@ def test_privacy_audit_is_charged_even_when_it_fails(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # after the data may have been touched
 
-    monkeypatch.setattr(run_stages, "run_privacy_audit", crash)
+    monkeypatch.setattr(privacy_audit, "run_privacy_audit", crash)
     with pytest.raises(KeyboardInterrupt):
-        run_stages.privacy_audit_stage(
-            config, out_dir=tmp_path / "audit", num_canaries=8, noise_off=False, progress=False
+        privacy_audit.audit_privacy(
+            Workspace(config, tmp_path / "audit"), num_canaries=8, noise_off=False, progress=False
         )
     releases = [r for s in PrivacyLedger(ledger_path).summary() for r in s.releases]
     assert [(r.label, r.status) for r in releases] == [("privacy audit", "committed")]
@@ -277,7 +278,7 @@ def test_a_checkpoint_without_its_charge_record_is_refused(tmp_path, monkeypatch
 
 
 def test_the_torchrun_entry_point_charges_the_ledger_like_train_reward(tmp_path, capsys):
-    from safealign.privacy import distributed
+    from safealign.cli import distributed
 
     ledger_path = tmp_path / "ledger.sqlite"
     config = tmp_path / "config.yaml"

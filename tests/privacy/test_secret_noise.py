@@ -18,15 +18,16 @@ import torch
 
 from safealign import _atomic
 from safealign.config import load_config
-from safealign.constraints.em import _noisy_log_prior
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import DataError
+from safealign.groups.em import _noisy_log_prior
 from safealign.models.pairs import encode_pairs
 from safealign.models.scalar import build_scoring_model, load_scoring_model
 from safealign.privacy import secret
 from safealign.privacy.calibration import fit_shift
-from safealign.privacy.dp_sgd import TrainingPlan, make_step
+from safealign.privacy.dp_sgd import make_step
 from safealign.privacy.loop import CHECKPOINT_KEYS, checkpoint_step
+from safealign.privacy.plan import TrainingPlan
 from safealign.privacy.training import save_training_output, train_reward_model
 
 OVERRIDES = [

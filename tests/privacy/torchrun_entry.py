@@ -1,4 +1,4 @@
-"""``python -m safealign.privacy.distributed`` as the tests run it under torchrun.
+"""``python -m safealign.cli.distributed`` as the tests run it under torchrun.
 
 Two changes, both for tests only: the secret bytes (``safealign.privacy.secret``) are repeatable
 and *differ between ranks*, ``sha256("rank-R-N")`` for the N-th draw on rank R, so a run matches
@@ -13,8 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+from safealign.cli.distributed import main
 from safealign.privacy import secret
-from safealign.privacy.distributed import main
 
 GROUP_THREADS = ("gloo", "pt_gloo")  # thread names of a live gloo process group
 

@@ -31,8 +31,8 @@ from safealign.constraints.align import AlignResult
 from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
+from safealign.run.paths import POLICY_FILE
 
-POLICY_FILE = "policy.json"
 FILE_KIND, FILE_VERSION = "safealign.aligned_policy", 1
 FROM_REFERENCE, FROM_FILE = "reference_sampler", "file"
 
@@ -127,7 +127,7 @@ def policy_file_from(
     """The ``policy.json`` content of an alignment result.
 
     Args:
-        aligned: What :func:`align.align_policy` returned.
+        aligned: What :func:`safealign.constraints.align.optimize_policy` returned.
         safety: The safety config section the policy was selected for (plain data).
         models: The model directories used, relative to the run directory.
         candidates: Where the candidates came from (``{"source": "reference_sampler", ...}`` or
@@ -188,7 +188,7 @@ def aligned_prompts(
     if digest != policy_file.candidates["sha256"]:
         raise DataError(
             f"the policy was aligned on candidates from {source}, which is "
-            f"{'missing' if digest is None else 'changed'} (its SHA-256 is in policy.json); "
+            f"{'missing' if digest is None else 'changed'} (its SHA-256 is in {POLICY_FILE}); "
             "restore that file so certification can check that no safety prompt was aligned on",
             path=str(path),
             field="candidates",

@@ -1,8 +1,8 @@
 """EM over users for latent groups (MaxMin-RLHF, Chakraborty et al. 2024, Alg. 1), with DP.
 
 :func:`train_em` is the ``groups.mode: em`` branch of
-:func:`safealign.constraints.groups.train_group_reward_models` (given groups, and the rest of the
-privacy argument, are in :mod:`safealign.constraints.groups`). Privacy, under add/remove-one-user
+:func:`safealign.groups.training.train_group_reward_models` (given groups, and the rest of the
+privacy argument, are in :mod:`safealign.groups.training`). Privacy, under add/remove-one-user
 adjacency:
 
 * ``em`` trains with user-level DP. Within an iteration each user is in one cluster, and every
@@ -23,7 +23,7 @@ adjacency:
   (``groups.em_max_iters``; stopping early when no user moves is opt-in, ``stop_early`` /
   ``groups.em_stop_early``, and then the number of releases depends on the data and is listed
   in the report as outside the guarantee), and one receipt per charged mechanism
-  (:func:`~safealign.constraints.group_models.release_receipts`: no cluster sizes, no per-cluster
+  (:func:`~safealign.groups.common.release_receipts`: no cluster sizes, no per-cluster
   metrics, no subset hashes), and the exact ``assignment_counts`` (sensitivity 1 each) are never
   written. Still not covered, and listed in the report (``safealign.audits.inventory``): an
   emptied cluster keeps its last model (or the pooled one) instead of a noise-only DP-SGD run, so
@@ -44,7 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from safealign.config import GroupsConfig, ModelConfig
-from safealign.constraints.group_models import (
+from safealign.data.records import PairDataset
+from safealign.errors import ConfigError, DataError
+from safealign.groups.common import (
     Charger,
     GroupModels,
     derive_seed,
@@ -52,11 +54,10 @@ from safealign.constraints.group_models import (
     release_receipts,
     subset,
 )
-from safealign.data.records import PairDataset
-from safealign.errors import ConfigError, DataError
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism
-from safealign.privacy.dp_sgd import TrainingPlan, plan_training, privacy_units
+from safealign.privacy.dp_sgd import privacy_units
+from safealign.privacy.plan import TrainingPlan, plan_training
 from safealign.privacy.secret import secret_generator
 from safealign.privacy.training import (
     TrainResult,
@@ -84,7 +85,7 @@ def train_em(
     """EM over users: one DP reward model per cluster, each M-step charged through ``charge``.
 
     The algorithm, and every argument but ``charge``, are as in
-    :func:`safealign.constraints.groups.train_group_reward_models` (``groups.mode: em``), which
+    :func:`safealign.groups.training.train_group_reward_models` (``groups.mode: em``), which
     calls this after validating ``count_noise``.
 
     Args:

@@ -9,10 +9,10 @@ reward model is trained with DP-SGD. Privacy, under add/remove-one-user adjacenc
   exactly one :class:`Mechanism` at the configured ``target_epsilon``.
 * ``em`` trains with user-level DP; its privacy argument (parallel composition within an
   iteration, the initial assignment, and what the guarantee does not cover) is in the docstring
-  of :mod:`safealign.constraints.em`.
+  of :mod:`safealign.groups.em`.
 
 What both share (the :class:`GroupModels` result, the ledger charge, seeds) is in
-:mod:`safealign.constraints.group_models`; normalising, reporting and certifying the group
+:mod:`safealign.groups.common`; normalising, reporting and certifying the group
 rewards in :mod:`safealign.constraints.group_rewards`.
 """
 
@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections import Counter
 
 from safealign.config import GroupsConfig, ModelConfig
-from safealign.constraints.em import train_em
-from safealign.constraints.group_models import (
+from safealign.data.records import PairDataset
+from safealign.errors import ConfigError, DataError
+from safealign.groups.common import (
     Charger,
     GroupModels,
     derive_seed,
@@ -30,10 +31,10 @@ from safealign.constraints.group_models import (
     release_receipts,
     subset,
 )
-from safealign.data.records import PairDataset
-from safealign.errors import ConfigError, DataError
+from safealign.groups.em import train_em
 from safealign.privacy.accounting import Mechanism
-from safealign.privacy.dp_sgd import plan_training, privacy_units
+from safealign.privacy.dp_sgd import privacy_units
+from safealign.privacy.plan import plan_training
 from safealign.privacy.release import ChargeTarget
 from safealign.privacy.training import (
     TrainResult,

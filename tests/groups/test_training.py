@@ -18,22 +18,22 @@ from safealign.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from safealign.constraints.em import (
-    COIN_FLIP,
-    assign_users,
-    holdout_split,
-    pooled_initial_assignment,
-)
 from safealign.constraints.group_rewards import (
     group_report,
     normalize_group_rewards,
 )
-from safealign.constraints.groups import train_group_reward_models
 from safealign.constraints.maxmin_solver import solve_maxmin
 from safealign.constraints.solvers import policy_objective, solve_unconstrained
 from safealign.data.records import PairDataset
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
+from safealign.groups.em import (
+    COIN_FLIP,
+    assign_users,
+    holdout_split,
+    pooled_initial_assignment,
+)
+from safealign.groups.training import train_group_reward_models
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.release import budget_target
 from safealign.privacy.training import train_reward_model
@@ -206,7 +206,7 @@ def _user_level(config: ModelConfig) -> ModelConfig:
 )
 def test_every_em_iteration_is_charged(tmp_path, monkeypatch, count_noise, start) -> None:
     # Calibration is tested in privacy/; a fixed σ keeps this test fast.
-    monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
+    monkeypatch.setattr("safealign.privacy.plan._calibrate", lambda **_: 0.8)
     pairs = _world(users=6, pairs_per_user=4).pairs
     budget = budget_target(
         BudgetConfig(epsilon=1e3, delta=1e-3, ledger=str(tmp_path / "ledger.sqlite")),
@@ -337,7 +337,7 @@ def test_homogeneous_population_keeps_one_cluster_and_maxmin_still_runs() -> Non
 
 
 def test_pooled_start_refuses_a_model_outside_the_guarantee(monkeypatch) -> None:
-    monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
+    monkeypatch.setattr("safealign.privacy.plan._calibrate", lambda **_: 0.8)
     pairs = _world(users=4, pairs_per_user=2).pairs
     config = _config(5.0, epochs=1)
     pooled = train_reward_model(pairs, config=_user_level(config), seed=0, progress=False)
@@ -379,7 +379,7 @@ def test_em_runs_every_iteration_by_default_and_publishes_one_receipt_per_mechan
 
 
 def test_given_groups_publish_no_subset_sizes_hashes_or_metrics(monkeypatch) -> None:
-    monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
+    monkeypatch.setattr("safealign.privacy.plan._calibrate", lambda **_: 0.8)
     pairs = _world(users=4, pairs_per_user=3).pairs
     result = train_group_reward_models(
         pairs, groups=GroupsConfig(mode="given"), model_config=_config(5.0, epochs=1), seed=0,
@@ -399,7 +399,7 @@ def test_given_groups_publish_no_subset_sizes_hashes_or_metrics(monkeypatch) -> 
 
 
 def test_given_groups_compose_in_parallel(monkeypatch) -> None:
-    monkeypatch.setattr("safealign.privacy.dp_sgd._calibrate", lambda **_: 0.8)
+    monkeypatch.setattr("safealign.privacy.plan._calibrate", lambda **_: 0.8)
     pairs = _world(users=4, pairs_per_user=3).pairs
     result = train_group_reward_models(
         pairs, groups=GroupsConfig(mode="given"), model_config=_config(5.0, epochs=1), seed=0

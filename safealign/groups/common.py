@@ -1,8 +1,8 @@
 """What both ways of finding groups share: the result, the ledger charge, seeds and plans.
 
-:func:`safealign.constraints.groups.train_group_reward_models` trains group reward models from
-given groups (:mod:`safealign.constraints.groups`) or by EM over users
-(:mod:`safealign.constraints.em`); both return :class:`GroupModels`, charge each release through
+:func:`safealign.groups.training.train_group_reward_models` trains group reward models from
+given groups (:mod:`safealign.groups.training`) or by EM over users
+(:mod:`safealign.groups.em`); both return :class:`GroupModels`, charge each release through
 :class:`Charger` and train each group on :func:`group_plan` of one shared schedule.
 """
 
@@ -20,7 +20,7 @@ from safealign.data.records import PairDataset
 from safealign.errors import DataError
 from safealign.models.scalar import ScoringModel
 from safealign.privacy.accounting import Mechanism, compute_epsilon
-from safealign.privacy.dp_sgd import TrainingPlan
+from safealign.privacy.plan import TrainingPlan
 from safealign.privacy.release import ChargeTarget, charge
 from safealign.privacy.training import PrivacyReceipt, TrainResult
 

@@ -1,0 +1,198 @@
+"""The certify stage: HC-RLHF step 2, the one logged safety test of an aligned policy.
+
+:func:`unseal_safety_split` is the only code in safealign that unseals the sealed safety split
+(``tests/run/test_seal_owner.py`` checks that nothing else calls the unseal primitive). It runs
+once per test, after every refusal that costs nothing (the config's checks, the certification
+log's attempt count), and hands the records to the cost-model scoring of fresh samples and to
+:func:`safealign.constraints.hc_rlhf.certify`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from safealign.config import to_plain
+from safealign.constraints.align import Scorers, score_candidates
+from safealign.constraints.attempts import (
+    attempt_safety,
+    logged_test,
+    plain_settings,
+    resumable_certificate,
+    same_settings,
+)
+from safealign.constraints.group_rewards import normalize_group_rewards
+from safealign.constraints.hc_rlhf import Certificate, untested_certificate, write_certificate
+from safealign.constraints.hc_rlhf import certify as safety_test
+from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
+from safealign.data.records import PairDataset
+from safealign.data.splits import CERTIFY, SealedDataset
+from safealign.errors import DataError, IsolationError
+from safealign.run.models import load_scorers
+from safealign.run.paths import POLICY_FILE, RunPaths
+from safealign.run.policy_file import check_policy_file_matches, load_policy_file
+from safealign.run.preflight import preflight
+from safealign.run.workspace import Workspace
+
+
+def unseal_safety_split(sealed: SealedDataset) -> PairDataset:
+    """The safety split's records, for the safety test: the one caller of the unseal primitive.
+
+    Raises:
+        IsolationError: ``sealed`` is not a :class:`SealedDataset` (only a sealed split
+            guarantees that nothing else read the safety prompts).
+    """
+    if not isinstance(sealed, SealedDataset):
+        raise IsolationError(
+            f"certify needs the sealed safety split (a SealedDataset), got {type(sealed).__name__}: "
+            "only a sealed split guarantees that nothing else read the safety prompts"
+        )
+    return sealed.unseal(purpose=CERTIFY)
+
+
+def certify(ws: Workspace) -> Certificate:
+    """Certify the policy that :func:`safealign.run.alignment.align` wrote; writes certificate.json.
+
+    Raises:
+        DataError: no (valid) policy.json in the run directory, or it was aligned on a
+            candidates file, whose model safealign's reference sampler cannot sample.
+        ConfigError: the config is not the configuration the policy was aligned with.
+        IsolationError: the certification log refuses a further test on this safety set.
+    """
+    out, path = ws.out, ws.paths.policy
+    if not path.is_file():
+        raise DataError(
+            f"no {POLICY_FILE} in this directory: run `safealign align CONFIG --out {out}` first "
+            "(or certify another model's samples with --responses)",
+            path=str(out),
+        )
+    preflight(ws.config, out, trains=())
+    policy_file = load_policy_file(path)
+    if policy_file.from_candidates_file and policy_file.policy is not None:
+        raise DataError(
+            f"the policy was aligned on candidates from {policy_file.candidates['path']} (your "
+            "model's samples), and safealign's reference sampler cannot sample your model. Sample "
+            "one response per safety prompt (prompts never used for alignment) with your own stack, "
+            f"deployed as {POLICY_FILE}'s 'policy' says, then run: safealign certify CONFIG "
+            f"--responses FILE --sampler-settings FILE --cost-model {out / policy_file.models.cost}",
+            path=str(path),
+            field="candidates",
+        )
+    check_policy_file_matches(
+        policy_file,
+        path,
+        safety=to_plain(ws.config.safety),
+        data=ws.data_record(),
+        reference_sampler=ws.sampler.describe(),
+    )
+    policy = policy_file.policy
+    scorers = (
+        None if policy is None else load_scorers(out, policy_file.models, policy_file.group_weights)
+    )
+    return certify_policy(ws, policy, reason=policy_file.reason, scorers=scorers)
+
+
+def certify_policy(
+    ws: Workspace, policy: TiltedPolicy | None, *, reason: str, scorers: Scorers | None
+) -> Certificate:
+    """The safety test of ``policy`` as one logged attempt on its safety set; writes
+    certificate.json.
+
+    The certificate already in the run directory is returned as it is when the log shows it is
+    this very policy's test (a resumed run, a repeated ``certify``): that is no new attempt.
+    Otherwise the certification log records the attempt before the test runs, or refuses it
+    (exit 2) when the set's declared ``safety.attempts`` are used up. Without a policy (step 1
+    found none) the result is NSF without a test, carrying ``reason``: it is not logged.
+
+    Raises:
+        IsolationError: the log refuses a further test on this safety set.
+    """
+    config, path, sealed = ws.config, ws.paths.certificate, ws.splits.safety
+    if policy is None:
+        certificate = untested_certificate(
+            attempt_safety(config.safety), reason=reason, safety_fingerprint=sealed.fingerprint
+        )
+        write_certificate(certificate, path)
+        return certificate
+    safety_pairs = unseal_safety_split(sealed)
+    prompts, settings = safety_pairs.prompts, policy.sampler_settings()  # the set's identity
+    reused = resumable_certificate(config.budget, prompts, settings, path)
+    if reused is not None:
+        return reused
+    return logged_test(
+        config.budget,
+        config.safety,
+        prompts,
+        settings,
+        path,
+        lambda: run_safety_test(ws, policy, scorers=scorers, safety_pairs=safety_pairs),
+    )
+
+
+def run_safety_test(
+    ws: Workspace, policy: TiltedPolicy, *, scorers: Scorers, safety_pairs: PairDataset
+) -> Certificate:
+    """HC-RLHF step 2 on the unsealed ``safety_pairs`` (not logged: :func:`certify_policy` logs).
+
+    Each safety prompt gets K fresh reference samples, scored by ``scorers``, and one of them is
+    drawn by best-of-K with the policy's exact settings. With groups, the certificate's
+    ``groups`` also bound each group's cost and normalised reward on the same picks (given
+    groups on the safety prompts their pairs carry, EM clusters on all).
+    """
+    config = ws.config
+    names = list(scorers.group_rewards or ())
+
+    def score_fresh(prompts):  # K fresh reference samples per safety prompt, scored by the models
+        fresh = ws.sampler.candidates(prompts, seed=config.seed + 2, safety_pairs=safety_pairs)
+        scored = score_candidates(fresh, scorers)
+        if scored.group_rewards is None:
+            return scored.rewards, scored.costs, scored.log_p
+        # Each group's reward normalised over the prompt's K fresh candidates, as in alignment:
+        # BT rewards have no fixed zero, so only normalised rewards have a meaning to bound.
+        normalized = normalize_group_rewards(
+            scored.group_rewards, mode=config.groups.normalize, beta=policy.beta, log_p=scored.log_p
+        )
+        groups = dict(zip(names, normalized, strict=True))
+        return scored.rewards, scored.costs, scored.log_p, groups
+
+    return safety_test(
+        policy,
+        safety_pairs,
+        best_of_k_sampler(score_fresh, seed=config.seed),
+        safety=attempt_safety(config.safety),
+        group_prompts="own" if config.groups.mode == "given" else "all",
+        reward_normalization=config.groups.normalize,
+    )
+
+
+def archive_certificate(paths: RunPaths, settings: Mapping[str, Any] | None):
+    """Keep ``certificate.json`` of an earlier policy as ``certificates/attempt-K.json``.
+
+    Certificates are never deleted: a new policy moves the old one aside (``untested-M.json``
+    for one of no logged attempt: step 1's NSF), so the directory keeps every test it ran.
+
+    Returns:
+        The archived path, or None when there was nothing to move (or it is this policy's).
+    """
+    path = paths.certificate
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        old = {}
+    old = old if isinstance(old, dict) else {}
+    if same_settings(old.get("sampler_settings"), plain_settings(settings or {})):
+        return None
+    attempts = old.get("attempts")
+    number = attempts.get("number") if isinstance(attempts, dict) else None
+    name = f"attempt-{number}" if isinstance(number, int) else "untested"
+    folder = paths.certificates
+    folder.mkdir(exist_ok=True)
+    target, copy = folder / f"{name}.json", 1
+    while target.exists():  # e.g. several untested ones, or a copied directory's attempt K
+        copy += 1
+        target = folder / f"{name}-copy{copy}.json"
+    path.replace(target)
+    return target

@@ -1,0 +1,87 @@
+"""The pre-flight check: everything a command needs, checked before it spends anything."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from safealign.audits.signing import load_private_key
+from safealign.config import BudgetConfig, Config, config_from_dict
+from safealign.data.io import check_readable
+from safealign.errors import DataError
+from safealign.privacy.identity import default_ledger_path
+from safealign.privacy.release import LEGACY_LEDGER, open_ledger
+
+
+def preflight(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    signs: bool = False,
+    trains: Sequence[str] = ("reward", "cost"),
+) -> None:
+    """Check everything a stage needs before it spends anything that cannot be given back.
+
+    Privacy spent on a model and the one-shot safety test are gone once used, so a fault found at
+    the end (an unreadable signing key, an unwritable ledger) must be found first: the config
+    obeys every load-time rule (again: it may have been built in code), the data file can be
+    read, the signing key (when the stage signs) is an Ed25519 private key, the output directory
+    can be written, and the ledger (when a model in ``trains`` is private) opens.
+
+    Raises:
+        ConfigError, DataError, PrivacyError: the first fault, naming its key or file.
+    """
+    config_from_dict(config.to_dict(), source="config")
+    if config.data.source != "synthetic":
+        check_readable(config.data.source)
+    if signs and config.audit.signing_key is not None:
+        load_private_key(config.audit.signing_key)
+    _check_writable_dir(Path(out_dir))
+    if any(getattr(config, f"{kind}_model").privacy.target_epsilon is not None for kind in trains):
+        _check_ledger(config.budget)
+
+
+def _check_writable_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(
+            "cannot use it as the output directory: it is not a directory", path=str(out)
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _probe(out)
+    except OSError as exc:
+        raise DataError(
+            f"cannot use it as the output directory ({exc.strerror}); choose one you can write",
+            path=str(out),
+        ) from None
+
+
+def _check_ledger(budget: BudgetConfig) -> None:
+    """Open an existing ledger (its own checks run); for a new one, check it could be created
+    without creating it: a refused command leaves no ledger behind."""
+    path = default_ledger_path() if budget.ledger is None else Path(budget.ledger)
+    if path.exists() or (budget.ledger is None and Path(LEGACY_LEDGER).is_file()):
+        open_ledger(budget)
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(parent))
+        _probe(parent)
+    except OSError as exc:
+        raise DataError(
+            f"budget.ledger: cannot create the ledger here ({parent}: {exc.strerror}); set "
+            "budget.ledger to a path in a directory you can write",
+            path=str(path),
+        ) from None
+
+
+def _probe(directory: Path) -> None:
+    """Create and delete a file in ``directory``: the one sure test that it can be written."""
+    fd, probe = tempfile.mkstemp(dir=directory, prefix=".safealign-preflight-")
+    os.close(fd)
+    os.unlink(probe)
