@@ -31,10 +31,8 @@ from scipy import integrate, special, stats
 
 from safealign._atomic import atomic_write_text
 from safealign.config import SafetyConfig, SyntheticConfig
-from safealign.constraints.bounds import upper_bound
-from safealign.constraints.hc_rlhf import certify_samples
-from safealign.constraints.selection import select_candidate_policy
-from safealign.data.synthetic import SyntheticWorld
+from safealign.constraints import certify_samples, select_candidate_policy, upper_bound
+from safealign.data import SyntheticWorld
 
 SIZES, DELTAS = (30, 100, 1000), (0.01, 0.05, 0.1)
 # (metric, bound) pairs; the raw cost is unbounded, so only Student t applies to it.

@@ -38,11 +38,15 @@ from scipy import stats
 
 from safealign._atomic import atomic_write_text
 from safealign.config import SafetyConfig, SyntheticConfig
-from safealign.constraints.hc_rlhf import certify_samples
-from safealign.constraints.selection import METHODS, SelectionResult, select_candidate_policy
-from safealign.constraints.solvers import solve_constrained
-from safealign.constraints.tilting import TiltedPolicy
-from safealign.data.synthetic import SyntheticWorld
+from safealign.constraints import (
+    SelectionResult,
+    TiltedPolicy,
+    certify_samples,
+    select_candidate_policy,
+    solve_constrained,
+)
+from safealign.constraints.selection import METHODS
+from safealign.data import SyntheticWorld
 
 K = 16
 

@@ -35,13 +35,11 @@ import torch
 
 from safealign._atomic import atomic_write_text
 from safealign.config import ModelConfig, PrivacyConfig, SyntheticConfig, TrainConfig
-from safealign.data.loaders import load_pairs
-from safealign.data.records import PairDataset
-from safealign.data.synthetic import SyntheticWorld
+from safealign.data import PairDataset, SyntheticWorld, load_pairs
+from safealign.models import build_scoring_model
 from safealign.models.pairs import encode_pairs
-from safealign.models.scalar import build_scoring_model
+from safealign.privacy import TrainingPlan
 from safealign.privacy.dp_sgd import make_step
-from safealign.privacy.plan import TrainingPlan
 
 # ../shared/data beside the checkout, as in tests/conftest.py.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

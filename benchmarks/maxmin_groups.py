@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from safealign import train_group_reward_models, train_reward_model
 from safealign._atomic import atomic_write_text
 from safealign.config import (
     GroupsConfig,
@@ -49,15 +50,16 @@ from safealign.config import (
     SyntheticConfig,
     TrainConfig,
 )
-from safealign.constraints.group_rewards import group_report, normalize_group_rewards
-from safealign.constraints.maxmin_solver import solve_maxmin
-from safealign.constraints.solvers import solve_unconstrained
-from safealign.data.synthetic import SyntheticWorld
-from safealign.groups.common import score_candidates
+from safealign.constraints import (
+    group_report,
+    normalize_group_rewards,
+    solve_maxmin,
+    solve_unconstrained,
+)
+from safealign.data import SyntheticWorld
+from safealign.groups import score_candidates
 from safealign.groups.em import assign_users, holdout_split, pooled_initial_assignment
-from safealign.groups.training import train_group_reward_models
-from safealign.privacy.accounting import compute_epsilon
-from safealign.privacy.training import train_reward_model
+from safealign.privacy import compute_epsilon
 
 
 def _model_config(args: argparse.Namespace) -> ModelConfig:

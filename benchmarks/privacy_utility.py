@@ -36,13 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from safealign import TrainResult, train_cost_model, train_reward_model
 from safealign._atomic import atomic_write_text
 from safealign.config import LoraConfig, ModelConfig, PrivacyConfig, SyntheticConfig, TrainConfig
-from safealign.data.loaders import load_pairs
-from safealign.data.records import PairDataset
-from safealign.data.splits import split_pairs
-from safealign.data.synthetic import SyntheticWorld
-from safealign.privacy.training import TrainResult, train_cost_model, train_reward_model
+from safealign.data import PairDataset, SyntheticWorld, load_pairs, split_pairs
 
 # ../shared/data beside the checkout, as in tests/conftest.py.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from safealign._atomic import atomic_write_text
+from safealign.constraints import policy_objective, solve_constrained, solve_unconstrained
 from safealign.constraints.oracle import solve_oracle
-from safealign.constraints.solvers import policy_objective, solve_constrained, solve_unconstrained
 
 
 def _instance(

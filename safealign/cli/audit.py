@@ -22,7 +22,7 @@ from safealign.cli.common import (
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """``safealign keys generate --out DIR``: write DIR/private.pem and DIR/public.pem."""
-    from safealign.audits.signing import generate_keypair
+    from safealign.audits import generate_keypair
 
     private, public = generate_keypair(args.out, overwrite=args.overwrite)
     print(f"wrote {private} (mode 0600: keep it secret) and {public} (give it to reviewers)")
@@ -36,7 +36,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     a forger chooses: that proves the report is intact, not who signed it, so it gets its own
     wording and exit code 3, which no script testing for 0 mistakes for success.
     """
-    from safealign.audits.signing import load_public_key, verify_report
+    from safealign.audits import load_public_key, verify_report
 
     key = load_public_key(args.public_key) if args.public_key else None
     result = verify_report(args.report, public_key=key, strict=args.strict)
@@ -67,8 +67,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 def cmd_ledger_show(args: argparse.Namespace) -> int:
     """``safealign ledger show``: budgets, the datasets charged on each, spend and releases."""
-    from safealign.privacy.identity import default_ledger_path
-    from safealign.privacy.ledger import PrivacyLedger
+    from safealign.privacy import PrivacyLedger, default_ledger_path
     from safealign.privacy.ledger_records import format_ledger
 
     path = Path(args.ledger) if args.ledger else default_ledger_path()

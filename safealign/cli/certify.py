@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from safealign import ConfigError
 from safealign.cli.common import EXIT_CHECK_FAILED, EXIT_OK, RUN_DIR
-from safealign.errors import ConfigError
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -21,8 +21,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     import json
 
     from safealign._atomic import atomic_write_text
-    from safealign.data.responses import load_responses
-    from safealign.models.scalar import load_scoring_model
+    from safealign.data import load_responses
+    from safealign.models import load_scoring_model
 
     rows = load_responses(args.input)
     model = load_scoring_model(args.model)
@@ -39,7 +39,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _certify_samples(args: argparse.Namespace) -> int:
-    from safealign.config import load_config
+    from safealign import load_config
     from safealign.run import Workspace
     from safealign.run.responses import certify_responses
 
@@ -77,7 +77,7 @@ def cmd_certify(args: argparse.Namespace) -> int:
 
 
 def _certify_policy(args: argparse.Namespace) -> int:
-    from safealign.config import load_config
+    from safealign import load_config
     from safealign.run import Workspace, certify
 
     ws = Workspace(load_config(args.config, args.overrides), args.out or RUN_DIR)

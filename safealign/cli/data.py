@@ -15,7 +15,7 @@ from safealign.cli.common import EXIT_OK
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     """``safealign data validate PATH``: print the file's counts, or why it is invalid."""
-    from safealign.data.validate import validate_file
+    from safealign.data import validate_file
 
     print(validate_file(args.path, format=args.format).render())
     return EXIT_OK
@@ -23,9 +23,8 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 def cmd_world_export(args: argparse.Namespace) -> int:
     """``safealign world export --out DIR``: write the synthetic world's files to DIR."""
-    from safealign.config import load_config
-    from safealign.data.export import export_world
-    from safealign.data.synthetic import SyntheticWorld
+    from safealign import load_config
+    from safealign.data import SyntheticWorld, export_world
 
     overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
     config = load_config(args.config, overrides)

@@ -32,15 +32,17 @@ import torch.distributed as dist
 # destroy_process_group cannot free it, and its gloo threads are torn down during interpreter
 # exit instead: a rank then aborted after training correctly ("terminate called without an
 # active exception", SIGABRT).
-from safealign.config import load_config
-from safealign.errors import PrivacyError, SafeAlignError
+from safealign import PrivacyError, SafeAlignError, Workspace, load_config
+from safealign.privacy import (
+    budget_target,
+    charge,
+    plan_training,
+    save_training_output,
+    train_scoring_model,
+)
 from safealign.privacy.calibration import calibrates_run
 from safealign.privacy.distributed import Ranks, check_ranks_agree, current_ranks
 from safealign.privacy.dp_sgd import privacy_units
-from safealign.privacy.plan import plan_training
-from safealign.privacy.release import budget_target, charge
-from safealign.privacy.training import save_training_output, train_scoring_model
-from safealign.run.workspace import Workspace
 
 
 def _init_process_group() -> Ranks:

@@ -20,7 +20,7 @@ def cmd_train(kind: str):
     """The handler of ``safealign train-<kind>`` (``kind`` is ``reward`` or ``cost``)."""
 
     def handler(args: argparse.Namespace) -> int:
-        from safealign.config import load_config
+        from safealign import load_config
         from safealign.run import Workspace, preflight, train_model
         from safealign.run.paths import MODEL_DIR
 
@@ -45,7 +45,7 @@ def cmd_train(kind: str):
         print(f"  model:   {Path(args.out) / MODEL_DIR}")
         print(f"  receipt: {recorded.receipt_path}")
         if recorded.release_id is not None:
-            from safealign.privacy.identity import default_ledger_path
+            from safealign.privacy import default_ledger_path
 
             ledger = config.budget.ledger or default_ledger_path()
             print(f"  ledger:  {ledger} (release #{recorded.release_id})")
@@ -135,7 +135,7 @@ def _print_run(result) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``safealign run CONFIG``: the whole pipeline; exit 1 when no solution is found."""
-    from safealign.config import load_config
+    from safealign import load_config
     from safealign.run import run
 
     result = run(load_config(args.config, args.overrides), args.out)
@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_align(args: argparse.Namespace) -> int:
     """``safealign align CONFIG``: HC-RLHF step 1; exit 1 if no policy meets the bound."""
-    from safealign.config import load_config
+    from safealign import load_config
     from safealign.run import Workspace, align
 
     config = load_config(args.config, args.overrides)
@@ -179,7 +179,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 def cmd_privacy_audit(args: argparse.Namespace) -> int:
     """``safealign privacy-audit CONFIG``: exit 1 if the measured epsilon exceeds the claim."""
-    from safealign.config import load_config
+    from safealign import load_config
     from safealign.run import Workspace, audit_privacy, preflight
 
     config = load_config(args.config, args.overrides)

@@ -12,8 +12,15 @@ _EXPORTS = {
     ),
     "safealign.constraints.bounds": ("upper_bound", "BoundResult"),
     "safealign.constraints.candidates": ("Candidates", "load_candidates"),
+    "safealign.constraints.group_rewards": ("normalize_group_rewards", "group_report"),
     "safealign.constraints.maxmin_solver": ("solve_maxmin", "MaxMinResult"),
-    "safealign.constraints.solvers": ("solve_unconstrained", "solve_constrained", "SolverResult"),
+    "safealign.constraints.selection": ("select_candidate_policy", "SelectionResult"),
+    "safealign.constraints.solvers": (
+        "solve_unconstrained",
+        "solve_constrained",
+        "policy_objective",
+        "SolverResult",
+    ),
     "safealign.constraints.tilting": ("TiltedPolicy",),
 }
 

@@ -9,6 +9,8 @@ _EXPORTS = {
     "safealign.data.source": ("load_source", "make_splits"),
     "safealign.data.splits": ("Splits", "SealedDataset", "split_pairs"),
     "safealign.data.synthetic": ("SyntheticWorld",),
+    "safealign.data.export": ("export_world",),
+    "safealign.data.validate": ("validate_file",),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

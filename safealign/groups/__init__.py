@@ -4,7 +4,7 @@ from safealign._lazy import lazy_exports
 
 _EXPORTS = {
     "safealign.groups.training": ("train_group_reward_models",),
-    "safealign.groups.common": ("GroupModels",),
+    "safealign.groups.common": ("GroupModels", "score_candidates"),
     "safealign.groups.em": ("train_em",),
 }
 
