@@ -154,7 +154,7 @@ def policy_file_from(
     }
     return PolicyFile(
         policy=s.policy,
-        reason=s.message,
+        reason=s.reason,
         selection=numbers,
         safety=_plain(safety),
         group_weights=aligned.group_weights,
