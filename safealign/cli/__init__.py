@@ -4,7 +4,9 @@
 :mod:`safealign.cli.parser`; the handlers, grouped by topic, in :mod:`~safealign.cli.data`,
 :mod:`~safealign.cli.training`, :mod:`~safealign.cli.certify` and :mod:`~safealign.cli.audit`.
 Handlers import the heavy modules (torch, the run layer) only when they run, so that
-``safealign --help`` stays fast.
+``safealign --help`` stays fast. The handlers call the public API (:mod:`safealign`, the
+subpackages' ``__all__``). ``torchrun ... -m safealign.cli.distributed`` is the one command
+outside the parser (:mod:`safealign.cli.distributed`).
 
 Exit codes: 0 success; 1 a check that ran and failed; 2 bad input or usage, or a file the operating
 system refused (a message on stderr, never a traceback for a user mistake); 3 ``audit verify``

@@ -9,8 +9,9 @@ caller's business (different fingerprints in the ledger).
 
 Every ε in safealign comes from :func:`compute_epsilon`, so the training receipt, the ledger and
 the report agree to the last bit: the history is put in a canonical order first (see
-:func:`canonical_history`), and it is stored as plain JSON lists, so a resumed run reproduces its
-ε exactly.
+:func:`canonical_history`), so ε depends only on the multiset of mechanisms, not on how a run was
+split (a resume) or in which order releases were charged. The ledger stores each mechanism's
+three numbers exactly (SQLite REAL is a 64-bit float), so ε recomputed from it is the same ε.
 """
 
 from __future__ import annotations
@@ -124,43 +125,6 @@ def canonical_history(mechanisms: Iterable[Mechanism]) -> list[tuple[float, floa
             key = (mechanism.noise_multiplier, mechanism.sample_rate)
             steps[key] = steps.get(key, 0) + mechanism.steps
     return [(sigma, rate, count) for (sigma, rate), count in sorted(steps.items())]
-
-
-def history_to_json(mechanisms: Iterable[Mechanism]) -> list[list[float | int]]:
-    """Serialise mechanisms as ``[[noise_multiplier, sample_rate, steps], ...]`` (JSON-able).
-
-    Python floats survive a JSON round trip exactly, so ε recomputed from the loaded history is
-    bit-for-bit the ε computed before saving.
-    """
-    return [[m.noise_multiplier, m.sample_rate, m.steps] for m in _as_mechanisms(mechanisms)]
-
-
-def mechanisms_from_history(history: Iterable[Sequence[float | int]]) -> tuple[Mechanism, ...]:
-    """Parse a history: JSON lists from :func:`history_to_json` or an Opacus ``accountant.history``.
-
-    Raises:
-        ConfigError: If an entry is not a ``(noise_multiplier, sample_rate, steps)`` triple of
-            valid values.
-    """
-    mechanisms = []
-    for index, entry in enumerate(history):
-        if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
-            raise ConfigError(
-                f"history[{index}] must be [noise_multiplier, sample_rate, steps] (got {entry!r})"
-            )
-        sigma, rate, steps = entry
-        if isinstance(steps, float) and steps.is_integer():
-            steps = int(steps)
-        mechanisms.append(Mechanism(noise_multiplier=sigma, sample_rate=rate, steps=steps))
-    return tuple(mechanisms)
-
-
-def opacus_state_dict(
-    mechanisms: Iterable[Mechanism], *, accountant: AccountantName
-) -> dict[str, object]:
-    """A state dict that Opacus' ``accountant.load_state_dict`` accepts, to resume a run."""
-    _check_accountant(accountant)
-    return {"history": canonical_history(mechanisms), "mechanism": accountant}
 
 
 def _epsilon_from_history(
