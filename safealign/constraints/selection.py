@@ -59,7 +59,8 @@ class SelectionResult:
         n_safety: ``n_s``, the size of the safety set the bound anticipates.
         requires_safety_test: False only for ``lagrangian_no_test`` (an ablation that releases
             whatever step 1 finds; it carries no guarantee).
-        message: Why the selection is infeasible, else empty.
+        reason: Why the selection is infeasible, else empty (``policy.json``'s and the untested
+            certificate's ``reason``).
     """
 
     method: str
@@ -75,7 +76,7 @@ class SelectionResult:
     n_opt: int
     n_safety: int
     requires_safety_test: bool
-    message: str = ""
+    reason: str = ""
 
 
 def select_candidate_policy(
@@ -126,7 +127,7 @@ def select_candidate_policy(
     except InfeasibleError as error:
         # NSF at step 1 is a result: report the lambda -> infinity limit (cheapest candidates).
         cheapest = c.min(-1).values
-        return _summary(cheapest, **common, n_safety=n_safety, message=str(error))
+        return _summary(cheapest, **common, n_safety=n_safety, reason=str(error))
     policy = TiltedPolicy(
         beta=beta,
         lambda_=float(solved.lambdas[0]),
@@ -206,7 +207,7 @@ def _summary(
     n_safety: int,
     policy: TiltedPolicy | None = None,
     expected_reward: float = float("nan"),
-    message: str = "",
+    reason: str = "",
 ) -> SelectionResult:
     mean, std = float(prompt_costs.mean()), float(prompt_costs.std(correction=1))
     bound = float(bound_fn(prompt_costs))
@@ -224,5 +225,5 @@ def _summary(
         n_opt=int(prompt_costs.shape[0]),
         n_safety=n_safety,
         requires_safety_test=method != "lagrangian_no_test",
-        message=message,
+        reason=reason,
     )

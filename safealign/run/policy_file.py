@@ -18,10 +18,9 @@ naming the file and the field on any bad content.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from safealign.constraints.align import AlignResult
 from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
-from safealign.run.paths import POLICY_FILE
 
 FILE_KIND, FILE_VERSION = "safealign.aligned_policy", 1
 FROM_REFERENCE, FROM_FILE = "reference_sampler", "file"
@@ -156,7 +154,7 @@ def policy_file_from(
     }
     return PolicyFile(
         policy=s.policy,
-        reason=s.message,
+        reason=s.reason,
         selection=numbers,
         safety=_plain(safety),
         group_weights=aligned.group_weights,
@@ -165,35 +163,6 @@ def policy_file_from(
         candidates=_plain(candidates),
         data=_plain(data),
     )
-
-
-def aligned_prompts(
-    policy_file: PolicyFile, path: str | Path, candidate_split: Callable[[], Sequence[str]]
-) -> tuple[str, ...]:
-    """The prompts ``policy_file``'s policy was optimised on, for ``certify --responses``.
-
-    A candidates file's prompts (the file must still be at its recorded path with its recorded
-    SHA-256), or, for the reference sampler's candidates, the candidate split's
-    (``candidate_split()``: the config's data, whose commitment the caller checks).
-
-    Raises:
-        DataError: the candidates file is missing or changed since alignment.
-    """
-    if not policy_file.from_candidates_file:
-        return tuple(candidate_split())
-    from safealign.constraints.candidates import load_candidates
-
-    source = Path(policy_file.candidates["path"])
-    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
-    if digest != policy_file.candidates["sha256"]:
-        raise DataError(
-            f"the policy was aligned on candidates from {source}, which is "
-            f"{'missing' if digest is None else 'changed'} (its SHA-256 is in {POLICY_FILE}); "
-            "restore that file so certification can check that no safety prompt was aligned on",
-            path=str(path),
-            field="candidates",
-        )
-    return load_candidates(source).prompts
 
 
 def write_policy_file(policy_file: PolicyFile, path: str | Path) -> Path:

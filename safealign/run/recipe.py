@@ -40,7 +40,7 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
     say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
     selection = alignment.aligned.selection
     certificate = certify_policy(
-        ws, selection.policy, reason=selection.message, scorers=alignment.aligned.scorers
+        ws, selection.policy, reason=selection.reason, scorers=alignment.aligned.scorers
     )
     truth = true_outcomes(ws, alignment.aligned)
     say(progress, "[6/6] signed audit report")

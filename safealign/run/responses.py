@@ -8,10 +8,13 @@ was aligned on are refused: the one-shot test is valid only on prompts selection
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from safealign.constraints.attempts import attempt_safety, logged_test
+from safealign.constraints.candidates import load_candidates
 from safealign.constraints.hc_rlhf import Certificate, certify_samples
 from safealign.data.io import iter_json_lines, parse_json
 from safealign.data.near_duplicates import NearDuplicateIndex
@@ -20,8 +23,8 @@ from safealign.data.records import fingerprint as records_fingerprint
 from safealign.data.responses import load_responses
 from safealign.errors import DataError
 from safealign.models.scalar import load_scoring_model
-from safealign.run.paths import RunPaths
-from safealign.run.policy_file import PolicyFile, aligned_prompts, load_policy_file
+from safealign.run.paths import POLICY_FILE, RunPaths
+from safealign.run.policy_file import PolicyFile, load_policy_file
 from safealign.run.workspace import Workspace
 
 
@@ -110,7 +113,7 @@ def _refuse_aligned_prompts(
         return None
     policy_file = load_policy_file(path)
     index = NearDuplicateIndex(
-        aligned_prompts(policy_file, path, lambda: _candidate_split(ws, policy_file, path))
+        _aligned_prompts(policy_file, path, lambda: _candidate_split(ws, policy_file, path))
     )
     lines = [n for n, _ in iter_json_lines(responses)]
     for line, prompt in zip(lines, prompts, strict=True):
@@ -139,3 +142,30 @@ def _candidate_split(ws: Workspace, policy_file: PolicyFile, path: Path):
             field="data",
         )
     return ws.splits.candidate.prompts
+
+
+def _aligned_prompts(
+    policy_file: PolicyFile, path: str | Path, candidate_split: Callable[[], Sequence[str]]
+) -> tuple[str, ...]:
+    """The prompts ``policy_file``'s policy was optimised on, for ``certify --responses``.
+
+    A candidates file's prompts (the file must still be at its recorded path with its recorded
+    SHA-256), or, for the reference sampler's candidates, the candidate split's
+    (``candidate_split()``: the config's data, whose commitment the caller checks).
+
+    Raises:
+        DataError: the candidates file is missing or changed since alignment.
+    """
+    if not policy_file.from_candidates_file:
+        return tuple(candidate_split())
+    source = Path(policy_file.candidates["path"])
+    digest = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else None
+    if digest != policy_file.candidates["sha256"]:
+        raise DataError(
+            f"the policy was aligned on candidates from {source}, which is "
+            f"{'missing' if digest is None else 'changed'} (its SHA-256 is in {POLICY_FILE}); "
+            "restore that file so certification can check that no safety prompt was aligned on",
+            path=str(path),
+            field="candidates",
+        )
+    return load_candidates(source).prompts

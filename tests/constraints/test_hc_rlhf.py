@@ -169,7 +169,7 @@ def test_infeasible_selection_is_a_result_not_an_exception(population) -> None:
             method=method,
         )
         assert not result.feasible and result.policy is None and result.lambda_ is None
-        assert "threshold" in result.message
+        assert "threshold" in result.reason
 
 
 def test_unsafe_rate_selection_bounds_the_rate(population) -> None:
