@@ -13,18 +13,15 @@ missing one against it, as they could against a plain SHA-256.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import os
 import secrets
-import sys
 import tempfile
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from safealign.data.records import PreferencePair
+from safealign.data.records import PreferencePair, normalise_text
 from safealign.errors import ConfigError
 
 KEY_FILE_SUFFIX = ".key"
@@ -100,25 +97,6 @@ def _digest(mac: hmac.HMAC, parts) -> str:
         data = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         mac.update(len(data).to_bytes(8, "big") + data)
     return mac.hexdigest()
-
-
-@functools.cache
-def _invisible() -> dict[int, None]:
-    """Category Cf (zero-width space/joiners, BOM, bidi controls, soft hyphen): invisible."""
-    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"}
-
-
-def normalise_text(text: str) -> str:
-    """``text`` as the ledger compares it: NFKC, format characters removed, casefolded,
-    whitespace collapsed to single spaces and stripped.
-
-    Why: a privacy unit must not become a "new" person by a trailing space, a zero-width joiner,
-    a full-width letter or a change of case. Two texts equal after this are treated as one.
-    """
-    if not text.isascii():  # ASCII is already NFKC and has no format characters
-        text = unicodedata.normalize("NFKC", text).translate(_invisible())
-        text = unicodedata.normalize("NFKC", text.casefold())
-    return " ".join(text.casefold().split())
 
 
 def unit_keys(key: bytes, pairs: Iterable[PreferencePair], privacy_unit: str) -> set[str]:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from safealign.cli import main
-from safealign.data.records import PairDataset, PreferencePair
+from safealign.data.records import PairDataset, PreferencePair, normalise_text
 from safealign.errors import ConfigError, PrivacyError
-from safealign.privacy.identity import default_ledger_path, normalise_text, unit_keys
+from safealign.privacy.identity import default_ledger_path, unit_keys
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.ledger_store import SCHEMA_VERSION
 
