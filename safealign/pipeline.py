@@ -370,7 +370,7 @@ def certify_stage(
         groups = dict(zip(names, normalized, strict=True))
         return scored.rewards, scored.costs, scored.log_p, groups
 
-    sample = best_of_k_sampler(score_fresh, seed=config.seed)
+    sample = best_of_k_sampler(score_fresh, seed=config.seed, unit=config.safety.unit)
     certificate = certify(
         policy,
         splits.safety,
