@@ -512,3 +512,30 @@ def test_best_of_k_sampler_expectation_unit_returns_the_policy_weights():
     assert isinstance(out, SafetySample) and out.group_rewards == {}
     torch.testing.assert_close(out.weights, policy.probabilities(rewards, costs))
     torch.testing.assert_close(out.costs, torch.from_numpy(costs))
+
+
+def test_certify_with_the_expectation_unit_bounds_each_prompts_expected_metric(world) -> None:
+    # Through certify(): the sealed split, the sampler in prompt_expectation mode, and groups.
+    prompts = world.prompts[:40]
+    pairs = [PreferencePair(p, "a", "b", group="majority") for p in prompts[:30]]
+    pairs += [PreferencePair(p, "c", "d", group="minority") for p in prompts[20:]]
+    sealed = SealedDataset(PairDataset(tuple(pairs), name="test:safety"))
+    policy = TiltedPolicy(beta=BETA, lambda_=2.0, num_candidates=16, seed=4)
+    safety = SafetyConfig(cost_threshold=0.5, unit="prompt_expectation")
+    sampler = best_of_k_sampler(_grouped_scorer(world, 9), unit="prompt_expectation")
+    cert = certify(policy, sealed, sampler, safety=safety, group_prompts="own")
+    r, c, _, groups = _grouped_scorer(world, 9)(tuple(prompts))
+    expected = policy.expectation(torch.sigmoid(torch.from_numpy(c)), r, c)
+    assert cert.values == pytest.approx(expected.tolist(), rel=1e-12)
+    direct = upper_bound(expected, confidence=0.95, bound="betting", value_range=(0.0, 1.0))
+    assert cert.upper_bound == pytest.approx(direct.upper_bound, rel=1e-12)
+    assert cert.passed == (direct.upper_bound <= 0.5)
+    minority = policy.expectation(groups["minority"], r, c)[20:]
+    entry = cert.groups["groups"]["minority"]
+    assert entry["n"] == 20 and entry["reward_mean"] == pytest.approx(float(minority.mean()))
+    # Without groups the sampler still returns every candidate with the weights.
+    plain = certify(
+        policy, sealed, best_of_k_sampler(_scorer(world, 9), unit="prompt_expectation"),
+        safety=safety,
+    )  # fmt: skip
+    assert plain.values == cert.values and plain.groups is None
