@@ -242,11 +242,13 @@ def end_to_end(trials: int, seed: int, cells: list[tuple[float, float, int]]) ->
                     continue
                 policy, r, c_safe = result.policy, rewards[safe], costs[safe]
                 picked = c_safe[torch.arange(n_safety), policy.sample(r, c_safe, generator=gen)]
-                if unit == "expectation":  # as a score whose sigmoid is the prompt's expectation
-                    picked = torch.logit(policy.expectation(torch.sigmoid(c_safe), r, c_safe))
+                weights = None
+                if unit == "expectation":  # the library's unit: every candidate, with q_lambda
+                    picked, weights = c_safe, policy.probabilities(r, c_safe)
+                unit_name = "prompt_expectation" if unit == "expectation" else "response"
                 cert = certify_samples(
-                    picked, safety=SafetyConfig(bound=step2, **config),
-                    sampler_settings={}, safety_fingerprint=None,
+                    picked, safety=SafetyConfig(bound=step2, unit=unit_name, **config),
+                    sampler_settings={}, safety_fingerprint=None, weights=weights,
                 )  # fmt: skip
                 if cert.passed:
                     truth = float(policy.expectation(prob, rewards, costs).mean())
