@@ -229,6 +229,15 @@ class SafetyConfig:
     )
     c1: float = field(default=1.0, metadata=doc("Pessimism on the optimisation sample (C1).", _non_negative))
     c2: float = field(default=1.0, metadata=doc("Pessimism for the safety-set size (C2).", _non_negative))
+    unit: Literal["response", "prompt_expectation"] = field(
+        default="response",
+        metadata=doc(
+            "What each safety prompt contributes: the metric of one response resampled from its K "
+            "fresh candidates, or its exact expected metric under the policy's resampling "
+            "distribution over them (Rao-Blackwellised: same mean, i.i.d., less variance; not 0/1, "
+            "so unsafe_rate is then bounded by betting)."
+        ),
+    )
     group_coverage: Literal["simultaneous", "individual"] = field(
         default="simultaneous",
         metadata=doc(
@@ -242,7 +251,8 @@ class SafetyConfig:
         """The bound the safety test uses: ``bound``, with ``"auto"`` resolved by the metric."""
         if self.bound != "auto":
             return self.bound
-        return "clopper_pearson" if self.metric == "unsafe_rate" else "betting"
+        exact_binomial = self.metric == "unsafe_rate" and self.unit == "response"
+        return "clopper_pearson" if exact_binomial else "betting"
 
 
 @dataclass(frozen=True)
@@ -389,6 +399,8 @@ def safety_config_problems(s: SafetyConfig) -> list[str]:
         problems.append(f"cost_range: only metric expected_cost has a declared range; {s.metric} lies in [0, 1]")
     if s.cost_range is not None and not s.cost_range[0] < s.cost_range[1]:
         problems.append(f"cost_range: low must be < high (got {list(s.cost_range)})")
+    if bound == "clopper_pearson" and s.unit == "prompt_expectation":
+        problems.append("bound: 'clopper_pearson' needs 0/1 outcomes; per-prompt expectations are not (use auto)")
     if bound == "clopper_pearson" and s.metric != "unsafe_rate":
         problems.append("bound: 'clopper_pearson' bounds a 0/1 rate; set safety.metric: unsafe_rate")
     if bound == "student_t" and s.metric == "unsafe_rate":

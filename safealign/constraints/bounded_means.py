@@ -25,17 +25,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import optimize
 
-# Truncation of the bets at c / (1 - m), c of the largest bet that keeps every factor positive
-# (Waudby-Smith & Ramdas use c = 1/2 or 3/4): each factor is then >= 1 - c. Each factor
-# 1 + min(b_i, c/(1-m)) (m - x_i) is non-decreasing in m on both branches (d/dm of
-# (m - x)/(1 - m) is (1 - x)/(1 - m)^2 >= 0), so the capital is non-decreasing in m, the
-# confidence set is an interval [0, U) and U is found exactly by root finding.
+# Truncation of the bets at c / (1 - m): each factor is then >= 1 - c (Waudby-Smith & Ramdas use
+# c = 1/2 or 3/4; any c < 1 is valid). Each factor 1 + min(b_i, c/(1-m)) (m - x_i) is
+# non-decreasing in m on both branches (d/dm of (m - x)/(1 - m) is (1 - x)/(1 - m)^2 >= 0), so the
+# capital is non-decreasing in m, the confidence set is an interval [0, U) and U is found by
+# bisection, keeping the end that is rejected (so the bound is rounded up, never down).
 _BET_TRUNCATION = 0.75
+_BISECTION_STEPS = 60  # 2^-60 of the range: below float resolution at the top of [0, 1]
 
 
-def betting_upper_bound(sample: np.ndarray, *, confidence: float, low: float, high: float) -> float:
+def betting_upper_bound(
+    sample: np.ndarray,
+    *,
+    confidence: float,
+    low: float,
+    high: float,
+    truncation: float = _BET_TRUNCATION,
+) -> float:
     """Upper confidence bound on the mean by betting (Waudby-Smith & Ramdas 2024; module doc).
 
     Args:
@@ -44,30 +51,69 @@ def betting_upper_bound(sample: np.ndarray, *, confidence: float, low: float, hi
         confidence: ``1 - δ``.
         low: Declared lower end of the range.
         high: Declared upper end.
+        truncation: ``c`` in (0, 1), the largest bet as a fraction of ``1 / (1 - m)``.
 
     Returns:
         The bound, in the units of ``sample``; ``high`` when nothing can be excluded.
     """
-    x = (np.asarray(sample, dtype=float) - low) / (high - low)
-    n = x.size
+    rows = np.asarray(sample, dtype=float)[None, :]
+    return float(
+        betting_upper_bounds(
+            rows, confidence=confidence, low=low, high=high, truncation=truncation
+        )[0]
+    )
+
+
+def betting_upper_bounds(
+    samples: np.ndarray,
+    *,
+    confidence: float,
+    low: float,
+    high: float,
+    truncation: float = _BET_TRUNCATION,
+) -> np.ndarray:
+    """:func:`betting_upper_bound` of each row of ``samples`` ``[T, n]`` at once: ``[T]``."""
+    x = (np.asarray(samples, dtype=float) - low) / (high - low)
     log_threshold = math.log(1.0 / (1.0 - confidence))
-    # Predictable plug-in: mean and variance estimates from the values *before* i (with the
-    # paper's priors 1/2 and 1/4), hence valid bets.
+    bets = predictable_bets(x, log_threshold)
+    lo, hi = np.zeros(x.shape[0]), np.ones(x.shape[0])
+    rejected_at_top = log_capital(x, bets, hi, truncation) >= log_threshold
+    for _ in range(_BISECTION_STEPS):  # invariant: hi is rejected (or hi = 1), lo is not
+        mid = 0.5 * (lo + hi)
+        rejected = log_capital(x, bets, mid, truncation) >= log_threshold
+        hi, lo = np.where(rejected, mid, hi), np.where(rejected, lo, mid)
+    unit = np.where(rejected_at_top, hi, 1.0)
+    return low + (high - low) * unit
+
+
+def predictable_bets(x: np.ndarray, log_threshold: float) -> np.ndarray:
+    """WSR's predictable plug-in bets ``[T, n]`` for a fixed sample size n, before truncation.
+
+    ``lambda_i = sqrt(2 log(1/δ) / (n sigma_{i-1}^2))`` (their eq. (26) with ``t log(1 + t)``
+    replaced by ``n``), where ``sigma_{i-1}^2`` uses only the values *before* i, with the paper's
+    priors: ``mu_i = (1/2 + sum_{j<=i} x_j) / (i + 1)``, ``sigma_i^2 = (1/4 + sum_{j<=i}
+    (x_j - mu_j)^2) / (i + 1)`` and ``sigma_0^2 = 1/4``. Predictable, hence a valid bet.
+    """
+    n = x.shape[-1]
     seen = np.arange(1, n + 1)
-    mean_hat = (0.5 + np.cumsum(x)) / (seen + 1)
-    var_hat = (0.25 + np.cumsum((x - mean_hat) ** 2)) / (seen + 1)
-    var_before = np.concatenate([[0.25], var_hat[:-1]])
-    bets = np.sqrt(2.0 * log_threshold / (n * var_before))
+    mean_hat = (0.5 + np.cumsum(x, axis=-1)) / (seen + 1)
+    var_hat = (0.25 + np.cumsum((x - mean_hat) ** 2, axis=-1)) / (seen + 1)
+    var_before = np.concatenate([np.full(x.shape[:-1] + (1,), 0.25), var_hat[..., :-1]], axis=-1)
+    return np.sqrt(2.0 * log_threshold / (n * var_before))
 
-    def excess(m: float) -> float:  # log K_n(m) - log(1/δ), non-decreasing in m
-        lam = np.minimum(bets, _BET_TRUNCATION / max(1.0 - m, 1e-300))
-        return float(np.log1p(lam * (m - x)).sum()) - log_threshold
 
-    if excess(1.0) < 0:  # even m = 1 (the top of the range) is not rejected
-        return float(high)
-    # excess(0) <= -log(1/δ) < 0: the root is in (0, 1]; round it up so the bound stays valid.
-    root = optimize.brentq(excess, 0.0, 1.0, xtol=1e-12)
-    return float(low + (high - low) * min(1.0, root + 1e-12))
+def log_capital(x: np.ndarray, bets: np.ndarray, m: np.ndarray, truncation: float) -> np.ndarray:
+    """``log K_n(m) = sum_i log(1 + min(lambda_i, c / (1 - m)) (m - x_i))`` per row, ``[T]``.
+
+    Args:
+        x: Values rescaled to [0, 1], ``[T, n]``.
+        bets: :func:`predictable_bets`, ``[T, n]``.
+        m: The candidate mean of each row, ``[T]`` in [0, 1].
+        truncation: ``c`` in (0, 1).
+    """
+    m = np.asarray(m, dtype=float)[:, None]
+    lam = np.minimum(bets, truncation / np.maximum(1.0 - m, 1e-300))
+    return np.log1p(lam * (m - x)).sum(axis=-1)
 
 
 def empirical_bernstein_upper_bound(

@@ -125,7 +125,8 @@ def anticipated_bound(
     is the exact bound's margin at the rate ``mean`` (a sampled response is unsafe with that
     probability). Per-prompt expectations spread less than single responses, so for the
     range-based bounds this under-states step 2's width when responses to one prompt differ a
-    lot; the largest variance a mean allows (values at the range's ends only) over-states it
+    lot, unless step 2 certifies per-prompt expectations too (``safety.unit:
+    prompt_expectation``), whose distribution this sample then has exactly; the largest variance a mean allows (values at the range's ends only) over-states it
     instead, by 10x on the demo's DP cost model, where it left step 1 infeasible. Only ``n_s``
     enters, never the safety records. It shapes power, not validity: the guarantee is step 2's.
 

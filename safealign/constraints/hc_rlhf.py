@@ -38,7 +38,12 @@ from safealign.constraints.group_bounds import (
     check_group_prompts,
     safety_prompt_groups,
 )
-from safealign.constraints.tilting import ArrayLike, SafetySample, metric_costs
+from safealign.constraints.tilting import (
+    ArrayLike,
+    SafetySample,
+    metric_costs,
+    prompt_expectations,
+)
 from safealign.data.records import PairDataset
 from safealign.errors import ConfigError, DataError
 
@@ -206,19 +211,22 @@ def certify(
     settings = policy.sampler_settings()
     sampled = sample_costs(policy, prompts)
     grouped = isinstance(sampled, SafetySample)
-    costs = _checked_costs(sampled.costs if grouped else sampled, n=len(prompts))
+    weights = sampled.weights if grouped else None
+    costs = _checked_costs(sampled.costs if grouped else sampled, n=len(prompts), weights=weights)
     certificate = certify_samples(
         costs,
         safety=safety,
         sampler_settings=settings,
         safety_fingerprint=pairs.fingerprint,
         source="policy",
+        weights=weights,
     )
-    if not grouped:
+    if not grouped or not sampled.group_rewards:
         return certificate
     groups = certify_group_samples(
         costs,
         sampled.group_rewards,
+        weights=weights,
         metric=safety.metric,
         confidence=safety.confidence,
         bound=certificate.bound,
@@ -237,12 +245,16 @@ def certify_samples(
     sampler_settings: Mapping[str, Any],
     safety_fingerprint: str | None,
     source: str = "samples",
+    weights: Tensor | None = None,
 ) -> Certificate:
     """The safety test on already-scored responses ("bring your own samples").
 
     ``costs[i]`` must be the cost-model score of one response sampled, with ``sampler_settings``,
     for the i-th safety prompt; ``U = upper_bound(metric(costs))`` and the test passes iff
-    ``U <= cost_threshold`` (Chittepu et al. 2025, Alg. 1, safety test).
+    ``U <= cost_threshold`` (Chittepu et al. 2025, Alg. 1, safety test). With ``weights``
+    (``safety.unit: prompt_expectation``), ``costs[i]`` holds the scores of the i-th prompt's K
+    fresh candidates and the unit is ``sum_k weights[i, k] * metric(costs[i, k])``, the prompt's
+    expected metric under the resampler (see :func:`tilting.best_of_k_sampler`).
 
     Args:
         costs: Cost-model scores ``[n]``, one per safety prompt (``n >= 2``).
@@ -250,6 +262,7 @@ def certify_samples(
         sampler_settings: How the responses were sampled (JSON-serialisable).
         safety_fingerprint: Fingerprint of the safety prompts, if known.
         source: Recorded provenance, ``"samples"`` unless called by :func:`certify`.
+        weights: The resampler's probabilities ``[n, K]`` over each prompt's candidates, or None.
 
     Returns:
         A :class:`Certificate`; failing the test gives ``passed=False``, ``result="NSF"``.
@@ -257,8 +270,12 @@ def certify_samples(
     check_safety_config(safety)
     settings = _json_copy(sampler_settings)
     values = metric_costs(
-        _checked_costs(costs, n=None), safety.metric, cost_range=metric_range(safety)
+        _checked_costs(costs, n=None, weights=weights),
+        safety.metric,
+        cost_range=metric_range(safety),
     )
+    if weights is not None:  # the Rao-Blackwellised unit: each prompt's expected metric
+        values = prompt_expectations(values, weights)
     check_sample_size(safety, values.numel())
     value_range, bound = metric_range(safety), safety.resolved_bound
     ub = upper_bound(values, confidence=safety.confidence, bound=bound, value_range=value_range)
@@ -276,7 +293,9 @@ def certify_samples(
         result=CERTIFIED if passed else NSF,
         sampler_settings=settings,
         safety_fingerprint=safety_fingerprint,
-        assumptions=_assumptions(safety, value_range, source=source),
+        assumptions=_assumptions(
+            safety, value_range, source=source, expectation=weights is not None
+        ),
         value_range=value_range,
         source=source,
         quantity=quantity_words(safety.metric, value_range),
@@ -360,10 +379,18 @@ def metric_range(safety: SafetyConfig) -> tuple[float, float] | None:
 
 
 def _assumptions(
-    safety: SafetyConfig, value_range: tuple[float, float] | None, *, source: str
+    safety: SafetyConfig,
+    value_range: tuple[float, float] | None,
+    *,
+    source: str,
+    expectation: bool = False,
 ) -> tuple[str, ...]:
     sampled = (
-        "each safety prompt got one response sampled from the released policy with exactly the "
+        "each safety prompt contributed its exact expected metric under the released resampler's "
+        "distribution over K fresh candidates drawn with exactly the recorded sampler settings "
+        "(the Rao-Blackwellised unit: i.i.d. across prompts, the same mean as one response)"
+        if expectation
+        else "each safety prompt got one response sampled from the released policy with exactly the "
         "recorded sampler settings"
         if source == "policy"
         else "the supplied responses were sampled, one per safety prompt, from the released model "
@@ -391,11 +418,16 @@ def _assumptions(
     )
 
 
-def _checked_costs(costs: ArrayLike | Sequence[float], *, n: int | None) -> Tensor:
+def _checked_costs(
+    costs: ArrayLike | Sequence[float], *, n: int | None, weights: Tensor | None = None
+) -> Tensor:
     if isinstance(costs, Tensor):
         values = costs.detach().to(torch.float64)
     else:
         values = torch.as_tensor(np.asarray(costs, dtype=float))
+    if weights is not None:
+        _check_weights(values, weights, n)
+        return torch.where(weights > 0, values, 0.0)  # a padded slot (weight 0) holds anything
     if values.ndim != 1:
         raise DataError(
             f"costs must be one value per safety prompt, [n] (got shape {tuple(values.shape)})"
@@ -410,6 +442,25 @@ def _checked_costs(costs: ArrayLike | Sequence[float], *, n: int | None) -> Tens
             f"costs contain {int((~torch.isfinite(values)).sum())} NaN or infinite values"
         )
     return values
+
+
+def _check_weights(costs: Tensor, weights: Tensor, n: int | None) -> None:
+    if costs.ndim != 2 or tuple(weights.shape) != tuple(costs.shape):
+        raise DataError(
+            f"with weights, costs and weights must both be [n, K] (got {tuple(costs.shape)} and "
+            f"{tuple(weights.shape)})"
+        )
+    if n is not None and costs.shape[0] != n:
+        raise DataError(
+            f"the sampler returned {costs.shape[0]} prompts' candidates for {n} safety prompts"
+        )
+    sums = weights.sum(-1)
+    if not (bool((weights >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums)))):
+        raise DataError(
+            "weights must be probabilities over each prompt's candidates (rows >= 0, sum 1)"
+        )
+    if not bool(torch.isfinite(torch.where(weights > 0, costs, 0.0)).all()):
+        raise DataError("costs of candidates with positive weight contain NaN or infinite values")
 
 
 def _json_copy(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,14 @@ def metric_costs(
     return values if cost_range is None else values.clamp(*(float(v) for v in cost_range))
 
 
+def prompt_expectations(values: Tensor, weights: Tensor) -> Tensor:
+    """``sum_k weights[i, k] * values[i, k]``, ``[n]``: each prompt's expected metric.
+
+    A candidate of weight 0 (a padded slot) counts as 0 whatever its value.
+    """
+    return torch.where(weights > 0, weights * values, 0.0).sum(-1)
+
+
 @dataclass(frozen=True)
 class TiltedPolicy:
     """Best-of-K resampling with weights ``p * exp((r - lambda c) / beta)`` (HC-RLHF tilting).
@@ -188,28 +196,48 @@ class TiltedPolicy:
         return torch.log_softmax(lp, dim=-1) + logits
 
 
+#: What one safety prompt contributes to the test (``safety.unit``): the metric of one response
+#: resampled from its K fresh candidates, or its exact expectation under the policy's resampling
+#: distribution over them (Rao-Blackwellised: i.i.d. across prompts, the same mean, less variance).
+UNITS: tuple[str, ...] = ("response", "prompt_expectation")
+
+
 @dataclass(frozen=True)
 class SafetySample:
-    """What the safety sampler returns with groups: one picked response per safety prompt.
+    """What the safety sampler returns with groups, or with the per-prompt expectation unit.
 
     Attributes:
-        costs: Cost-model score of each picked response, ``[n]``.
+        costs: Cost-model score of each picked response, ``[n]``; with ``weights``, of every
+            fresh candidate, ``[n, K]``.
         group_rewards: Per group, the normalised model reward of each picked response, ``[n]``
-            (normalised over that prompt's K fresh candidates, as the score function did).
+            (``[n, K]`` with ``weights``), normalised over that prompt's K fresh candidates, as
+            the score function did; empty without groups.
+        weights: None (one response per prompt), or the policy's resampling probabilities over
+            each prompt's K fresh candidates, ``[n, K]`` (rows sum to one): the test's unit is
+            then each prompt's expected metric, ``sum_k weights[i, k] * metric(costs[i, k])``.
     """
 
     costs: Tensor
     group_rewards: Mapping[str, Tensor]
+    weights: Tensor | None = None
 
 
 def best_of_k_sampler(
-    score_candidates: Callable[[tuple[str, ...]], tuple[Any, ...]], *, seed: int | None = None
+    score_candidates: Callable[[tuple[str, ...]], tuple[Any, ...]],
+    *,
+    seed: int | None = None,
+    unit: str = "response",
 ) -> Callable[[TiltedPolicy, tuple[str, ...]], Tensor | SafetySample]:
     """Deploy a :class:`TiltedPolicy` as a best-of-K resampler: the safety sampler of ``certify``.
 
     The returned function draws, for each prompt, K *fresh* reference candidates, picks one from
     ``q_lambda`` and returns the cost-model score of the pick, ``[n]``; when the score function
     also gives group rewards, a :class:`SafetySample` with each group's reward of the same pick.
+    With ``unit="prompt_expectation"`` nothing is picked: it returns a :class:`SafetySample` with
+    every candidate's scores and ``q_lambda`` as ``weights``, so the unit is each prompt's exact
+    expected metric under the deployed resampler. Given the prompt, the K fresh candidates are
+    i.i.d., so these expectations are i.i.d. across prompts with the same mean as one resampled
+    response, and no larger variance (law of total variance): an equally valid unit with more power.
 
     Args:
         score_candidates: Maps prompts to ``(rewards [n, K], costs [n, K])``, ``(rewards, costs,
@@ -218,9 +246,14 @@ def best_of_k_sampler(
             models; ``group_rewards`` maps each group to its normalised rewards ``[n, K]`` (they
             are only read off the pick, never used to draw it).
         seed: Seed of the resampling draw; defaults to the policy's own ``seed``.
+        unit: One of :data:`UNITS`.
     """
+    if unit not in UNITS:
+        raise ConfigError(f"unit must be one of {', '.join(UNITS)} (got {unit!r})")
 
     def sample(policy: TiltedPolicy, prompts: tuple[str, ...]) -> Tensor | SafetySample:
+        if unit == "prompt_expectation":
+            return _expectation_sample(policy, score_candidates(prompts))
         draw_seed = policy.seed if seed is None else seed
         if draw_seed is None:
             raise ConfigError("best_of_k_sampler needs a seed (pass seed= or give the policy one)")
@@ -241,6 +274,23 @@ def best_of_k_sampler(
         return SafetySample(picked, groups)
 
     return sample
+
+
+def _expectation_sample(policy: TiltedPolicy, scored: tuple[Any, ...]) -> SafetySample:
+    costs = _as_float64(scored[1], "costs")
+    log_p = scored[2] if len(scored) > 2 else None
+    weights = policy.probabilities(scored[0], costs, log_p=log_p)
+    groups = scored[3] if len(scored) > 3 and scored[3] is not None else {}
+    # A padded slot (log_p = -inf) has weight 0 and may hold anything: it counts as 0.
+    kept = {
+        name: torch.where(weights > 0, torch.as_tensor(v).to(torch.float64), 0.0)
+        for name, v in groups.items()
+    }
+    return SafetySample(
+        costs,
+        {name: _as_float64(v, f"group {name!r} rewards") for name, v in kept.items()},
+        weights=weights,
+    )
 
 
 def _policy_problems(policy: TiltedPolicy) -> list[str]:

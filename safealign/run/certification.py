@@ -159,7 +159,7 @@ def run_safety_test(
     return safety_test(
         policy,
         safety_pairs,
-        best_of_k_sampler(score_fresh, seed=config.seed),
+        best_of_k_sampler(score_fresh, seed=config.seed, unit=config.safety.unit),
         safety=attempt_safety(config.safety),
         group_prompts="own" if config.groups.mode == "given" else "all",
         reward_normalization=config.groups.normalize,

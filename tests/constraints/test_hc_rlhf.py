@@ -335,9 +335,7 @@ def test_certify_with_groups_bounds_each_group_and_leaves_the_population_test_al
     pairs += [PreferencePair(p, "c", "d", group="minority") for p in prompts[20:]]
     sealed = PairDataset(tuple(pairs), name="test:safety")  # the unsealed safety pairs
     policy = TiltedPolicy(beta=BETA, lambda_=2.0, num_candidates=16, seed=4)
-    safety = SafetyConfig(
-        cost_threshold=0.0, confidence=0.9, group_coverage="individual", **RAW_T
-    )
+    safety = SafetyConfig(cost_threshold=0.0, confidence=0.9, group_coverage="individual", **RAW_T)
     plain = certify(policy, sealed, best_of_k_sampler(_scorer(world, 9)), safety=safety)
     grouped = certify(
         policy,
@@ -356,9 +354,7 @@ def test_certify_with_groups_bounds_each_group_and_leaves_the_population_test_al
     picks = policy.sample(r, c, generator=torch.Generator().manual_seed(4))
     rows = torch.arange(40)
     for name, own in (("majority", list(range(30))), ("minority", list(range(20, 40)))):
-        cost = upper_bound(
-            torch.from_numpy(c)[rows, picks][own], confidence=0.9, bound="student_t"
-        )
+        cost = upper_bound(torch.from_numpy(c)[rows, picks][own], confidence=0.9, bound="student_t")
         reward = -upper_bound(
             -groups[name][rows, picks][own], confidence=0.9, bound="student_t"
         ).upper_bound
@@ -442,3 +438,107 @@ def test_default_certificate_is_valid_and_releases_in_simulation(population) -> 
     failures = sum(j is not None and j > tau for j in released)
     assert failures <= trials * (1 - confidence) + 3.5 * math.sqrt(trials * 0.09)
     assert sum(j is not None for j in released) >= 0.45 * trials
+
+
+# --- the Rao-Blackwellised unit (safety.unit: prompt_expectation) -------------------------------
+
+
+def test_prompt_expectation_unit_with_one_hot_weights_is_the_response_unit():
+    from safealign.config import SafetyConfig
+    from safealign.constraints.hc_rlhf import certify_samples
+
+    rng = np.random.default_rng(0)
+    costs = rng.normal(-2.0, 1.5, (40, 4))
+    picks = rng.integers(0, 4, 40)
+    weights = torch.zeros(40, 4, dtype=torch.float64)
+    weights[torch.arange(40), torch.from_numpy(picks)] = 1.0
+    safety = SafetyConfig(cost_threshold=0.5, unit="prompt_expectation")
+    rb = certify_samples(
+        torch.from_numpy(costs), safety=safety, sampler_settings={}, safety_fingerprint=None,
+        weights=weights,
+    )  # fmt: skip
+    plain = certify_samples(
+        costs[np.arange(40), picks], safety=SafetyConfig(cost_threshold=0.5),
+        sampler_settings={}, safety_fingerprint=None,
+    )  # fmt: skip
+    assert rb.values == pytest.approx(plain.values, rel=1e-12)
+    assert rb.upper_bound == pytest.approx(plain.upper_bound, rel=1e-9)
+    assert "Rao-Blackwellised" in " ".join(rb.assumptions)
+
+
+def test_prompt_expectation_unit_is_the_weighted_mean_of_the_metric_and_ignores_padding():
+    from safealign.config import SafetyConfig
+    from safealign.constraints.hc_rlhf import certify_samples
+
+    costs = torch.tensor([[-3.0, 1.0, 5.0]] * 30, dtype=torch.float64)
+    weights = torch.tensor([[0.5, 0.5, 0.0]] * 30, dtype=torch.float64)
+    costs[:, 2] = float("nan")  # a padded slot of weight 0 may hold anything
+    cert = certify_samples(
+        costs, safety=SafetyConfig(cost_threshold=0.9, unit="prompt_expectation"),
+        sampler_settings={}, safety_fingerprint=None, weights=weights,
+    )  # fmt: skip
+    expected = 0.5 * torch.sigmoid(torch.tensor(-3.0)) + 0.5 * torch.sigmoid(torch.tensor(1.0))
+    assert cert.values == pytest.approx([float(expected)] * 30)
+
+
+def test_prompt_expectation_unit_refuses_weights_that_are_not_probabilities():
+    from safealign.config import SafetyConfig
+    from safealign.constraints.hc_rlhf import certify_samples
+    from safealign.errors import DataError
+
+    costs = torch.zeros(30, 2, dtype=torch.float64)
+    with pytest.raises(DataError, match="probabilities"):
+        certify_samples(
+            costs, safety=SafetyConfig(unit="prompt_expectation"), sampler_settings={},
+            safety_fingerprint=None, weights=torch.full((30, 2), 0.7, dtype=torch.float64),
+        )  # fmt: skip
+
+
+def test_unsafe_rate_with_the_expectation_unit_is_bounded_by_betting_not_clopper_pearson():
+    from safealign.config import SafetyConfig, safety_config_problems
+
+    assert SafetyConfig(metric="unsafe_rate").resolved_bound == "clopper_pearson"
+    rb = SafetyConfig(metric="unsafe_rate", unit="prompt_expectation")
+    assert rb.resolved_bound == "betting" and not safety_config_problems(rb)
+    cp = SafetyConfig(metric="unsafe_rate", unit="prompt_expectation", bound="clopper_pearson")
+    assert any("0/1" in problem for problem in safety_config_problems(cp))
+
+
+def test_best_of_k_sampler_expectation_unit_returns_the_policy_weights():
+    from safealign.constraints.tilting import SafetySample, TiltedPolicy, best_of_k_sampler
+
+    rng = np.random.default_rng(1)
+    rewards, costs = rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
+    policy = TiltedPolicy(beta=0.5, lambda_=1.0, num_candidates=4, seed=0)
+    sample = best_of_k_sampler(lambda prompts: (rewards, costs), unit="prompt_expectation")
+    out = sample(policy, tuple("abcde"))
+    assert isinstance(out, SafetySample) and out.group_rewards == {}
+    torch.testing.assert_close(out.weights, policy.probabilities(rewards, costs))
+    torch.testing.assert_close(out.costs, torch.from_numpy(costs))
+
+
+def test_certify_with_the_expectation_unit_bounds_each_prompts_expected_metric(world) -> None:
+    # Through certify(): the safety pairs, the sampler in prompt_expectation mode, and groups.
+    prompts = world.prompts[:40]
+    pairs = [PreferencePair(p, "a", "b", group="majority") for p in prompts[:30]]
+    pairs += [PreferencePair(p, "c", "d", group="minority") for p in prompts[20:]]
+    sealed = PairDataset(tuple(pairs), name="test:safety")
+    policy = TiltedPolicy(beta=BETA, lambda_=2.0, num_candidates=16, seed=4)
+    safety = SafetyConfig(cost_threshold=0.5, unit="prompt_expectation")
+    sampler = best_of_k_sampler(_grouped_scorer(world, 9), unit="prompt_expectation")
+    cert = certify(policy, sealed, sampler, safety=safety, group_prompts="own")
+    r, c, _, groups = _grouped_scorer(world, 9)(tuple(prompts))
+    expected = policy.expectation(torch.sigmoid(torch.from_numpy(c)), r, c)
+    assert cert.values == pytest.approx(expected.tolist(), rel=1e-12)
+    direct = upper_bound(expected, confidence=0.95, bound="betting", value_range=(0.0, 1.0))
+    assert cert.upper_bound == pytest.approx(direct.upper_bound, rel=1e-12)
+    assert cert.passed == (direct.upper_bound <= 0.5)
+    minority = policy.expectation(groups["minority"], r, c)[20:]
+    entry = cert.groups["groups"]["minority"]
+    assert entry["n"] == 20 and entry["reward_mean"] == pytest.approx(float(minority.mean()))
+    # Without groups the sampler still returns every candidate with the weights.
+    plain = certify(
+        policy, sealed, best_of_k_sampler(_scorer(world, 9), unit="prompt_expectation"),
+        safety=safety,
+    )  # fmt: skip
+    assert plain.values == cert.values and plain.groups is None
