@@ -95,6 +95,14 @@ class DataConfig:
     safety_fraction: float = field(
         default=0.2, metadata=doc("Share of prompts reserved for the one-shot safety test.", _open_unit)
     )
+    chosen_is_safer: bool = field(
+        default=False,
+        metadata=doc(
+            "HH-RLHF only: mark every pair's chosen response as the safer one (safer: chosen), true "
+            "for harmless-base, where annotators chose the less harmful reply (not for helpful-*); "
+            "it gives the cost model its pairwise labels."
+        ),
+    )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata=doc("The synthetic world."))
     dataset_id: str | None = field(
         default=None,

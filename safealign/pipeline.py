@@ -47,6 +47,7 @@ from safealign.data.source import load_source, make_splits
 from safealign.data.splits import CERTIFY, Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
+from safealign.models.embeddings import CACHE_SUFFIX
 from safealign.privacy.identity import default_data_dir, default_ledger_path
 from safealign.privacy.release import LEGACY_LEDGER, open_ledger
 from safealign.run_stages import (
@@ -467,8 +468,9 @@ def _report(config, out, receipts, certificate, aligned, data, truth):
     key = signing_key(config, out)
     # Every file of the run except the report and its renderings (hashed in the signed
     # renderings manifest), a configured private key placed inside the run, and the ledger: a
-    # live database whose bytes change as it is read (its state is in privacy.ledger).
-    ledger_path = Path(config.budget.ledger).resolve()
+    # live database whose bytes change as it is read (its state is in privacy.ledger). Nor the
+    # frozen-backbone embedding cache: private data, whose hashes would let anyone test guesses.
+    ledger_path = Path(config.budget.ledger or default_ledger_path()).resolve()
     log = str(log_path(config.budget).resolve())  # the certification log: a live database too
     secret = Path(config.audit.signing_key).resolve() if config.audit.signing_key else None
     artifacts = [
@@ -477,6 +479,7 @@ def _report(config, out, receipts, certificate, aligned, data, truth):
         if p.is_file()
         and not p.is_symlink()
         and p.name not in {"report.json", "report.html", "report.md"}
+        and not p.name.endswith(CACHE_SUFFIX)
         and p.resolve() != secret
         and not p.resolve().name.startswith(ledger_path.name)
         and not str(p.resolve()).startswith(log)

@@ -30,6 +30,7 @@ from safealign.data.records import PairDataset
 from safealign.data.source import load_source, make_splits
 from safealign.data.splits import CERTIFY, SealedDataset, Splits
 from safealign.errors import ConfigError
+from safealign.models.embeddings import RUN_CACHE_DIR, embedding_cache
 from safealign.models.scalar import Kind, load_scoring_model, save_scoring_model
 from safealign.privacy.audit import AuditResult, prepare_audit, run_privacy_audit
 from safealign.privacy.identity import default_ledger_path
@@ -146,6 +147,11 @@ def models_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
     Returns:
         ``(scorers, receipts, model directories relative to out)``.
     """
+    with embedding_cache(out / RUN_CACHE_DIR):  # frozen-backbone embeddings: private, kept here
+        return _models_stage(config, out, pairs, splits, progress=progress)
+
+
+def _models_stage(config: Config, out: Path, pairs, splits, *, progress: bool):
     say(progress, "[2/6] private cost model")
     cost_model, cost_receipt = trained_model(
         config, kind="cost", out=out / "cost", pairs=pairs, splits=splits, progress=progress
@@ -331,14 +337,15 @@ def train_model_stage(
 ) -> RecordedTraining:
     """Train the reward or cost model on the training split, charged to the source's budget."""
     pairs, _ = load_source(config)
-    return record_training(
-        config,
-        kind=kind,
-        out=Path(out_dir),
-        pairs=pairs,
-        splits=make_splits(pairs, config),
-        progress=progress,
-    )
+    with embedding_cache(Path(out_dir) / RUN_CACHE_DIR):
+        return record_training(
+            config,
+            kind=kind,
+            out=Path(out_dir),
+            pairs=pairs,
+            splits=make_splits(pairs, config),
+            progress=progress,
+        )
 
 
 def privacy_audit_stage(

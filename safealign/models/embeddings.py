@@ -40,6 +40,7 @@ from safealign._atomic import atomic_write_bytes
 from safealign.errors import DataError
 
 CACHE_SUFFIX = ".embedding-cache.safetensors"
+RUN_CACHE_DIR = "embeddings"  # the cache's directory inside a run (or a training's --out)
 _DOMAIN = b"safealign.frozen-embedding.v1"
 _ACTIVE: contextvars.ContextVar[EmbeddingCache | None] = contextvars.ContextVar(
     "safealign_embedding_cache", default=None

@@ -171,7 +171,10 @@ def _train_scoring_model(
         raise DataError("no training pairs", path=pairs.name)
     if kind == "cost" and not any(p.has_safety_labels or p.safer for p in pairs):
         raise DataError(
-            "a cost model needs safety labels or 'safer' annotations; none found", path=pairs.name
+            "a cost model needs safety labels or 'safer' annotations; none found (for HH-RLHF "
+            "harmless-base, whose chosen reply is the less harmful one, set "
+            "data.chosen_is_safer: true)",
+            path=pairs.name,
         )
     units, num_units = privacy_units(pairs, config.privacy.privacy_unit)
     plan = plan or plan_training(num_units, config, calibration=calibrates_run(kind, pairs, config))
