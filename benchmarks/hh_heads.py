@@ -21,7 +21,11 @@ held-out pairs whose rejected response costs more.
    AUROC against "any known harm label is 1" (rows whose labels are all unknown are dropped).
 
 CPU seconds are ``time.process_time()`` (all threads of this process); torch runs on
-``--threads`` threads. The embedding pass is counted in full in *every* head model's seconds.
+``--threads`` threads. The embedding pass is counted in full in *every* head model's seconds: its
+CPU per text is measured on a fresh pass over ``--timing-pairs`` pairs and multiplied by the
+pool's texts (``--cache-dir`` may hold entries from an interrupted run). Transfer uses a seeded
+subset of ``--moderation-texts`` texts, LoRA's accuracy a seeded subset of ``--lora-eval-pairs``
+held-out pairs: both to fit the shared 2-core machine.
 
 Usage: HF_HUB_OFFLINE=1 nice python benchmarks/hh_heads.py --out benchmarks/results/hh_heads.json
        python benchmarks/hh_heads.py --quick --out /tmp/hh.json     # tiny backbone, seconds
@@ -153,7 +157,8 @@ def tune(args, pool: PairDataset) -> dict:
     return {"grid": rows, "chosen": chosen, "fold_sizes": [len(v) for _, v in folds]}
 
 
-def moderation_texts(path: Path) -> tuple[list[str], torch.Tensor]:
+def moderation_texts(path: Path, limit: int | None) -> tuple[list[str], torch.Tensor]:
+    """Texts with at least one known label and whether any is 1; a seeded subset of ``limit``."""
     texts, harmful = [], []
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for line in handle:
@@ -163,6 +168,9 @@ def moderation_texts(path: Path) -> tuple[list[str], torch.Tensor]:
                 continue
             texts.append(row["prompt"])
             harmful.append(any(v == 1 for v in known))
+    if limit is not None and limit < len(texts):
+        keep = sorted(random.Random(3).sample(range(len(texts)), limit))
+        texts, harmful = [texts[i] for i in keep], [harmful[i] for i in keep]
     return texts, torch.tensor(harmful)
 
 
@@ -196,7 +204,9 @@ def head_runs(args, pool, held_out, hp, embed_seconds, transfer) -> list[dict]:
 def lora_vs_head(args, pool, held_out, hp) -> dict:
     """LoRA and the head at one ε and seed on the same subset (module doc, 3)."""
     subset = _subset(pool, args.lora_train_pairs, seed=1)
-    out = {"train_pairs": len(subset), "target_epsilon": args.lora_epsilon, "seed": 0}
+    held_out = _subset(held_out, args.lora_eval_pairs, seed=2)
+    out = {"train_pairs": len(subset), "eval_pairs": len(held_out),
+           "target_epsilon": args.lora_epsilon, "seed": 0, "lora_epochs": args.lora_epochs}  # fmt: skip
     start = time.process_time()
     lora = train_cost_model(
         subset, config=lora_config(args, args.lora_epsilon), seed=0, progress=False
@@ -244,7 +254,7 @@ def summarise(runs: list[dict], epsilons) -> dict:
     return table
 
 
-def study(args) -> dict:
+def study(args, write) -> dict:
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     args.backbone_path = minilm_path() if args.backbone == "minilm" else args.backbone
@@ -252,19 +262,31 @@ def study(args) -> dict:
     splits = split_pairs(pairs, seed=0, eval_fraction=args.eval_fraction,
                          candidate_fraction=0.0, safety_fraction=0.0)  # fmt: skip
     pool, held_out = _subset(splits.train, args.train_pairs, 1), splits.eval
-    transfer = moderation_texts(args.moderation) if args.moderation.exists() else None
+    transfer = None
+    if args.moderation.exists():
+        transfer = moderation_texts(args.moderation, args.moderation_texts)
     payload = {"data": str(args.data), "backbone": args.backbone, "pairs": len(pairs),
                "train_pairs": len(pool), "eval_pairs": len(held_out),
                "fixed": {"batch_size": args.batch_size, "max_grad_norm": args.max_grad_norm,
                          "max_length": args.max_length, "mlp_hidden": args.mlp_hidden,
                          "target_delta": TARGET_DELTA, "threads": torch.get_num_threads()}}  # fmt: skip
-    with tempfile.TemporaryDirectory() as cache_dir, embedding_cache(cache_dir):
+    with tempfile.TemporaryDirectory() as temp, embedding_cache(args.cache_dir or temp):
         _log("embedding pass")
-        start = time.process_time()
-        scoring = build_scoring_model(head_config(args, None, {"layers": "linear", "lr": 1e-3,
-                                                               "epochs": 1}), kind="cost", seed=0)  # fmt: skip
+        scoring = build_scoring_model(
+            head_config(args, None, {"layers": "linear", "lr": 1e-3, "epochs": 1}),
+            kind="cost", seed=0,
+        )  # fmt: skip
+        # CPU per text from a fresh pass over a sample (the shared cache may already hold some
+        # entries from an earlier, interrupted run), times the pool's texts.
+        sample = _subset(pool, args.timing_pairs, seed=5)
+        with tempfile.TemporaryDirectory() as fresh, embedding_cache(fresh):
+            start = time.process_time()
+            embed_pairs(scoring, sample)
+            per_text = (time.process_time() - start) / (2 * len(sample))
+        embed_seconds = per_text * 2 * len(pool)
+        payload["embed_cpu_seconds_per_text"] = per_text
+        payload["embed_timing_texts"] = 2 * len(sample)
         embed_pairs(scoring, pool)
-        embed_seconds = time.process_time() - start
         embed_pairs(scoring, held_out)
         if transfer is not None:
             scoring.embed([""] * len(transfer[0]), transfer[0])
@@ -279,6 +301,7 @@ def study(args) -> dict:
     payload["head"] = summarise(payload["runs"], args.epsilons)
     if transfer is not None:
         payload["transfer"] = {"texts": len(transfer[0]), "harmful": int(transfer[1].sum())}
+    write(payload)  # the head study, in case the LoRA run does not finish
     if args.lora_train_pairs:
         _log("LoRA vs head at equal data")
         payload["lora_vs_head"] = lora_vs_head(args, pool, held_out, hp)
@@ -321,12 +344,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--mlp-hidden", type=int, default=64)
-    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--folds", type=int, default=2)
     p.add_argument("--grid-layers", nargs="+", default=["linear", "mlp"])
-    p.add_argument("--grid-lr", type=float, nargs="+", default=[1e-3, 1e-2])
-    p.add_argument("--grid-epochs", type=int, nargs="+", default=[10, 40])
-    p.add_argument("--lora-train-pairs", type=int, default=300)
-    p.add_argument("--lora-epochs", type=int, default=1)
+    p.add_argument("--grid-lr", type=float, nargs="+", default=[3e-3, 3e-2])
+    p.add_argument("--grid-epochs", type=int, nargs="+", default=[30])
+    p.add_argument("--lora-train-pairs", type=int, default=128)
+    p.add_argument("--lora-eval-pairs", type=int, default=200)
+    p.add_argument("--lora-epochs", type=int, default=2, help="the example's former LoRA setting")
+    p.add_argument("--timing-pairs", type=int, default=128, help="fresh embedding timing sample")
+    p.add_argument("--moderation-texts", type=int, default=600, help="seeded subset (None: all)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="keep embeddings here (private data!)"
+    )
     p.add_argument("--lora-epsilon", type=float, default=3.0)
     p.add_argument("--transfer-epsilon", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=1)
@@ -340,6 +369,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             [2],
         )
         args.lora_train_pairs, args.max_length, args.folds = 40, 32, 2
+        args.moderation_texts, args.lora_eval_pairs = 100, 50
     return args
 
 
@@ -347,11 +377,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    payload = {"benchmark": "hh_heads", "quick": args.quick, **study(args)}
-    payload["targets"] = targets(payload)
-    payload["wall_seconds"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+    def write(partial: dict) -> dict:
+        payload = {"benchmark": "hh_heads", "quick": args.quick, **partial}
+        payload["targets"] = targets(payload)
+        payload["wall_seconds"] = time.perf_counter() - started
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return payload
+
+    payload = write(study(args, write))
     head = payload["head"]
     bits = ", ".join(
         f"{'NP' if k == 'non_private' else 'ε=' + k} {v['mean']:.3f}±{v['se_over_seeds']:.3f}"

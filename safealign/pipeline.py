@@ -47,7 +47,7 @@ from safealign.data.source import load_source, make_splits
 from safealign.data.splits import CERTIFY, Splits
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
-from safealign.models.embeddings import CACHE_SUFFIX
+from safealign.models.embeddings import CACHE_SUFFIX, RUN_CACHE_DIR, embedding_cache
 from safealign.privacy.identity import default_data_dir, default_ledger_path
 from safealign.privacy.release import LEGACY_LEDGER, open_ledger
 from safealign.run_stages import (
@@ -307,16 +307,17 @@ def _align(
     candidates, source, reference = candidates_stage(config, sampler, splits, candidates_path)
     scorers, receipts, models = models_stage(config, out, pairs, splits, progress=progress)
     say(progress, "[4/6] policy: pessimistic tilting over candidates (HC-RLHF step 1)")
-    aligned = align_policy(
-        candidates,
-        scorers,
-        policy=config.policy,
-        safety=attempt_safety(config.safety),  # step 1 anticipates the attempt's confidence
-        groups=config.groups,
-        n_safety=splits.safety.num_prompts,
-        seed=config.seed,
-        reference_sampler=reference,
-    )
+    with embedding_cache(out / RUN_CACHE_DIR):  # head models share one embedding per candidate
+        aligned = align_policy(
+            candidates,
+            scorers,
+            policy=config.policy,
+            safety=attempt_safety(config.safety),  # step 1 anticipates the attempt's confidence
+            groups=config.groups,
+            n_safety=splits.safety.num_prompts,
+            seed=config.seed,
+            reference_sampler=reference,
+        )
     policy_file = policy_file_from(
         aligned,
         safety=to_plain(config.safety),
