@@ -8,7 +8,8 @@ model's calibration and a resumed run.
 
 **Keys.** An entry is keyed by the backbone's *identity* and the text. The identity is a SHA-256
 over everything the pooled vector depends on: every backbone tensor (names, dtypes, shapes,
-bytes), the tokenizer's serialised state, the pooling and ``max_length``. A saved model reloaded
+bytes; not BERT's ``pooler``, which never reaches ``last_hidden_state``), the tokenizer's
+serialised state, the pooling and ``max_length``. A saved model reloaded
 from its directory therefore hits the entries its training wrote; another backbone, another
 checkpoint of the same architecture, another tokenizer or another truncation misses. The text key
 is a SHA-256 of the length-prefixed UTF-8 prompt and response.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import json
 import struct
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,10 @@ _ACTIVE: contextvars.ContextVar[EmbeddingCache | None] = contextvars.ContextVar(
     "safealign_embedding_cache", default=None
 )
 _IDENTITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Modules whose weights never reach last_hidden_state: BERT's pooler, which AutoModel adds (freshly
+# initialised) when it reloads a backbone saved without one, so hashing it would give a reloaded
+# model another identity than the training that filled the cache.
+_UNUSED_MODULES = frozenset({"pooler"})
 
 
 class EmbeddingCache:
@@ -156,15 +162,29 @@ def backbone_identity(
     if remembered is not None and remembered[0] == settings:
         return remembered[1]
     digest = hashlib.sha256(_DOMAIN + settings.encode())
-    core = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update((core.to_str() if core is not None else repr(vars(tokenizer))).encode())
+    digest.update(_tokenizer_state(tokenizer).encode())
     for name, tensor in sorted(backbone.state_dict().items()):
+        if name.split(".")[0] in _UNUSED_MODULES:
+            continue
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
         digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     identity = digest.hexdigest()
     _IDENTITIES[backbone] = (settings, identity)
     return identity
+
+
+def _tokenizer_state(tokenizer) -> str:
+    """The fast tokenizer's serialised state without its call-time truncation and padding (set by
+    each call and saved with it, so a reloaded tokenizer would otherwise look different; the
+    identity's ``max_length`` covers them)."""
+    core = getattr(tokenizer, "backend_tokenizer", None)
+    if core is None:  # the feature parser: no learnt state beyond its class and slots
+        return repr(sorted(vars(tokenizer).items()))
+    state = json.loads(core.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return json.dumps(state, sort_keys=True)
 
 
 def cached_embeddings(

@@ -74,6 +74,11 @@ def test_dp_trains_only_the_head_and_the_reloaded_model_scores_raw_text(world_pa
     assert reloaded.model.frozen_backbone
     raw = reloaded.score(prompts, chosen)  # no cache: backbone + head on raw text
     torch.testing.assert_close(raw, via_cache, rtol=1e-5, atol=1e-5)
+    # The reloaded backbone has the trained one's identity: it reads the entries training wrote.
+    counter = _Counter(reloaded)
+    with embedding_cache(tmp_path / "cache"):
+        torch.testing.assert_close(reloaded.score(prompts, chosen), via_cache, rtol=0, atol=0)
+    assert counter.rows == 0
     # ...and the plain forward over tokens (what a user without safealign computes) agrees.
     enc = reloaded.encode(prompts, chosen)
     with torch.no_grad():
