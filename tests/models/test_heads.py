@@ -36,8 +36,8 @@ class _Counter:
         self.rows = 0
         scoring.model.backbone.register_forward_hook(self._hook)
 
-    def _hook(self, module, args, kwargs_or_out, out=None):
-        self.rows += int(kwargs_or_out.last_hidden_state.shape[0])
+    def _hook(self, module, args, output):
+        self.rows += int(output.last_hidden_state.shape[0])
 
 
 def test_head_and_lora_together_are_refused_naming_the_key():
