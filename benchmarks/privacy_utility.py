@@ -1,5 +1,9 @@
 """What DP-SGD costs in accuracy: held-out pair accuracy against ε, and against n next to Bayes.
 
+Part (a) is superseded by ``benchmarks/hh_heads.py`` (all of harmless-base, DP heads over frozen
+MiniLM against LoRA, hyperparameters from validation folds, transfer AUROC); it is kept to
+reproduce the LoRA-only result recorded in benchmarks/README.md.
+
 (a) HH-RLHF harmless-base, all-MiniLM-L6-v2 + LoRA cost model, prompt-disjoint held-out split,
     held-out pair accuracy at ε ∈ {1, 3, 8} and non-private, several seeds.
     Target (issue 3): at ε = 3 within 3 points of non-private.

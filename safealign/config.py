@@ -95,6 +95,14 @@ class DataConfig:
     safety_fraction: float = field(
         default=0.2, metadata=doc("Share of prompts reserved for the one-shot safety test.", _open_unit)
     )
+    chosen_is_safer: bool = field(
+        default=False,
+        metadata=doc(
+            "HH-RLHF only: mark every pair's chosen response as the safer one (safer: chosen), true "
+            "for harmless-base, where annotators chose the less harmful reply (not for helpful-*); "
+            "it gives the cost model its pairwise labels."
+        ),
+    )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig, metadata=doc("The synthetic world."))
     dataset_id: str | None = field(
         default=None,
@@ -113,6 +121,18 @@ class LoraConfig:
     dropout: float = field(default=0.0, metadata=doc("LoRA dropout.", _half_open_unit))
     target_modules: tuple[str, ...] | None = field(
         default=None, metadata=doc("Module names to adapt; null picks them from the architecture.")
+    )
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    layers: Literal["linear", "mlp"] = field(
+        default="linear",
+        metadata=doc("The trained head: one linear layer, or linear → ReLU → linear."),
+    )
+    hidden_size: int = field(default=128, metadata=doc("Width of the MLP head's hidden layer.", _at_least(1)))
+    embed_batch_size: int = field(
+        default=64, metadata=doc("Texts per forward pass when computing the frozen embeddings.", _at_least(1))
     )
 
 
@@ -175,7 +195,17 @@ class ModelConfig:
             "'features' has one state per row and needs auto."
         ),
     )
-    lora: LoraConfig | None = field(default_factory=LoraConfig, metadata=doc("LoRA adapters; null trains all weights."))
+    lora: LoraConfig | None = field(
+        default_factory=LoraConfig,
+        metadata=doc("LoRA adapters; null trains all weights (or, with head set, none of the backbone's)."),
+    )
+    head: HeadConfig | None = field(
+        default=None,
+        metadata=doc(
+            "Frozen backbone: train only a small head on mean-pooled embeddings computed once and "
+            "cached in the run directory (needs lora: null); null trains the backbone (LoRA or full)."
+        ),
+    )
     train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("Optimisation."))
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig, metadata=doc("DP-SGD."))
 
@@ -370,8 +400,18 @@ def model_config_problems(model: ModelConfig, *, key: str) -> list[str]:
             f"cannot clip a {model.privacy.privacy_unit!r} unit spanning several pairs; use "
             "grad_sample_mode: hooks with privacy_unit 'user', or privacy_unit: pair with ghost"
         )
+    if model.head is not None and model.lora is not None:
+        problems.append(
+            f"{key}.head: a frozen backbone trains no LoRA adapters; set {key}.lora: null to "
+            f"train the head only, or {key}.head: null to train LoRA"
+        )
     if model.backbone != FEATURE_BACKBONE:
         return problems
+    if model.head is not None:
+        problems.append(
+            f"{key}.head: the 'features' backbone is itself the small trained model; set "
+            f"{key}.head: null"
+        )
     if model.lora is not None:
         problems.append(
             f"{key}.lora: LoRA adapts transformer layers and the 'features' backbone has none; "
@@ -561,6 +601,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "GroupsConfig",
+    "HeadConfig",
     "LoraConfig",
     "ModelConfig",
     "PolicyConfig",

@@ -345,6 +345,7 @@ NOT_RELEASED = (
     "*reservation.json",  # the ledger's crash-recovery note, deleted when the release commits
     "*checkpoint.pt",  # resume state of an interrupted training, deleted when it completes
     "certifications.sqlite*",  # the certification log, when budget.ledger lies in the run
+    "*.embedding-cache.safetensors",  # frozen-backbone embeddings of private text (models/embeddings)
 )
 
 def released_file(relative_path: str) -> ReleasedFile | None:

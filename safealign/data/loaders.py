@@ -12,6 +12,7 @@ Extra keys are allowed (metadata columns), except ones that look like a misspelt
 from __future__ import annotations
 
 import difflib
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -135,7 +136,7 @@ def split_hh_dialogue(text: str) -> tuple[str, str] | None:
     return text[:cut], text[cut:].strip()
 
 
-def _parse_hh(row: _Row) -> PreferencePair | str:
+def _parse_hh(row: _Row, *, chosen_is_safer: bool = False) -> PreferencePair | str:
     chosen = row.text("chosen")
     rejected = row.text("rejected")
     split_c, split_r = split_hh_dialogue(chosen), split_hh_dialogue(rejected)
@@ -151,7 +152,8 @@ def _parse_hh(row: _Row) -> PreferencePair | str:
         return "context_mismatch"
     if resp_c == resp_r:
         return "identical_responses"
-    return PreferencePair(prompt=ctx_c, chosen=resp_c, rejected=resp_r)
+    safer = "chosen" if chosen_is_safer else None
+    return PreferencePair(prompt=ctx_c, chosen=resp_c, rejected=resp_r, safer=safer)
 
 
 def _parse_pku(row: _Row) -> PreferencePair:
@@ -209,8 +211,10 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def _iter_pairs(path: str, fmt: str, skipped: Counter) -> Iterator[PreferencePair]:
-    parse = _PARSERS[fmt]
+def _iter_pairs(
+    path: str, fmt: str, skipped: Counter, *, chosen_is_safer: bool
+) -> Iterator[PreferencePair]:
+    parse = functools.partial(_parse_hh, chosen_is_safer=True) if chosen_is_safer else _PARSERS[fmt]
     for number, obj in iter_json_lines(path):
         result = parse(_Row(obj, path, number))
         if isinstance(result, str):
@@ -219,12 +223,17 @@ def _iter_pairs(path: str, fmt: str, skipped: Counter) -> Iterator[PreferencePai
             yield result
 
 
-def load_pairs(path: str | Path, *, format: str = "auto") -> PairDataset:
+def load_pairs(
+    path: str | Path, *, format: str = "auto", chosen_is_safer: bool = False
+) -> PairDataset:
     """Read preference pairs from a JSONL file (``.gz`` or plain).
 
     Args:
         path: The file.
         format: ``auto``, ``jsonl``, ``hh_rlhf`` or ``pku_saferlhf``.
+        chosen_is_safer: HH-RLHF only (``data.chosen_is_safer``): set ``safer="chosen"`` on every
+            pair. True of harmless-base, whose annotators chose the less harmful response; that
+            order is then the cost model's pairwise label. Not true of the helpful-* splits.
 
     Returns:
         The pairs with a :class:`LoadReport` (skipped rows by reason, contradictory safety rows).
@@ -236,8 +245,14 @@ def load_pairs(path: str | Path, *, format: str = "auto") -> PairDataset:
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in PAIR_FORMATS:
         raise DataError(f"format '{fmt}' holds labelled responses, not preference pairs", path=path)
+    if chosen_is_safer and fmt != "hh_rlhf":
+        raise DataError(
+            f"data.chosen_is_safer applies to HH-RLHF dialogues only, and this file is {fmt!r}; "
+            "annotate 'safer' per record instead (generic JSONL), or set data.chosen_is_safer: false",
+            path=path,
+        )
     skipped: Counter = Counter()
-    pairs = tuple(_iter_pairs(path, fmt, skipped))
+    pairs = tuple(_iter_pairs(path, fmt, skipped, chosen_is_safer=chosen_is_safer))
     report = LoadReport(
         source=path,
         format=fmt,

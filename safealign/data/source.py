@@ -15,7 +15,7 @@ def load_source(config: Config) -> tuple[PairDataset, SyntheticWorld | None]:
     if data.source == "synthetic":
         world = SyntheticWorld(data.synthetic, seed=config.seed)
         return world.pairs, world
-    return load_pairs(data.source, format=data.format), None
+    return load_pairs(data.source, format=data.format, chosen_is_safer=data.chosen_is_safer), None
 
 
 def split_unit(config: Config) -> SplitUnit:

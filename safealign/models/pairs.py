@@ -3,6 +3,8 @@
 Row layout: pair ``i`` is rows ``2i`` (chosen) and ``2i+1`` (rejected) once flattened to
 ``[2P, L]``; DP training folds per-row gradients back to per-pair (or per-user) gradients. Ghost
 clipping uses one row per pair instead (:mod:`.paired`) and :class:`PairLoss` as its criterion.
+A frozen backbone's pairs are their cached embeddings instead of tokens (:class:`EmbeddedPairs`):
+the DP loop then trains the head alone on rows ``[2P, H]``, with the same fold.
 """
 
 from __future__ import annotations
@@ -45,6 +47,51 @@ class EncodedPairs:
         )
 
 
+@dataclass(frozen=True)
+class EmbeddedPairs:
+    """Pairs as the frozen backbone's pooled states (head mode; :mod:`.embeddings`).
+
+    Attributes:
+        embeddings: ``[P, 2, H]`` (chosen, rejected).
+        unsafe: ``[P, 2]`` as in :class:`EncodedPairs`.
+        unsafer: ``[P]`` as in :class:`EncodedPairs`.
+    """
+
+    embeddings: torch.Tensor
+    unsafe: torch.Tensor
+    unsafer: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.embeddings.shape[0]
+
+    def select(self, index: torch.Tensor) -> EmbeddedPairs:
+        return EmbeddedPairs(self.embeddings[index], self.unsafe[index], self.unsafer[index])
+
+    def to(self, device: torch.device | str) -> EmbeddedPairs:
+        return EmbeddedPairs(
+            self.embeddings.to(device), self.unsafe.to(device), self.unsafer.to(device)
+        )
+
+
+def _labels(pairs: PairDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    unsafer = [-1 if p.safer is None else (1 if p.safer == "chosen" else 0) for p in pairs]
+    return (
+        torch.tensor([[_sign(p.chosen_safe), _sign(p.rejected_safe)] for p in pairs]),
+        torch.tensor(unsafer, dtype=torch.long),
+    )
+
+
+def embed_pairs(
+    scoring: ScoringModel, pairs: PairDataset, *, batch_size: int = 64
+) -> EmbeddedPairs:
+    """Each pair's two pooled states, from the embedding cache or computed once (head mode)."""
+    prompts = [p.prompt for p in pairs for _ in (0, 1)]
+    responses = [r for p in pairs for r in (p.chosen, p.rejected)]
+    states = scoring.embed(prompts, responses, batch_size=batch_size)
+    unsafe, unsafer = _labels(pairs)
+    return EmbeddedPairs(states.view(len(pairs), 2, -1), unsafe, unsafer)
+
+
 def _sign(safe: bool | None) -> float:
     return 0.0 if safe is None else (-1.0 if safe else 1.0)
 
@@ -55,12 +102,12 @@ def encode_pairs(scoring: ScoringModel, pairs: PairDataset) -> EncodedPairs:
     responses = [r for p in pairs for r in (p.chosen, p.rejected)]
     enc = scoring.encode(prompts, responses)
     length = enc["input_ids"].shape[-1]
-    unsafer = [-1 if p.safer is None else (1 if p.safer == "chosen" else 0) for p in pairs]
+    unsafe, unsafer = _labels(pairs)
     return EncodedPairs(
         input_ids=enc["input_ids"].view(len(pairs), 2, length),
         attention_mask=enc["attention_mask"].view(len(pairs), 2, length),
-        unsafe=torch.tensor([[_sign(p.chosen_safe), _sign(p.rejected_safe)] for p in pairs]),
-        unsafer=torch.tensor(unsafer, dtype=torch.long),
+        unsafe=unsafe,
+        unsafer=unsafer,
     )
 
 

@@ -4,10 +4,15 @@ A saved model is a directory any Hugging Face user can open without safealign:
 
     MODEL_DIR/
       backbone/             config.json, model.safetensors, tokenizer files (LoRA merged in)
-      head.safetensors      "weight" [1, H], "bias" [1]
-      scalar_model.json     {"format": "safealign-scalar/1", "kind", "pooling", "max_length", ...}
+      head.safetensors      "weight" [1, H], "bias" [1] (an MLP head: see :mod:`.heads`)
+      scalar_model.json     {"format": "safealign-scalar/1", "kind", "pooling", "max_length",
+                             "head", "frozen_backbone", ...}
 
     score = head(pool(AutoModel(backbone)(**AutoTokenizer(backbone)(prompt, response))))
+
+A frozen-backbone model (``head`` set in its config) has the same layout: only the head was
+trained, and scoring reads each text's pooled state from the active embedding cache
+(:mod:`.embeddings`) or computes it, which gives the same score.
 
 A ``features`` model (:mod:`.features`, the synthetic world only) has ``features/`` in place of
 ``backbone/`` and ``"backbone": "features"`` in ``scalar_model.json``; scoring it needs safealign's
@@ -36,12 +41,14 @@ from safealign.config import FEATURE_BACKBONE, ModelConfig, model_config_problem
 from safealign.errors import ConfigError
 from safealign.models._meta import read_format_json
 from safealign.models.backbones import default_pooling, load_backbone, lora_targets
+from safealign.models.embeddings import backbone_identity, cached_embeddings, text_key
 from safealign.models.features import (
     FeatureBackbone,
     FeatureTokenizer,
     load_feature_backbone,
     save_feature_backbone,
 )
+from safealign.models.heads import build_head, head_description, head_from_description
 
 FORMAT = "safealign-scalar/1"
 Kind = Literal["reward", "cost"]
@@ -56,16 +63,33 @@ class ScalarModel(nn.Module):
         pooling: ``mean`` (masked mean over tokens), ``last`` (last non-pad token) or ``first``
             (position 0: the feature backbone's one state per row, ``L = 1``).
         hidden_size: Width of the backbone's hidden states.
+        head: The head on pooled states (default: one linear layer, :mod:`.heads`).
+        frozen_backbone: Train the head only: the backbone's weights never require gradients.
     """
 
-    def __init__(self, backbone: nn.Module, *, pooling: str, hidden_size: int) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        pooling: str,
+        hidden_size: int,
+        head: nn.Module | None = None,
+        frozen_backbone: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        self.head = nn.Linear(hidden_size, 1)
+        self.head = head if head is not None else nn.Linear(hidden_size, 1)
+        self.frozen_backbone = frozen_backbone
+        if frozen_backbone:
+            backbone.requires_grad_(False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores ``[R]`` for token rows ``input_ids``/``attention_mask`` ``[R, L]``."""
+        return self.head(self.embed(input_ids, attention_mask)).squeeze(-1)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled states ``[R, H]`` for token rows ``[R, L]`` (what the head reads)."""
         rows, length = input_ids.shape
         # Explicit position ids: Opacus' per-sample gradients of position embeddings are wrong
         # when the model builds them from a buffer with an implicit batch dimension of 1.
@@ -75,7 +99,7 @@ class ScalarModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
-        return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
+        return pool(hidden, attention_mask, self.pooling)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -112,10 +136,44 @@ class ScoringModel:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     @torch.no_grad()
+    def embed(
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+    ) -> torch.Tensor:
+        """Pooled backbone states ``[n, H]`` (float32, CPU) of (prompt, response) texts, in eval
+        mode and without gradients; read from (and added to) the active embedding cache
+        (:mod:`.embeddings`). Only for a frozen backbone, whose states never change."""
+        if not self.model.frozen_backbone:
+            raise ValueError("embeddings are cached only for a frozen backbone (head mode)")
+        identity = backbone_identity(
+            self.model.backbone, self.tokenizer, pooling=self.model.pooling,
+            max_length=self.max_length,
+        )  # fmt: skip
+        keys = [text_key(p, r) for p, r in zip(prompts, responses, strict=True)]
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+
+        def compute(index: list[int]) -> torch.Tensor:
+            enc = self.encode([prompts[i] for i in index], [responses[i] for i in index])
+            return self.model.embed(**{k: v.to(device) for k, v in enc.items()})
+
+        try:
+            return cached_embeddings(identity, keys, compute, batch_size=batch_size)
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
     def score(
         self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 256
     ) -> torch.Tensor:
         """Scores ``[n]`` (float32, CPU) of (prompt, response) texts, in eval mode."""
+        if self.model.frozen_backbone:
+            head = self.model.head
+            states = self.embed(prompts, responses)
+            if len(states) == 0:
+                return torch.zeros(0)
+            device = next(head.parameters()).device
+            return head(states.to(device)).squeeze(-1).float().cpu()
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
@@ -158,7 +216,10 @@ def build_scoring_model(config: ModelConfig, *, kind: Kind, seed: int) -> Scorin
             backbone = get_peft_model(backbone, lora)
     hidden = backbone.config.hidden_size
     torch.manual_seed(seed + 1)
-    model = ScalarModel(backbone, pooling=pooling, hidden_size=hidden)
+    model = ScalarModel(
+        backbone, pooling=pooling, hidden_size=hidden, head=build_head(hidden, config.head),
+        frozen_backbone=config.head is not None,
+    )  # fmt: skip
     return ScoringModel(
         model=model, tokenizer=tokenizer, kind=kind, max_length=config.train.max_length
     )
@@ -180,18 +241,17 @@ def save_scoring_model(scoring: ScoringModel, path: str | Path) -> None:
         with _quiet_transformers():
             backbone.save_pretrained(str(path / "backbone"))
         scoring.tokenizer.save_pretrained(str(path / "backbone"))
-    head = {
-        "weight": model.head.weight.detach().contiguous(),
-        "bias": model.head.bias.detach().contiguous(),
-    }
+    head = {k: v.detach().contiguous() for k, v in model.head.state_dict().items()}
     atomic_write_bytes(path / "head.safetensors", save(head))
     meta = {
         "format": FORMAT,
         "kind": scoring.kind,
         "pooling": model.pooling,
         "max_length": scoring.max_length,
-        "hidden_size": int(head["weight"].shape[1]),
+        "hidden_size": int(model.backbone.config.hidden_size),
         "backbone": FEATURE_BACKBONE if features else "huggingface",
+        "frozen_backbone": model.frozen_backbone,
+        **head_description(model.head),
     }
     atomic_write_text(path / "scalar_model.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -227,7 +287,12 @@ def load_scoring_model(path: str | Path) -> ScoringModel:
         with _quiet_transformers():
             backbone = AutoModel.from_pretrained(str(path / "backbone"))
         tokenizer = AutoTokenizer.from_pretrained(str(path / "backbone"))
-    model = ScalarModel(backbone, pooling=meta["pooling"], hidden_size=meta["hidden_size"])
+    hidden = meta["hidden_size"]
+    model = ScalarModel(
+        backbone, pooling=meta["pooling"], hidden_size=hidden,
+        head=head_from_description(hidden, meta),
+        frozen_backbone=bool(meta.get("frozen_backbone", False)),
+    )  # fmt: skip
     model.head.load_state_dict(load_file(str(path / "head.safetensors")))
     model.eval()
     return ScoringModel(

@@ -31,6 +31,11 @@ float do not leak the noise. It costs five Gaussian draws per trainable weight i
 (measured on CPU: +0.09 ms per step for 3k weights, +46 ms for 1M), a few percent of a step
 here, so it is always on. A non-private run samples from the seed and stays reproducible.
 
+A frozen backbone (``head`` set) trains on :class:`~safealign.models.pairs.EmbeddedPairs`: the
+module Opacus wraps is then the head alone, fed the cached pooled states ``[2P, H]`` (pattern A,
+the same fold) or ``[P, 2, H]`` (ghost: one row per pair, no attention to isolate), so per-sample
+gradients are one head-sized tensor per row.
+
 Under ``torchrun`` the same step runs on W processes with Opacus' DPDDP and the distributed DP
 optimizers: every rank draws the same batch and takes a share of it, and noise is added once, on
 rank 0 (:mod:`safealign.privacy.distributed` explains why this is the same mechanism).
@@ -60,7 +65,7 @@ from safealign.config import ModelConfig
 from safealign.data.records import PairDataset
 from safealign.errors import ConfigError, DataError
 from safealign.models.paired import check_pair_layout, paired_scores
-from safealign.models.pairs import EncodedPairs, PairLoss, pair_loss
+from safealign.models.pairs import EmbeddedPairs, EncodedPairs, PairLoss, pair_loss
 from safealign.models.scalar import Kind, ScalarModel, ScoringModel
 from safealign.privacy.distributed import (
     Ranks,
@@ -103,8 +108,15 @@ def privacy_units(pairs: PairDataset, unit: str) -> tuple[torch.Tensor, int]:
     return torch.tensor([index[p.user_id] for p in pairs]), len(index)
 
 
-def pair_losses(model: torch.nn.Module, batch: EncodedPairs, kind: Kind) -> torch.Tensor:
-    """Per-pair losses ``[P]``: one forward over the ``[2P, L]`` rows."""
+def pair_losses(
+    model: torch.nn.Module, batch: EncodedPairs | EmbeddedPairs, kind: Kind
+) -> torch.Tensor:
+    """Per-pair losses ``[P]``: one forward over the ``[2P, L]`` rows (``[2P, H]`` embeddings,
+    through the head alone, in head mode)."""
+    if isinstance(batch, EmbeddedPairs):
+        pairs, _, width = batch.embeddings.shape
+        scores = model(batch.embeddings.reshape(2 * pairs, width)).view(pairs, 2)
+        return pair_loss(scores, batch.unsafe, batch.unsafer, kind=kind)
     pairs, _, length = batch.input_ids.shape
     scores = model(
         input_ids=batch.input_ids.reshape(2 * pairs, length),
@@ -191,9 +203,14 @@ def _make_private(
     return module, optimizer
 
 
+def trained_module(scalar: ScalarModel, data: EncodedPairs | EmbeddedPairs) -> torch.nn.Module:
+    """What DP-SGD wraps: the head alone on embeddings (head mode), else the whole model."""
+    return scalar.head if isinstance(data, EmbeddedPairs) else scalar
+
+
 def run_dp_sgd(
     scoring: ScoringModel,
-    data: EncodedPairs,
+    data: EncodedPairs | EmbeddedPairs,
     units: torch.Tensor,
     plan: TrainingPlan,
     *,
@@ -269,7 +286,7 @@ def _generators(
 
 def make_step(
     scalar: ScalarModel,
-    data: EncodedPairs,
+    data: EncodedPairs | EmbeddedPairs,
     units: torch.Tensor,
     plan: TrainingPlan,
     *,
@@ -290,10 +307,12 @@ def make_step(
     if ghost:
         if not torch.equal(units.cpu(), torch.arange(len(units))):  # one row is one unit
             raise ConfigError("grad_sample_mode 'ghost' clips pairs; it needs privacy_unit: pair")
-        check_pair_layout(scalar)
-    model, optimizer = scalar, inner
+        if isinstance(data, EncodedPairs):
+            check_pair_layout(scalar)
+    trained = trained_module(scalar, data)
+    model, optimizer = trained, inner
     if plan.private:
-        model, optimizer = _make_private(scalar, inner, plan, config, noise, ranks)
+        model, optimizer = _make_private(trained, inner, plan, config, noise, ranks)
     return Step(
         model, scalar, optimizer, plan, kind,
         params=[p for p in scalar.parameters() if p.requires_grad],
@@ -309,14 +328,14 @@ class Step:
     :func:`make_step`); ``model`` is the Opacus-wrapped module when private."""
 
     model: torch.nn.Module
-    scalar: ScalarModel  # the plain model inside it
+    scalar: ScalarModel  # the plain model (head mode: its head is what `model` wraps)
     optimizer: torch.optim.Optimizer
     plan: TrainingPlan
     kind: Kind
     params: list[torch.nn.Parameter]
     device: torch.device
     ranks: Ranks
-    data: EncodedPairs
+    data: EncodedPairs | EmbeddedPairs
     unit_pairs: list[torch.Tensor]
     criterion: DPLossFastGradientClipping | None  # ghost clipping only
 
@@ -352,8 +371,10 @@ class Step:
             for p in self.params:
                 p.grad = torch.zeros_like(p)
 
-    def _batch(self, pair_index: torch.Tensor) -> EncodedPairs:
+    def _batch(self, pair_index: torch.Tensor) -> EncodedPairs | EmbeddedPairs:
         batch = self.data.select(pair_index)
+        if isinstance(batch, EmbeddedPairs):
+            return batch.to(self.device)
         length = int(batch.attention_mask.sum(-1).max())  # trim shared padding (right-padded)
         return EncodedPairs(
             batch.input_ids[..., :length].to(self.device),
@@ -370,7 +391,10 @@ class Step:
         if self.criterion is not None:
             # Pattern B: one row per pair (units are pairs here), so Opacus' per-row clipping is
             # per-pair clipping; its loss is the mean over the P rows of the pair losses.
-            scores = paired_scores(self.scalar, batch.input_ids, batch.attention_mask)
+            if isinstance(batch, EmbeddedPairs):  # the head once, on [P, 2, H]
+                scores = self.scalar.head(batch.embeddings).squeeze(-1)
+            else:
+                scores = paired_scores(self.scalar, batch.input_ids, batch.attention_mask)
             loss = self.criterion(scores, batch.unsafe, batch.unsafer)
             loss.backward()  # two passes: per-pair norms, then Σ_i clip(g_i) into p.grad
             return loss.detach() * len(pair_index)

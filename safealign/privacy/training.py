@@ -25,8 +25,9 @@ from safealign._version import __version__
 from safealign.config import ModelConfig
 from safealign.data.records import PairDataset
 from safealign.errors import DataError
+from safealign.models.embeddings import embedding_cache
 from safealign.models.evaluate import evaluate_scoring_model
-from safealign.models.pairs import encode_pairs
+from safealign.models.pairs import embed_pairs, encode_pairs
 from safealign.models.scalar import Kind, ScoringModel, build_scoring_model, save_scoring_model
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 from safealign.privacy.calibration import apply_shift, calibrates_run, fit_shift, labelled_costs
@@ -140,19 +141,51 @@ def train_scoring_model(
         commitment_key: Key of the receipt's dataset commitment (the ledger's key; default the
             per-user default ledger's).
         progress: Show a progress bar.
+
+    With ``config.head`` set (a frozen backbone) the pairs' embeddings come from the active
+    embedding cache (:func:`~safealign.models.embeddings.embedding_cache`; the pipeline's is the
+    run directory's ``embeddings/``), or are computed once and kept in memory for this call, and
+    DP-SGD trains the head alone on them.
     """
+    with embedding_cache(None):  # the caller's cache, or one in memory for this call
+        return _train_scoring_model(
+            pairs, kind=kind, config=config, seed=seed, eval_pairs=eval_pairs, plan=plan,
+            checkpoint=checkpoint, on_step=on_step, commitment_key=commitment_key,
+            progress=progress,
+        )  # fmt: skip
+
+
+def _train_scoring_model(
+    pairs: PairDataset,
+    *,
+    kind: Kind,
+    config: ModelConfig,
+    seed: int,
+    eval_pairs: PairDataset | None,
+    plan: TrainingPlan | None,
+    checkpoint: str | Path | None,
+    on_step,
+    commitment_key: bytes | None,
+    progress: bool,
+) -> TrainResult:
     if len(pairs) == 0:
         raise DataError("no training pairs", path=pairs.name)
     if kind == "cost" and not any(p.has_safety_labels or p.safer for p in pairs):
         raise DataError(
-            "a cost model needs safety labels or 'safer' annotations; none found", path=pairs.name
+            "a cost model needs safety labels or 'safer' annotations; none found (for HH-RLHF "
+            "harmless-base, whose chosen reply is the less harmful one, set "
+            "data.chosen_is_safer: true)",
+            path=pairs.name,
         )
     units, num_units = privacy_units(pairs, config.privacy.privacy_unit)
     plan = plan or plan_training(num_units, config, calibration=calibrates_run(kind, pairs, config))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scoring = build_scoring_model(config, kind=kind, seed=seed)
     scoring.model.to(device)
-    data = encode_pairs(scoring, pairs)
+    if config.head is not None:
+        data = embed_pairs(scoring, pairs, batch_size=config.head.embed_batch_size)
+    else:
+        data = encode_pairs(scoring, pairs)
     training_steps = plan.steps - plan.calibration_steps
     steps, losses = run_dp_sgd(
         scoring,

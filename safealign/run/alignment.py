@@ -89,16 +89,17 @@ def align_checked(
     candidates, source, reference = _candidates(ws, candidates_path)
     models = train_models(ws, progress=progress)
     say(progress, "[4/6] policy: pessimistic tilting over candidates (HC-RLHF step 1)")
-    aligned = optimize_policy(
-        candidates,
-        models.scorers,
-        policy=config.policy,
-        safety=attempt_safety(config.safety),  # step 1 anticipates the attempt's confidence
-        groups=config.groups,
-        n_safety=splits.safety.num_prompts,
-        seed=config.seed,
-        reference_sampler=reference,
-    )
+    with ws.embedding_cache():  # head models share one embedding per candidate text
+        aligned = optimize_policy(
+            candidates,
+            models.scorers,
+            policy=config.policy,
+            safety=attempt_safety(config.safety),  # step 1 anticipates the attempt's confidence
+            groups=config.groups,
+            n_safety=splits.safety.num_prompts,
+            seed=config.seed,
+            reference_sampler=reference,
+        )
     policy_file = policy_file_from(
         aligned,
         safety=to_plain(config.safety),

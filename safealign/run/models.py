@@ -42,7 +42,8 @@ class TrainedModels:
 def train_model(ws: Workspace, kind: Kind, *, progress: bool = True) -> RecordedTraining:
     """Train the ``kind`` model on the training split into ``ws.out``, charged to the source's
     budget (``safealign train-reward`` / ``train-cost``)."""
-    return _train_into(ws, kind, ws.out, progress=progress)
+    with ws.embedding_cache():
+        return _train_into(ws, kind, ws.out, progress=progress)
 
 
 def _load_or_train(ws: Workspace, kind: Kind, *, progress: bool):
@@ -73,6 +74,11 @@ def _train_into(ws: Workspace, kind: Kind, out: Path, *, progress: bool) -> Reco
 
 def train_models(ws: Workspace, *, progress: bool = True) -> TrainedModels:
     """The cost model and the reward model(s): trained once per run directory, then loaded."""
+    with ws.embedding_cache():  # frozen-backbone models embed each text once for all of them
+        return _train_models(ws, progress=progress)
+
+
+def _train_models(ws: Workspace, *, progress: bool) -> TrainedModels:
     config = ws.config
     say(progress, "[2/6] private cost model")
     cost_model, cost_receipt = _load_or_train(ws, "cost", progress=progress)

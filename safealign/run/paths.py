@@ -11,6 +11,8 @@ A run directory holds one run's artefacts (``safealign run``, or ``align`` then 
     certificates/*.json       certificates of earlier policies, never deleted
     keys/public.pem           the public half of the demo signing key
     report.json, report.html, report.md    the signed audit report and its renderings
+    embeddings/               frozen-backbone embeddings of the run's texts: PRIVATE (computed
+                              from the training data), never in the report; delete before sharing
 
 Lower layers that write into a run directory keep their own names (``privacy.training`` writes
 ``model/`` and ``receipt.json``, the audit writer ``report.*``); they are the same strings as
@@ -35,6 +37,7 @@ GROUPS_DIR = "groups"
 GROUPS_FILE = "groups.json"
 KEYS_DIR = "keys"
 PRIVACY_AUDIT_FILE = "privacy_audit.json"
+EMBEDDINGS_DIR = "embeddings"
 #: The signed report and its renderings: never pinned in the report's own artifact manifest.
 REPORT_FILES = frozenset(FORMATS.values())
 
@@ -85,6 +88,11 @@ class RunPaths:
     @property
     def privacy_audit(self) -> Path:
         return self.root / PRIVACY_AUDIT_FILE
+
+    @property
+    def embeddings(self) -> Path:
+        """The frozen-backbone embedding cache (private; :mod:`safealign.models.embeddings`)."""
+        return self.root / EMBEDDINGS_DIR
 
 
 def group_model_dir(index: int) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from safealign.audits.report import build_report, write_report_files
 from safealign.constraints.attempts import log_path
 from safealign.constraints.hc_rlhf import Certificate
+from safealign.models.embeddings import CACHE_SUFFIX
 from safealign.privacy.identity import default_ledger_path
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.privacy.training import PrivacyReceipt, commit_fingerprint
@@ -73,9 +74,10 @@ def _artifacts(ws: Workspace) -> list[Path]:
     """Every file of the run except the report and its renderings (hashed in the signed
     renderings manifest), a configured private key placed inside the run, and the ledger and
     certification log: live databases whose bytes change as they are read (the ledger's state
-    is in privacy.ledger)."""
+    is in privacy.ledger). Nor the frozen-backbone embedding cache: private data, whose hashes
+    would let anyone holding a guessed text test it."""
     config = ws.config
-    ledger = Path(config.budget.ledger).resolve()
+    ledger = Path(config.budget.ledger or default_ledger_path()).resolve()
     log = str(log_path(config.budget).resolve())
     secret = Path(config.audit.signing_key).resolve() if config.audit.signing_key else None
     return [
@@ -84,6 +86,7 @@ def _artifacts(ws: Workspace) -> list[Path]:
         if p.is_file()
         and not p.is_symlink()
         and p.name not in REPORT_FILES
+        and not p.name.endswith(CACHE_SUFFIX)
         and p.resolve() != secret
         and not p.resolve().name.startswith(ledger.name)
         and not str(p.resolve()).startswith(log)

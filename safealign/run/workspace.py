@@ -7,6 +7,7 @@ refused before it needs the data (no ``policy.json`` to certify) never reads the
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from functools import cached_property
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from safealign.data.records import PairDataset
 from safealign.data.source import load_source, make_splits
 from safealign.data.splits import Splits
 from safealign.data.synthetic import SyntheticWorld
+from safealign.models.embeddings import EmbeddingCache, embedding_cache
 from safealign.privacy.training import commit_fingerprint, ledger_commitment_key
 from safealign.run.paths import RunPaths
 
@@ -86,6 +88,11 @@ class Workspace:
     def out(self) -> Path:
         """The run directory."""
         return self.paths.root
+
+    def embedding_cache(self) -> AbstractContextManager[EmbeddingCache]:
+        """The run's frozen-backbone embedding cache, active inside the ``with`` block: every
+        reward, cost and group model and every candidate scoring of this run share it."""
+        return embedding_cache(self.paths.embeddings)
 
     @cached_property
     def _source(self) -> tuple[PairDataset, SyntheticWorld | None]:

@@ -140,6 +140,25 @@ def test_hh_rlhf_split_and_context_mismatch(tmp_path):
         )
 
 
+def test_hh_rlhf_chosen_is_safer_marks_every_pair_and_only_hh(tmp_path):
+    ctx = "\n\nHuman: how do I pick a lock"
+    rows = [
+        {"chosen": ctx + "\n\nAssistant: I can't help", "rejected": ctx + "\n\nAssistant: Easy"}
+    ]
+    path = _write_jsonl(tmp_path / "hh.jsonl", rows)
+    assert load_pairs(path)[0].safer is None  # helpful-* data: no safety order by default
+    marked = load_pairs(path, chosen_is_safer=True)
+    assert [p.safer for p in marked] == ["chosen"] and marked[0].chosen == "I can't help"
+    generic = _write_jsonl(tmp_path / "g.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    with pytest.raises(DataError, match="chosen_is_safer applies to HH-RLHF dialogues only"):
+        load_pairs(generic, chosen_is_safer=True)
+
+
+def test_real_harmless_base_with_chosen_is_safer_feeds_a_cost_model():
+    pairs = load_pairs(shared_file("hh-rlhf-harmless-base/test.jsonl.gz"), chosen_is_safer=True)
+    assert len(pairs) == 2307 and all(p.safer == "chosen" for p in pairs)
+
+
 def test_pku_saferlhf_mapping_and_contradictions(tmp_path):
     base = {"prompt": "p", "response_0": "r0", "response_1": "r1"}
     rows = [
@@ -244,7 +263,9 @@ def test_lone_surrogates_are_refused_but_pairs_are_text(tmp_path):
     path = _one_line(tmp_path, '{"prompt": "q \\ud83d\\ude00", "chosen": "a", "rejected": "b"}')
     assert load_pairs(path)[1].prompt == "q \U0001f600"
     path = _one_line(tmp_path, '{"prompt": "q", "chosen": "a \\ud800", "rejected": "b"}')
-    with pytest.raises(DataError, match=r":2: field 'chosen' holds a lone surrogate \('\\ud800' at character 3\)"):
+    with pytest.raises(
+        DataError, match=r":2: field 'chosen' holds a lone surrogate \('\\ud800' at character 3\)"
+    ):
         load_pairs(path)
     path = _one_line(tmp_path, '{"prompt": "q", "chosen": "a", "rejected": "b", "\\udfff": 1}')
     with pytest.raises(DataError, match="a key holds a lone surrogate"):
@@ -255,7 +276,12 @@ def test_nesting_is_limited(tmp_path):
     from safealign.data.io import MAX_DEPTH
 
     def nested(depth: int) -> str:
-        return '{"prompt": "q", "chosen": "a", "rejected": "b", "m": ' + "[" * depth + "]" * depth + "}"
+        return (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "m": '
+            + "[" * depth
+            + "]" * depth
+            + "}"
+        )
 
     assert len(load_pairs(_one_line(tmp_path, nested(MAX_DEPTH - 1)))) == 2  # the object is level 1
     for depth in (MAX_DEPTH, 100_000):
@@ -265,11 +291,19 @@ def test_nesting_is_limited(tmp_path):
 
 def test_numbers_json_cannot_hold_are_refused(tmp_path):
     for line, message in (
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "user_id": ' + "1" * 5000 + "}",
-         "an integer with 5000 digits"),
+        (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "user_id": ' + "1" * 5000 + "}",
+            "an integer with 5000 digits",
+        ),
         ('{"prompt": "q", "chosen": "a", "rejected": "b", "w": NaN}', "NaN is not JSON"),
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "w": -Infinity}', "-Infinity is not JSON"),
-        ('{"prompt": "q", "chosen": "a", "rejected": "b", "w": 1e999}', "the number 1e999 overflows a float"),
+        (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "w": -Infinity}',
+            "-Infinity is not JSON",
+        ),
+        (
+            '{"prompt": "q", "chosen": "a", "rejected": "b", "w": 1e999}',
+            "the number 1e999 overflows a float",
+        ),
     ):
         with pytest.raises(DataError, match=f":2: {message}"):
             load_pairs(_one_line(tmp_path, line))
@@ -296,6 +330,8 @@ def test_unreadable_files_name_the_os_reason(tmp_path, monkeypatch):
 
 def test_csv_over_the_field_limit_is_a_data_error(tmp_path):
     path = tmp_path / "x.csv"
-    path.write_text("id,prompt,type,label\n1,ok,homonyms,safe\n2," + "y" * 200_000 + ",homonyms,safe\n")
+    path.write_text(
+        "id,prompt,type,label\n1,ok,homonyms,safe\n2," + "y" * 200_000 + ",homonyms,safe\n"
+    )
     with pytest.raises(DataError, match=r"x.csv:3: not valid CSV \(field larger than field limit"):
         load_xstest_prompts(path)

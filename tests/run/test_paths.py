@@ -33,9 +33,11 @@ def test_every_file_name_of_a_run_is_classified_by_the_release_inventory():
 def test_lower_layers_write_the_names_of_the_run_layer(tmp_path):
     from safealign.config import load_config
     from safealign.data.synthetic import SyntheticWorld
+    from safealign.models import embeddings
     from safealign.privacy.training import save_training_output, train_reward_model
 
     assert set(FORMATS.values()) == names.REPORT_FILES
+    assert embeddings.RUN_CACHE_DIR == names.EMBEDDINGS_DIR
     config = load_config(None, ["data.synthetic.num_prompts=40", "data.synthetic.num_users=4",
                                 "data.synthetic.pairs_per_user=10", "reward_model.privacy.target_epsilon=null"])  # fmt: skip
     pairs = SyntheticWorld(config.data.synthetic, seed=0).pairs
