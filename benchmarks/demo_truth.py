@@ -39,7 +39,7 @@ def one_seed(seed: int, root: Path) -> dict:
         "seconds": seconds,
         "certified": safety["passed"],
         "upper_bound": safety["upper_bound"],
-        "threshold": safety["threshold"],
+        "threshold": safety["cost_threshold"],
         "epsilon": result.report["privacy"]["epsilon"],
         "cost_model_auroc": cost_receipt["metrics"].get("eval/safety_auroc"),
         "metric": truth["metric"],

@@ -142,7 +142,7 @@ def test_the_verifier_expects_the_split_confidence_of_declared_attempts():
     from safealign.audits.checks import _safety_config
 
     configured = {"cost_threshold": 0.0, "confidence": 0.95, "bound": "hoeffding", "attempts": 2}
-    safety = {"threshold": 0.0, "confidence": 1 - 0.05 / 2, "bound": "hoeffding"}
+    safety = {"cost_threshold": 0.0, "confidence": 1 - 0.05 / 2, "bound": "hoeffding"}
     assert _safety_config({"safety": safety, "config": {"safety": configured}}) == []
     unsplit = {**safety, "confidence": 0.95}  # a certificate claiming the undivided δ
     (problem,) = _safety_config({"safety": unsplit, "config": {"safety": configured}})

@@ -3,19 +3,21 @@ rules that make its claims consistent with its own numbers.
 
 A signature only says who wrote the bytes. Whoever holds a signing key (a leaked demo key, or the
 attacker's own key on an unpinned check) can sign a report that says ``certified`` with an upper
-bound of 5 against a threshold of 0, or ε = 50 "within" a budget of 8. :func:`check_report`
-refuses such a report by recomputing, from the report's own fields, every claim that can be
-recomputed cheaply:
+bound of 5 against a ``cost_threshold`` of 0, or ε = 50 "within" a budget of 8.
+:func:`check_report` refuses such a report by recomputing, from the report's own fields, every
+claim that can be recomputed cheaply:
 
 * ``schema``: the report matches ``report.schema.json`` (types, ``schema_version``, enums);
-* ``safety-verdict``: passed/certified if and only if the upper bound is at most the threshold;
+  a schema-1 report is first read as schema 2 (:func:`upgrade_v1`);
+* ``safety-verdict``: passed/certified if and only if the upper bound is at most
+  ``cost_threshold``;
 * ``safety-bound``: the upper bound, ``n``, mean and standard deviation are the named bound's
   recomputed from the recorded per-response ``values`` (any bound: betting, empirical Bernstein,
   Clopper–Pearson, Hoeffding, Student t), and ``approximate`` is true exactly for Student t;
   without ``values``, the closed forms (Student t, Hoeffding, Clopper–Pearson) of the recorded
   mean, standard deviation and ``n``;
 * ``safety-sample``: ``n`` and ``mean`` agree with the recorded per-prompt costs;
-* ``safety-config``: threshold and confidence are the ones the configuration asked for;
+* ``safety-config``: ``cost_threshold`` and confidence are the ones the configuration asked for;
 * ``privacy-private``: ``private`` holds exactly when every mechanism is private;
 * ``privacy-epsilon``: ε is at least what the accountant gives for the recorded mechanisms;
 * ``privacy-budget``: ``within_budget`` is ε ≤ budget ε, and the budget is the configured one;
@@ -56,10 +58,11 @@ __all__ = [
     "check_report",
     "load_schema",
     "schema_problems",
+    "upgrade_v1",
     "validate_report",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_NAME = "report.schema.json"
 # Relative tolerance when recomputing ε: accountants are deterministic, but a reviewer may run
 # another numpy/Opacus build; 1e-3 of ε is far below any difference that matters for a claim.
@@ -105,8 +108,43 @@ def validate_report(report: dict[str, Any]) -> None:
         )
 
 
+def upgrade_v1(report: Any) -> tuple[Any, list[Problem]]:
+    """Read a schema-1 report as schema 2, for checking; any other report is returned as is.
+
+    Schema 1 (reports of earlier releases) carried the limit twice in its ``safety`` section: as
+    ``threshold`` (the one its rules read) and as the certificate's ``cost_threshold``. Schema 2
+    keeps only ``cost_threshold``. The copy returned has ``schema_version`` 2, ``cost_threshold``
+    set from ``threshold`` and no ``threshold``; nothing else differs between the two schemas.
+    A schema-1 report whose two names disagree is refused (``schema``): which limit it claims is
+    ambiguous. The signature is checked over the report as written, never over this copy.
+    """
+    if not isinstance(report, dict) or report.get("schema_version") != 1:
+        return report, []
+    upgraded = dict(report, schema_version=SCHEMA_VERSION)
+    safety = report.get("safety")
+    if not isinstance(safety, dict) or "threshold" not in safety:
+        return upgraded, []  # no safety section, or no threshold: the schema names what is missing
+    safety = dict(safety)
+    limit = safety.pop("threshold")
+    if safety.setdefault("cost_threshold", limit) != limit:
+        problem = Problem(
+            "schema",
+            f"$.safety: schema 1's threshold ({limit}) and cost_threshold "
+            f"({safety['cost_threshold']}) disagree",
+        )
+        return upgraded, [problem]
+    upgraded["safety"] = safety
+    return upgraded, []
+
+
 def check_report(report: dict[str, Any]) -> list[Problem]:
-    """The schema, then every cross-field rule (see the module docstring); all problems found."""
+    """The schema, then every cross-field rule (see the module docstring); all problems found.
+
+    A schema-1 report is checked as its :func:`upgrade_v1` reading; other versions are refused.
+    """
+    report, problems = upgrade_v1(report)
+    if problems:
+        return problems
     problems = schema_problems(report)
     if problems:
         return problems
@@ -123,7 +161,7 @@ def _safety_verdict(report: dict[str, Any]) -> list[Problem]:
     safety = report["safety"]
     if safety is None:
         return []
-    bound, threshold, passed = safety["upper_bound"], safety["threshold"], safety["passed"]
+    bound, threshold, passed = safety["upper_bound"], safety["cost_threshold"], safety["passed"]
     problems = []
     # HC-RLHF step 2: pass iff U <= threshold; an uncomputable bound (n < 2) never passes.
     expected = bound is not None and bound <= threshold
@@ -267,7 +305,7 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
     if expected.get("bound") == "auto":  # the certificate records the bound auto resolved to
         expected["bound"] = SafetyConfig(metric=expected.get("metric")).resolved_bound
     for field, key in (
-        ("threshold", "cost_threshold"),
+        ("cost_threshold", "cost_threshold"),
         ("confidence", "confidence"),
         ("bound", "bound"),
         ("metric", "metric"),

@@ -166,7 +166,7 @@ def _safety(safety: dict[str, Any] | None) -> Section:
         return Section("Safety", (Para("No safety test was run.", "bad"),))
     rows = [
         ("what is bounded", safety.get("quantity") or metric_words(safety["metric"])),
-        ("threshold (cost_threshold)", safety["threshold"]),
+        ("cost_threshold", safety["cost_threshold"]),
         ("confidence", safety["confidence"]),
         ("bound", bound_words(safety)),
         ("n (safety prompts)", safety["n"]),

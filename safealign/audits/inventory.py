@@ -106,7 +106,6 @@ def _certificate(prefix: str) -> tuple[Entry, ...]:
     p = prefix
     return (
         _e(f"{p}metric", "public", _CONFIG),
-        _e(f"{p}threshold", "public", _CONFIG),
         _e(f"{p}cost_threshold", "public", _CONFIG),
         _e(f"{p}confidence", "public", _CONFIG),
         _e(f"{p}bound", "public", _CONFIG),

@@ -88,7 +88,7 @@ def cost_plot(report: dict[str, Any]) -> bytes | None:
     if not safety:
         return None
     costs = [c for c in safety.get("costs") or () if _finite(c)]
-    mean, bound, threshold = safety.get("mean"), safety["upper_bound"], safety["threshold"]
+    mean, bound, threshold = safety.get("mean"), safety["upper_bound"], safety["cost_threshold"]
     figure = Figure(figsize=_SIZE)
     axes = figure.add_subplot()
     if costs:

@@ -42,7 +42,7 @@ _RECEIPT_KEYS = (
     "privacy_unit",
     "dataset_fingerprint",
 )
-_CERTIFICATE_KEYS = ("metric", "threshold", "confidence", "n", "upper_bound", "passed", "result")
+_CERTIFICATE_KEYS = ("metric", "cost_threshold", "confidence", "n", "upper_bound", "passed", "result")
 # Inputs the DP guarantee does not cover: they are treated as public (DESIGN.md, "Privacy").
 _PUBLIC_INPUTS = (
     "candidate prompts (used to optimise the policy)",
@@ -306,8 +306,6 @@ def safety_section(certificate: Certificate | Mapping[str, Any] | None) -> dict[
     if isinstance(certificate, Certificate):
         certificate = certificate.to_dict()
     safety = json_safe(dict(certificate), "$.safety")
-    if "threshold" not in safety and "cost_threshold" in safety:
-        safety["threshold"] = safety["cost_threshold"]  # Certificate's field name for the limit
     missing = [key for key in _CERTIFICATE_KEYS if key not in safety]
     if missing:
         raise DataError(

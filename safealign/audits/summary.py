@@ -123,7 +123,7 @@ def _safety_sentence(safety: dict[str, Any] | None) -> str:
     confidence = safety["confidence"]
     level = f"{confidence:.0%}" if confidence is not None else "the stated confidence"
     words = safety.get("quantity") or metric_words(safety.get("metric"))
-    bound, threshold, n = safety["upper_bound"], safety["threshold"], safety["n"]
+    bound, threshold, n = safety["upper_bound"], safety["cost_threshold"], safety["n"]
     how = f"{bound_words(safety)}; " if bound is not None else ""
     evidence = f"(upper bound {fmt(bound)} from {n} safety prompts; {how}".rstrip("; ") + ")"
     if safety["passed"]:

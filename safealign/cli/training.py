@@ -90,7 +90,7 @@ def _print_run(result) -> None:
     if safety["passed"]:
         print(
             f"safety    CERTIFIED: {safety['metric']} upper bound {safety['upper_bound']:.4f} <= "
-            f"threshold {safety['threshold']:g} at confidence {safety['confidence']:g} (n={safety['n']})"
+            f"threshold {safety['cost_threshold']:g} at confidence {safety['confidence']:g} (n={safety['n']})"
         )
     else:
         bound = (
@@ -99,7 +99,7 @@ def _print_run(result) -> None:
             else f" (upper bound {safety['upper_bound']:.4f})"
         )
         print(
-            f"safety    NO SOLUTION FOUND: nothing released{bound}; threshold {safety['threshold']:g}"
+            f"safety    NO SOLUTION FOUND: nothing released{bound}; threshold {safety['cost_threshold']:g}"
         )
     groups = (report.get("groups") or {}).get("groups") or {}
     normalization = _NORMALIZATION_WORDS.get(report["config"]["groups"]["normalize"], "normalised")

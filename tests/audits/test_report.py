@@ -64,7 +64,7 @@ JSON_PATHS = (
     "privacy.scope.dataset_fingerprints",
     "privacy.scope.public_inputs",
     "safety.metric",
-    "safety.threshold",
+    "safety.cost_threshold",
     "safety.confidence",
     "safety.n",
     "safety.upper_bound",
@@ -132,7 +132,7 @@ _STD = 0.107 * math.sqrt(400) / float(scipy_stats.t.ppf(0.95, 399))
 def make_certificate(*, passed: bool = True, costs: list[float] | None = None) -> dict[str, Any]:
     certificate = {
         "metric": "expected_cost",
-        "threshold": 0.0,
+        "cost_threshold": 0.0,
         "confidence": 0.95,
         "bound": "student_t",
         "n": 400,
@@ -345,7 +345,7 @@ def test_safety_groups_artifacts_and_config_hash(
     built: tuple[dict[str, Any], Path], report: dict[str, Any]
 ) -> None:
     safety = report["safety"]
-    assert (safety["metric"], safety["threshold"], safety["confidence"]) == (
+    assert (safety["metric"], safety["cost_threshold"], safety["confidence"]) == (
         "expected_cost",
         0.0,
         0.95,
@@ -461,7 +461,7 @@ def test_a_broken_report_is_rejected_with_every_problem(report: dict[str, Any]) 
     [
         (("privacy", "private"), False),  # NON-PRIVATE yet claiming an epsilon
         (("safety", "passed"), False),  # NSF yet "certified"
-        (("schema_version",), 2),
+        (("schema_version",), 3),  # unknown: only 2 is written (1 is verified, never written)
         (("privacy", "epsilon"), "3.0"),
         (("environment", "git_commit"), "HEAD"),
     ],

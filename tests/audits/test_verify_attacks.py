@@ -66,12 +66,35 @@ def _hide_non_private(report: dict[str, Any]) -> None:
     mechanism["private"], mechanism["epsilon"] = False, None
 
 
+def _second_limit(report: dict[str, Any]) -> None:
+    report["safety"]["threshold"] = report["safety"]["cost_threshold"]  # schema 1's alias, in v2
+
+
+def _as_schema_1(*, threshold: float | None = None, both: bool = True) -> Forgery:
+    """The report as an earlier release wrote it: schema 1, the limit also under ``threshold``."""
+
+    def downgrade(report: dict[str, Any]) -> None:
+        safety = report["safety"]
+        report["schema_version"] = 1
+        safety["threshold"] = safety["cost_threshold"] if threshold is None else threshold
+        if not both:
+            del safety["cost_threshold"]
+
+    return downgrade
+
+
 # (name, forgery, the check that must name it)
 FORGERIES: list[tuple[str, Forgery, str]] = [
     ("certified-with-bound-above-threshold", _set("safety.upper_bound", 5.0), "safety-verdict"),
     ("nsf-although-bound-below-threshold", _claim_nsf, "safety-verdict"),
     ("bound-lowered", _resummarised(_set("safety.upper_bound", -5.0)), "safety-bound"),
-    ("threshold-loosened", _set("safety.threshold", 10.0), "safety-config"),
+    ("threshold-loosened", _set("safety.cost_threshold", 10.0), "safety-config"),
+    # Schema 2 has one name for the limit: a second one, whatever its value, is refused.
+    ("second-limit-added", _set("safety.threshold", 10.0), "schema"),
+    ("second-limit-added-equal", _second_limit, "schema"),
+    # Schema 1's two names must agree; its threshold is read as cost_threshold and checked.
+    ("schema-1-limits-disagree", _as_schema_1(threshold=10.0), "schema"),
+    ("schema-1-threshold-loosened", _as_schema_1(threshold=10.0, both=False), "safety-config"),
     ("confidence-raised", _set("safety.confidence", 0.999), "safety-config"),
     ("bound-renamed", _set("safety.bound", "a-bound-nobody-can-recompute"), "safety-config"),
     ("epsilon-50-within-budget-8", _set("privacy.epsilon", 50.0), "privacy-budget"),
@@ -133,6 +156,21 @@ def test_a_re_signed_forgery_is_invalid_by_name(
         assert check in result.failed_checks, [str(p) for p in result.problems]
         # The signature itself is good: only the content gives the forgery away.
         assert not {"signature", "pinned-key"} & result.failed_checks
+
+
+@pytest.mark.parametrize(
+    "both", [True, False], ids=["threshold-and-cost_threshold", "threshold-only"]
+)
+def test_a_schema_1_report_still_verifies(
+    run_dir: Path, keys: tuple[Path, Path], both: bool
+) -> None:
+    # Reports of earlier releases (schema 1) carry the limit as threshold; they stay verifiable.
+    path = run_dir / "report.json"
+    report = copy.deepcopy(load(path))
+    _as_schema_1(both=both)(report)
+    resign(path, report, load_private_key(keys[0]))
+    result = _verify(path, keys, strict=True)
+    assert result.valid, [str(p) for p in result.problems]
 
 
 @pytest.mark.parametrize("rendering", ["report.html", "report.md"])
