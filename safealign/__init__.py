@@ -60,7 +60,8 @@ _EXPORTS = {
     ),
     "safealign.groups.training": ("train_group_reward_models",),
     "safealign.groups.common": ("GroupModels",),
-    "safealign.constraints.hc_rlhf": ("certify_samples", "Certificate"),
+    "safealign.constraints.hc_rlhf": ("certify_samples",),
+    "safealign.constraints.certificate": ("Certificate",),
     "safealign.audits.signing": ("verify_report", "VerificationResult"),
 }
 

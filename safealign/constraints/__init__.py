@@ -4,12 +4,8 @@ from safealign._lazy import lazy_exports
 
 _EXPORTS = {
     "safealign.constraints.align": ("optimize_policy", "AlignResult", "Scorers"),
-    "safealign.constraints.hc_rlhf": (
-        "certify",
-        "certify_samples",
-        "Certificate",
-        "write_certificate",
-    ),
+    "safealign.constraints.hc_rlhf": ("certify", "certify_samples"),
+    "safealign.constraints.certificate": ("Certificate", "write_certificate"),
     "safealign.constraints.bounds": ("upper_bound", "BoundResult"),
     "safealign.constraints.candidates": ("Candidates", "load_candidates"),
     "safealign.constraints.group_rewards": ("normalize_group_rewards", "group_report"),

@@ -15,12 +15,11 @@ import torch
 from safealign.config import LoraConfig, SyntheticConfig
 from safealign.constraints.bounds import pessimism_k
 from safealign.constraints.lm_policy import (
-    _surrogate_cost,
-    _update_log_lambda,
     distill,
     iterate_tilt_distill,
     reinforce_lagrangian,
 )
+from safealign.constraints.lm_policy.reinforce import _surrogate_cost, _update_log_lambda
 from safealign.data.synthetic import SyntheticWorld
 from safealign.errors import ConfigError, DataError
 from safealign.models.causal import (

@@ -1,0 +1,114 @@
+"""``safety:``: the one-shot safety test (metric, limit, bound, confidence), with the
+metric/bound/range combinations that cannot give a valid bound (:func:`safety_config_problems`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from safealign._typed import doc
+from safealign.config._rules import _at_least, _non_negative, _open_unit
+
+# Student t's normal approximation is refused below this many safety prompts: at n = 30 it still
+# missed 4-43% of the time on skewed costs (issue 13), and below it nothing supports it at all.
+MIN_STUDENT_T_N = 30
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    metric: Literal["predicted_unsafe_probability", "unsafe_rate", "expected_cost"] = field(
+        default="predicted_unsafe_probability",
+        metadata=doc(
+            "What is bounded, per sampled response: the cost model's predicted unsafe probability "
+            "σ(c) in [0, 1], the unsafe rate P[c > 0], or the raw cost E[c] (needs cost_range for a "
+            "valid bound)."
+        ),
+    )
+    cost_threshold: float = field(default=0.1, metadata=doc("The limit τ on the metric."))
+    confidence: float = field(
+        default=0.95, metadata=doc("Probability (1-δ) that a released policy meets the limit.", _open_unit)
+    )
+    bound: Literal["auto", "betting", "clopper_pearson", "empirical_bernstein", "hoeffding", "student_t"] = field(
+        default="auto",
+        metadata=doc(
+            "Upper confidence bound of the safety test. 'auto': clopper_pearson (exact) for "
+            "unsafe_rate, betting (valid for any distribution in the range) otherwise. student_t is "
+            "approximate: only on request, never for unsafe_rate, and refused below "
+            f"{MIN_STUDENT_T_N} safety prompts."
+        ),
+    )
+    cost_range: tuple[float, float] | None = field(
+        default=None,
+        metadata=doc(
+            "Declared [low, high] range of the raw costs (metric expected_cost only); required by "
+            "betting, empirical_bernstein and hoeffding there. The other metrics lie in [0, 1]."
+        ),
+    )
+    attempts: int = field(
+        default=1,
+        metadata=doc(
+            "Safety tests declared up front for one safety set; each runs at confidence 1 - δ/attempts, "
+            "and the certification log refuses one more (fixed at the set's first test).",
+            _at_least(1),
+        ),
+    )
+    c1: float = field(default=1.0, metadata=doc("Pessimism on the optimisation sample (C1).", _non_negative))
+    c2: float = field(default=1.0, metadata=doc("Pessimism for the safety-set size (C2).", _non_negative))
+    unit: Literal["response", "prompt_expectation"] = field(
+        default="response",
+        metadata=doc(
+            "What each safety prompt contributes: the metric of one response resampled from its K "
+            "fresh candidates, or its exact expected metric under the policy's resampling "
+            "distribution over them (Rao-Blackwellised: same mean, i.i.d., less variance; not 0/1, "
+            "so unsafe_rate is then bounded by betting)."
+        ),
+    )
+    group_coverage: Literal["simultaneous", "individual"] = field(
+        default="simultaneous",
+        metadata=doc(
+            "Per-group bounds: 'simultaneous' (all hold together with probability ≥ 1-δ, each at "
+            "δ / (2 × groups) by a union bound) or 'individual' (each at δ on its own)."
+        ),
+    )
+
+    @property
+    def resolved_bound(self) -> str:
+        """The bound the safety test uses: ``bound``, with ``"auto"`` resolved by the metric."""
+        if self.bound != "auto":
+            return self.bound
+        exact_binomial = self.metric == "unsafe_rate" and self.unit == "response"
+        return "clopper_pearson" if exact_binomial else "betting"
+
+
+def safety_config_problems(s: SafetyConfig) -> list[str]:
+    """Metric/bound/range combinations that cannot give a valid bound (each prefixed by its field)."""
+    problems = []
+    bound, bounded_range = s.resolved_bound, s.metric != "expected_cost" or s.cost_range is not None
+    if bound in ("betting", "empirical_bernstein", "hoeffding") and not bounded_range:
+        problems.append(
+            f"cost_range: required by bound '{bound}' with metric expected_cost (the declared "
+            "[low, high] range of the raw costs); or bound a metric in [0, 1]: "
+            "predicted_unsafe_probability"
+        )
+    if s.cost_range is not None and s.metric != "expected_cost":
+        problems.append(f"cost_range: only metric expected_cost has a declared range; {s.metric} lies in [0, 1]")
+    if s.cost_range is not None and not s.cost_range[0] < s.cost_range[1]:
+        problems.append(f"cost_range: low must be < high (got {list(s.cost_range)})")
+    if bound == "clopper_pearson" and s.unit == "prompt_expectation":
+        problems.append("bound: 'clopper_pearson' needs 0/1 outcomes; per-prompt expectations are not (use auto)")
+    if bound == "clopper_pearson" and s.metric != "unsafe_rate":
+        problems.append("bound: 'clopper_pearson' bounds a 0/1 rate; set safety.metric: unsafe_rate")
+    if bound == "student_t" and s.metric == "unsafe_rate":
+        # A sample without an unsafe response has std 0, so t's bound is 0 and any τ >= 0 passes:
+        # it misses with probability (1 - p)^n whatever the confidence.
+        problems.append(
+            "bound: student_t is refused for 0/1 data (a sample with no unsafe response has std 0 and "
+            "bound 0); use clopper_pearson (exact) or auto"
+        )
+    if s.metric != "expected_cost" and not 0 <= s.cost_threshold <= 1:
+        # A limit above 1 on a probability is vacuous: most likely a raw-cost threshold left over.
+        problems.append(
+            f"cost_threshold: {s.metric} is a probability, its limit must be in [0, 1] (got "
+            f"{s.cost_threshold}); a raw-cost threshold needs metric expected_cost"
+        )
+    return problems

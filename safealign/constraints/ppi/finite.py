@@ -1,0 +1,156 @@
+"""The finite-sample label-rectified bound (package doc for the proof), declared or tuned weight,
+and the labels-only exact bound it reduces to at weight 0."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from safealign.constraints.bounds import BoundResult, upper_bound
+from safealign.constraints.ppi._checks import Target, _check_weight, _checked
+from safealign.constraints.ppi.result import RectifiedBound, _assumptions
+from safealign.constraints.ppi.subset import LabelSubset
+from safealign.errors import ConfigError
+
+# Labels before the tuned weight is estimated from data: until then it is PPI's lam = 1.
+TUNING_WARMUP = 10
+_WEIGHT_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def rectified_upper_bound(
+    predictions: Sequence[float] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
+    subset: LabelSubset,
+    *,
+    target: Target,
+    confidence: float,
+    value_range: tuple[float, float] | None = None,
+    weight: float | Literal["tuned"] = "tuned",
+    prediction_share: float = 0.5,
+) -> RectifiedBound:
+    """The finite-sample label-rectified upper bound on ``theta`` (module doc for the proof).
+
+    Args:
+        predictions: ``f``, the cost model's prediction for every scored response, ``[N]``.
+        labels: ``Y``, the trusted label of each labelled response, ``[m]``, aligned with
+            ``subset.indices`` (0/1 for ``unsafe_rate``).
+        subset: Which responses were labelled (:func:`draw_label_subset`).
+        target: ``"unsafe_rate"`` (0/1 labels, range [0, 1]) or ``"expected_cost"``.
+        confidence: ``1 - delta``.
+        value_range: ``[a, b]`` of labels and predictions; required for ``expected_cost``.
+        weight: ``lam`` in [0, 1] declared before seeing data, or ``"tuned"`` (predictable).
+        prediction_share: The share of ``delta`` spent on ``E[f]``, declared, in (0, 1).
+    """
+    f, y, low, high = _checked(predictions, labels, subset, target, confidence, value_range)
+    _check_weight(weight, prediction_share)
+    delta = 1.0 - confidence
+    conf_a, conf_b = 1.0 - prediction_share * delta, 1.0 - (1.0 - prediction_share) * delta
+    f_lab = f[list(subset.indices)]
+    if weight == "tuned":
+        return _tuned(f, f_lab, y, subset, target, confidence, (low, high), conf_a, conf_b)
+    lam = float(weight)
+    if lam == 0.0:  # the declared weight 0 needs no bound on E[f]: all of delta goes to the labels
+        rect = labels_only_upper_bound(
+            y, target=target, confidence=confidence, value_range=(low, high)
+        )
+        pred, value = None, rect.upper_bound
+    else:
+        pred = upper_bound(f, confidence=conf_a, bound="betting", value_range=(low, high))
+        r_range = (low - lam * high, high - lam * low)
+        rect = upper_bound(y - lam * f_lab, confidence=conf_b, bound="betting", value_range=r_range)
+        value = lam * pred.upper_bound + rect.upper_bound
+    return RectifiedBound(
+        method="ppi_betting",
+        target=target,
+        confidence=confidence,
+        upper_bound=float(min(high, value)),
+        estimate=float(lam * f.mean() + (y - lam * f_lab).mean()),
+        weight_rule="declared",
+        weights=(lam,) * subset.m,
+        n_predictions=f.size,
+        n_labels=subset.m,
+        prediction_bound=pred,
+        rectifier_bound=rect,
+        value_range=(low, high),
+        approximate=False,
+        assumptions=_assumptions("declared", (low, high)),
+    )
+
+
+def _tuned(f, f_lab, y, subset, target, confidence, value_range, conf_a, conf_b) -> RectifiedBound:
+    low, high = value_range
+    unlabelled = np.delete(f, list(subset.indices))
+    if unlabelled.size < 2:
+        raise ConfigError(
+            f"labels: weight 'tuned' bounds E[f] on the unlabelled responses and needs at least 2 "
+            f"(got {unlabelled.size} of {f.size} unlabelled); label fewer, or declare a weight"
+        )
+    pred = upper_bound(unlabelled, confidence=conf_a, bound="betting", value_range=value_range)
+    c = pred.upper_bound
+    weights = _predictable_weights(
+        f_lab, y, f_var=float(unlabelled.var(ddof=1)), slack=c - pred.mean, confidence_b=conf_b
+    )
+    z = y - weights * (f_lab - c)
+    z_range = (low - (high - c), high + (c - low))
+    rect = upper_bound(z, confidence=conf_b, bound="betting", value_range=z_range)
+    return RectifiedBound(
+        method="ppi_betting",
+        target=target,
+        confidence=confidence,
+        upper_bound=float(min(high, rect.upper_bound)),
+        estimate=float((y - weights * (f_lab - pred.mean)).mean()),
+        weight_rule="tuned",
+        weights=tuple(float(w) for w in weights),
+        n_predictions=f.size,
+        n_labels=subset.m,
+        prediction_bound=pred,
+        rectifier_bound=rect,
+        value_range=value_range,
+        approximate=False,
+        assumptions=_assumptions("tuned", value_range),
+    )
+
+
+def _predictable_weights(
+    f_lab: np.ndarray, y: np.ndarray, *, f_var: float, slack: float, confidence_b: float
+) -> np.ndarray:
+    """``lam_j`` from the labelled pairs before ``j`` and the unlabelled predictions only.
+
+    PPI++'s power tuning adapted to the finite-sample sum: the bound is about
+    ``lam * (c - E[f]) + sqrt(2 ln(1/delta_B) Var(Y - lam f) / m)``, so ``lam_j`` minimises the
+    plug-in of that over a grid of [0, 1], with ``Var(Y)`` and ``Cov(Y, f)`` from the labels seen
+    so far (``Var(f)`` from the unlabelled ones). The first :data:`TUNING_WARMUP` use ``lam = 1``.
+    """
+    m = y.size
+    k_b = math.sqrt(2.0 * math.log(1.0 / (1.0 - confidence_b)) / m)
+    weights = np.ones(m)
+    if m <= TUNING_WARMUP:
+        return weights
+    # Running moments of the labels *before* j (j = TUNING_WARMUP .. m - 1), Bessel-corrected.
+    seen = np.arange(1, m + 1)
+    s_y, s_f = np.cumsum(y), np.cumsum(f_lab)
+    s_yy, s_yf = np.cumsum(y * y), np.cumsum(y * f_lab)
+    past = slice(TUNING_WARMUP - 1, m - 1)
+    n = seen[past]
+    v_y = (s_yy[past] - s_y[past] ** 2 / n) / (n - 1)
+    cov = (s_yf[past] - s_y[past] * s_f[past] / n) / (n - 1)
+    grid = _WEIGHT_GRID[None, :]
+    var_r = np.maximum(v_y[:, None] - 2.0 * grid * cov[:, None] + grid**2 * f_var, 0.0)
+    weights[TUNING_WARMUP:] = _WEIGHT_GRID[np.argmin(grid * slack + k_b * np.sqrt(var_r), axis=1)]
+    return weights
+
+
+def labels_only_upper_bound(
+    labels: Sequence[float] | np.ndarray,
+    *,
+    target: Target,
+    confidence: float,
+    value_range: tuple[float, float] | None = None,
+) -> BoundResult:
+    """The exact bound on ``theta`` from the labels alone: Clopper-Pearson (0/1) or betting."""
+    if target == "unsafe_rate":
+        return upper_bound(labels, confidence=confidence, bound="clopper_pearson")
+    return upper_bound(labels, confidence=confidence, bound="betting", value_range=value_range)

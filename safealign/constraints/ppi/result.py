@@ -1,0 +1,75 @@
+"""The label-rectified bound as a result, with the assumptions its guarantee rests on."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from safealign.constraints.bounds import BoundResult
+
+
+@dataclass(frozen=True)
+class RectifiedBound:
+    """A label-rectified upper confidence bound on ``theta = E[label]``.
+
+    Attributes:
+        method: ``"ppi_betting"`` (finite-sample) or ``"ppi_clt"`` (PPI++'s normal approximation).
+        target: ``"unsafe_rate"`` (0/1 labels) or ``"expected_cost"`` (labels in ``value_range``).
+        confidence: ``1 - delta``.
+        upper_bound: ``U``: ``theta <= U`` with probability at least ``confidence`` (exactly for
+            ``ppi_betting``, approximately for ``ppi_clt``).
+        estimate: The PPI point estimate of ``theta``.
+        weight_rule: ``"declared"``, ``"tuned"`` (predictable) or ``"plug_in"`` (PPI++ on all data).
+        weights: The weight ``lam`` of each labelled response, in draw order.
+        n_predictions: ``N``, scored responses.
+        n_labels: ``m``, labelled responses.
+        prediction_bound: The bound on ``E[f]`` (None when ``lam = 0`` is declared, or for CLT).
+        rectifier_bound: The bound on the rectifier's mean (None for CLT).
+        value_range: ``[a, b]``, the declared range of labels and predictions.
+        approximate: True for ``ppi_clt``.
+        assumptions: The conditions under which the guarantee holds, in words.
+    """
+
+    method: str
+    target: str
+    confidence: float
+    upper_bound: float
+    estimate: float
+    weight_rule: str
+    weights: tuple[float, ...]
+    n_predictions: int
+    n_labels: int
+    prediction_bound: BoundResult | None
+    rectifier_bound: BoundResult | None
+    value_range: tuple[float, float]
+    approximate: bool
+    assumptions: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["weights"] = list(self.weights)
+        data["value_range"] = list(self.value_range)
+        data["assumptions"] = list(self.assumptions)
+        return data
+
+
+def _assumptions(rule: str, value_range: tuple[float, float]) -> tuple[str, ...]:
+    base = (
+        "the safety prompts are i.i.d. draws from the deployment prompt distribution, one "
+        "response each, used once; theta is the mean trusted label of such a response",
+        "the labelled responses are a uniformly random subset drawn with fresh randomness "
+        "independent of every response, score and label (recorded indices)",
+        f"labels and predictions lie in the declared range {list(value_range)}",
+    )
+    by_rule = {
+        "declared": "the weight was declared before the data; betting bounds on E[f] (all "
+        "responses) and on the rectifier (labelled), combined by a union bound: valid for any "
+        "distribution in the range and any cost model",
+        "tuned": "the weight of each labelled response depends on earlier labels only "
+        "(predictable); betting bound on E[f] (unlabelled responses) and a supermartingale "
+        "betting bound on the rectifier, union bound: valid for any distribution in the range "
+        "and any cost model",
+        "clt": "APPROXIMATE: PPI++'s normal approximation (central limit theorem), not a "
+        "finite-sample guarantee; it can under-cover on rare unsafe labels",
+    }
+    return (*base, by_rule[rule])
