@@ -101,7 +101,9 @@ def head_config(args, epsilon: float | None, hp: dict) -> ModelConfig:
         backbone=args.backbone_path,
         pooling="mean",
         lora=None,
-        head=HeadConfig(layers=hp["layers"], hidden_size=args.mlp_hidden),
+        head=HeadConfig(
+            layers=hp["layers"], hidden_size=args.mlp_hidden, embed_batch_size=args.embed_batch_size
+        ),
         train=TrainConfig(
             epochs=hp["epochs"], batch_size=args.batch_size, lr=hp["lr"], max_length=args.max_length
         ),
@@ -218,7 +220,10 @@ def lora_vs_head(args, pool, held_out, hp) -> dict:
     with tempfile.TemporaryDirectory() as fresh, embedding_cache(fresh):
         config = head_config(args, args.lora_epsilon, hp)
         start = time.process_time()
-        embed_pairs(build_scoring_model(config, kind="cost", seed=0), subset)
+        embed_pairs(
+            build_scoring_model(config, kind="cost", seed=0), subset,
+            batch_size=args.embed_batch_size,
+        )  # fmt: skip
         embed = time.process_time() - start
         start = time.process_time()
         head = train_cost_model(subset, config=config, seed=0, progress=False)
@@ -269,6 +274,7 @@ def study(args, write) -> dict:
                "train_pairs": len(pool), "eval_pairs": len(held_out),
                "fixed": {"batch_size": args.batch_size, "max_grad_norm": args.max_grad_norm,
                          "max_length": args.max_length, "mlp_hidden": args.mlp_hidden,
+                         "embed_batch_size": args.embed_batch_size,
                          "target_delta": TARGET_DELTA, "threads": torch.get_num_threads()}}  # fmt: skip
     with tempfile.TemporaryDirectory() as temp, embedding_cache(args.cache_dir or temp):
         _log("embedding pass")
@@ -281,15 +287,15 @@ def study(args, write) -> dict:
         sample = _subset(pool, args.timing_pairs, seed=5)
         with tempfile.TemporaryDirectory() as fresh, embedding_cache(fresh):
             start = time.process_time()
-            embed_pairs(scoring, sample)
+            embed_pairs(scoring, sample, batch_size=args.embed_batch_size)
             per_text = (time.process_time() - start) / (2 * len(sample))
         embed_seconds = per_text * 2 * len(pool)
         payload["embed_cpu_seconds_per_text"] = per_text
         payload["embed_timing_texts"] = 2 * len(sample)
-        embed_pairs(scoring, pool)
-        embed_pairs(scoring, held_out)
+        embed_pairs(scoring, pool, batch_size=args.embed_batch_size)
+        embed_pairs(scoring, held_out, batch_size=args.embed_batch_size)
         if transfer is not None:
-            scoring.embed([""] * len(transfer[0]), transfer[0])
+            scoring.embed([""] * len(transfer[0]), transfer[0], batch_size=args.embed_batch_size)
         del scoring
         payload["embed_cpu_seconds_train_pool"] = embed_seconds
         _log(f"  {embed_seconds:.1f} CPU s for {2 * len(pool)} texts")
@@ -342,7 +348,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epsilons", type=_epsilon, nargs="+", default=[1.0, 3.0, 8.0, None])
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=256, help="MiniLM's max_seq_length")
+    p.add_argument("--embed-batch-size", type=int, default=32, help="benchmarks/embed_speed.py")
     p.add_argument("--mlp-hidden", type=int, default=64)
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--grid-layers", nargs="+", default=["linear", "mlp"])

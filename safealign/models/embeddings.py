@@ -193,9 +193,16 @@ def cached_embeddings(
     compute: Callable[[list[int]], torch.Tensor],
     *,
     batch_size: int,
+    lengths: Callable[[list[int]], Sequence[int]] | None = None,
 ) -> torch.Tensor:
-    """Rows ``[n, H]`` for ``keys``: from the active cache where present, else ``compute(index)``
-    on batches of the missing (distinct) positions, whose rows are then stored."""
+    """Rows ``[n, H]`` for ``keys``, in the order of ``keys``: from the active cache where present,
+    else ``compute(index)`` on batches of the missing (distinct) positions, whose rows are then
+    stored. ``compute`` runs under :func:`torch.inference_mode`.
+
+    ``lengths(missing)``, when given, returns the token length of each missing position: batches
+    are then cut from the positions sorted longest first (stable), as sentence-transformers'
+    ``encode`` does, so a ``compute`` that pads to the longest row of its batch pads little. The
+    rows are the same as in input order up to float noise (each row is masked from the others)."""
     cache = active_cache()
     found = cache.get(identity, keys) if cache is not None else [None] * len(keys)
     first: dict[bytes, int] = {}
@@ -203,10 +210,16 @@ def cached_embeddings(
         if row is None and key not in first:
             first[key] = i
     missing = list(first.values())
+    if lengths is not None and missing:
+        size = list(lengths(missing))
+        order = sorted(range(len(missing)), key=lambda j: -size[j])
+        missing = [missing[j] for j in order]
     computed: dict[bytes, torch.Tensor] = {}
     for start in range(0, len(missing), batch_size):
         index = missing[start : start + batch_size]
-        rows = compute(index).detach().to("cpu", torch.float32)
+        with torch.inference_mode():
+            rows = compute(index).detach().to("cpu", torch.float32)
+        rows = rows.clone()  # outside inference mode: a normal tensor, usable by autograd later
         batch_keys = [keys[i] for i in index]
         computed.update(zip(batch_keys, rows, strict=True))
         if cache is not None:

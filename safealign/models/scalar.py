@@ -122,26 +122,29 @@ class ScoringModel:
     kind: Kind
     max_length: int
 
-    def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> dict[str, torch.Tensor]:
+    def encode(
+        self, prompts: Sequence[str], responses: Sequence[str], *, padding: str = "max_length"
+    ) -> dict[str, torch.Tensor]:
         """Tokenise (prompt, response) pairs to ``[n, L]`` tensors: ``L = max_length`` for text
-        tokenizers (longer side cut first), the number of feature slots for ``features``."""
+        tokenizers (longer side cut first; with ``padding="longest"``, the longest row's length),
+        the number of feature slots for ``features``."""
         batch = self.tokenizer(
             list(prompts),
             list(responses),
             truncation="longest_first",
             max_length=self.max_length,
-            padding="max_length",
+            padding=padding,
             return_tensors="pt",
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    @torch.no_grad()
     def embed(
         self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
     ) -> torch.Tensor:
-        """Pooled backbone states ``[n, H]`` (float32, CPU) of (prompt, response) texts, in eval
-        mode and without gradients; read from (and added to) the active embedding cache
-        (:mod:`.embeddings`). Only for a frozen backbone, whose states never change."""
+        """Pooled backbone states ``[n, H]`` (float32, CPU) of (prompt, response) texts, in input
+        order, in eval mode and inference mode; read from (and added to) the active embedding
+        cache (:mod:`.embeddings`). Missing texts are embedded longest first, each batch padded
+        to its longest row only. Only for a frozen backbone, whose states never change."""
         if not self.model.frozen_backbone:
             raise ValueError("embeddings are cached only for a frozen backbone (head mode)")
         identity = backbone_identity(
@@ -153,12 +156,21 @@ class ScoringModel:
         was_training = self.model.training
         self.model.eval()
 
+        def tokens(index: list[int]) -> dict[str, torch.Tensor]:
+            return self.encode(
+                [prompts[i] for i in index], [responses[i] for i in index], padding="longest"
+            )
+
+        def lengths(index: list[int]) -> list[int]:
+            return tokens(index)["attention_mask"].sum(1).tolist()
+
         def compute(index: list[int]) -> torch.Tensor:
-            enc = self.encode([prompts[i] for i in index], [responses[i] for i in index])
-            return self.model.embed(**{k: v.to(device) for k, v in enc.items()})
+            return self.model.embed(**{k: v.to(device) for k, v in tokens(index).items()})
 
         try:
-            return cached_embeddings(identity, keys, compute, batch_size=batch_size)
+            return cached_embeddings(
+                identity, keys, compute, batch_size=batch_size, lengths=lengths
+            )
         finally:
             self.model.train(was_training)
 
