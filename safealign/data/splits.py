@@ -72,7 +72,7 @@ class SealedDataset:
     def __iter__(self):
         raise IsolationError(
             "the safety split is sealed: only certification may read it "
-            "(call unseal(purpose='certify') from the safety test)"
+            "(safealign.run.unseal_safety_split is the one function that unseals it)"
         )
 
     def __getitem__(self, index):
