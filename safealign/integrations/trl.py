@@ -7,14 +7,17 @@ of ``{"role", "content"}`` messages), plus ``completion_ids``, the dataset's oth
 ``trainer_state``, ``log_metric`` and ``log_extra``. :class:`RewardFunction` is such a callable::
 
     reward = reward_function_from_run("runs/run")       # reward - λ·cost, λ from policy.json
-    trainer = GRPOTrainer(model=..., reward_funcs=reward, args=GRPOConfig(beta=reward.beta, ...))
+    trainer = GRPOTrainer(model=..., reward_funcs=reward, args=GRPOConfig(...))
 
 It returns ``r(x, y) - λ·c(x, y)``: the reward model's score minus λ times the cost model's,
 exactly the numbers :meth:`ScoringModel.score` gives (the same tokenisation, truncation and
 pooling: nothing is re-implemented). λ is given, or read from an aligned run's ``policy.json``
-(``selection.lambda``: the multiplier HC-RLHF step 1 found for the KL weight ``policy.beta``;
-with a different KL weight it is another Lagrangian). This is a training signal, not a
-certificate: only ``safealign certify`` on the released model bounds its cost.
+(``selection.lambda``, the multiplier HC-RLHF step 1 selected). What carries over is the
+reward:cost trade-off, not the constraint: λ was chosen for the run's own optimiser (a KL tilt of
+weight ``policy.beta`` over candidates), while TRL's ``beta`` weighs a per-token KL against
+group-normalised advantages, another problem whose optimum may cost more or less. This is a
+training signal, not a certificate: only ``safealign certify`` on the released model bounds its
+cost.
 
 Privacy: scoring completions with the released models is post-processing of their DP release:
 it spends no budget, whatever TRL does with the numbers.
@@ -90,8 +93,6 @@ class RewardFunction:
         reward: The reward model.
         cost: The cost model (None: the reward alone).
         lambda_: The cost multiplier λ ≥ 0 (0 without a cost model).
-        beta: The KL weight λ was selected for (from a run; None when λ was given), for
-            ``GRPOConfig(beta=...)``.
         render_prompt: Prompt (string or messages) to the text the models score.
         name: The name TRL logs the reward under.
     """
@@ -99,7 +100,6 @@ class RewardFunction:
     reward: ScoringModel
     cost: ScoringModel | None = None
     lambda_: float = 0.0
-    beta: float | None = None
     render_prompt: Callable[[Any], str] = render_prompt
     name: str = "safealign_reward"
 
@@ -172,8 +172,8 @@ def reward_function(
 def reward_function_from_run(
     run_dir: str | Path, *, render_prompt: Callable[[Any], str] = render_prompt
 ) -> RewardFunction:
-    """``r - λ·c`` with the run's reward and cost models and the λ (and β) that ``safealign
-    align`` recorded in ``RUN_DIR/policy.json``.
+    """``r - λ·c`` with the run's reward and cost models and the λ that ``safealign align``
+    recorded in ``RUN_DIR/policy.json``.
 
     Raises:
         DataError: ``policy.json`` is missing or malformed, or a model directory is not one.
@@ -200,7 +200,6 @@ def reward_function_from_run(
         reward=load_scoring_model(run_dir / policy_file.models.reward),
         cost=load_scoring_model(run_dir / policy_file.models.cost),
         lambda_=float(lam),
-        beta=float(policy_file.policy.beta),
         render_prompt=render_prompt,
     )
 

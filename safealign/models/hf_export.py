@@ -218,7 +218,7 @@ def _export_tokenizer(scoring: ScoringModel):
 
 
 def _model_card(scoring: ScoringModel) -> str:
-    from safealign import __version__
+    from safealign._version import __version__
 
     meaning = (
         "higher is better (Bradley-Terry reward)"
