@@ -31,9 +31,11 @@ padded on the right (a left-padded GPT-2 shifts the position ids), cut to the mo
 construction: a text whose last token *is* the pad token (GPT-2's pad is ``<|endoftext|>``), which
 the classifier skips as padding.
 
-Privacy: the export is a function of the released model only (DP post-processing): weights,
-head, and a tokenizer that is public (built in code from templates for the tiny backbones, or the
-pretrained one given). No training text, loss or count goes into the directory.
+Privacy: the export is a function of the released model only (DP post-processing of a model
+trained with DP-SGD): weights, head, and a tokenizer that is public (built in code from templates
+for the tiny backbones, or the pretrained one given; safealign never fits a tokenizer to data). No
+training text, loss or count goes into the directory. The model card does not claim DP itself:
+a model directory does not record how it was trained (its ``receipt.json`` does).
 """
 
 from __future__ import annotations
@@ -228,11 +230,11 @@ def _model_card(scoring: ScoringModel) -> str:
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
-tags: [safealign, {scoring.kind}-model, differential-privacy]
+tags: [safealign, {scoring.kind}-model]
 ---
 # safealign {scoring.kind} model
 
-A {scoring.kind} model trained with DP-SGD by safealign {__version__}, exported as a one-label
+A {scoring.kind} model trained by safealign {__version__}, exported as a one-label
 `AutoModelForSequenceClassification`; its logit is safealign's score: {meaning}.
 
 ```python
@@ -247,7 +249,9 @@ Encode (prompt, response) as a pair, padded on the right (the saved default), tr
 {scoring.max_length} tokens. The head's bias is folded into the final norm's bias, so the last
 hidden state differs from the backbone's; the logit is exact.
 
-Privacy: these weights are post-processing of a differentially private release (DP-SGD over
-preference pairs): they carry the guarantee stated in the training run's receipt and report,
-and no further privacy cost. The directory holds no training text.
+Privacy: the export is a function of the trained model alone. If that model was trained with
+DP-SGD (its privacy receipt, `receipt.json` beside the source model directory, and the run's
+signed report say so, with epsilon and delta), these weights are post-processing of a
+differentially private release: they carry its guarantee and cost no further privacy budget.
+The directory holds no training text.
 """

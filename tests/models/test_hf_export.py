@@ -100,7 +100,8 @@ def test_the_export_holds_only_weights_a_public_tokenizer_and_a_card(tmp_path):
     ]  # fmt: skip
     # The tokenizer is the one built in code from the world's templates, not learnt from data.
     assert AutoTokenizer.from_pretrained(str(out)).get_vocab() == build_tiny_tokenizer().get_vocab()
-    assert "post-processing of a differentially private release" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "post-processing of a\ndifferentially private release" in card and "receipt.json" in card
     assert not list(tmp_path.glob(".hf.*"))  # no staging directory left behind
 
 
