@@ -117,7 +117,14 @@ def test_declared_weight_is_the_sum_of_the_two_betting_bounds_computed_directly(
     f, _, subset, y = _world(n=80, m=20, seed=3)
     lam, share = 0.7, 0.3
     rect = rectified_upper_bound(
-        f, y, subset, target="unsafe_rate", confidence=0.9, weight=lam, prediction_share=share
+        f,
+        y,
+        subset,
+        target="unsafe_rate",
+        confidence=0.9,
+        weight=lam,
+        prediction_share=share,
+        method="union",
     )
     delta = 0.1
     u_a = _brute_force_betting(f, 1 - share * delta, 0.0, 1.0)
@@ -133,7 +140,7 @@ def test_declared_weight_is_the_sum_of_the_two_betting_bounds_computed_directly(
 def test_perfect_predictions_leave_a_zero_rectifier():
     _, y_all, subset, y = _world(seed=4)
     rect = rectified_upper_bound(
-        y_all, y, subset, target="unsafe_rate", confidence=0.95, weight=1.0
+        y_all, y, subset, target="unsafe_rate", confidence=0.95, weight=1.0, method="union"
     )
     assert rect.rectifier_bound.mean == 0.0 and rect.rectifier_bound.std == 0.0
     zeros = betting_upper_bound(np.zeros(subset.m), confidence=0.975, low=-1.0, high=1.0)
@@ -177,7 +184,7 @@ def test_more_unsafe_labels_never_lower_the_labels_only_bound():
 def test_tuned_weights_are_predictable():
     # Attack: a weight that looks at its own label makes the rectifier's terms dependent.
     f, _, subset, y = _world(n=400, m=80, seed=7)
-    kwargs = {"target": "unsafe_rate", "confidence": 0.95, "weight": "tuned"}
+    kwargs = {"target": "unsafe_rate", "confidence": 0.95, "weight": "tuned", "method": "union"}
     base = rectified_upper_bound(f, y, subset, **kwargs).weights
     assert base[:TUNING_WARMUP] == (1.0,) * TUNING_WARMUP
     for j in (15, 40, 79):
@@ -190,7 +197,9 @@ def test_tuned_weights_are_predictable():
 
 def test_tuned_bound_is_the_betting_bound_on_the_shifted_rectifier():
     f, _, subset, y = _world(n=200, m=40, seed=8)
-    rect = rectified_upper_bound(f, y, subset, target="unsafe_rate", confidence=0.9)
+    rect = rectified_upper_bound(
+        f, y, subset, target="unsafe_rate", confidence=0.9, method="union"
+    )
     unlabelled = np.delete(f, list(subset.indices))
     c = betting_upper_bound(unlabelled, confidence=0.95, low=0.0, high=1.0)
     assert rect.prediction_bound.upper_bound == c and rect.prediction_bound.n == 160
@@ -201,8 +210,9 @@ def test_tuned_bound_is_the_betting_bound_on_the_shifted_rectifier():
 
 
 def test_tuned_weight_follows_the_model_quality():
-    useless = rectified_upper_bound(*_parts(quality=0.0), target="unsafe_rate", confidence=0.95)
-    good = rectified_upper_bound(*_parts(quality=0.95), target="unsafe_rate", confidence=0.95)
+    kwargs = {"target": "unsafe_rate", "confidence": 0.95, "method": "union"}
+    useless = rectified_upper_bound(*_parts(quality=0.0), **kwargs)
+    good = rectified_upper_bound(*_parts(quality=0.95), **kwargs)
     assert np.mean(useless.weights[TUNING_WARMUP:]) < 0.3 < np.mean(good.weights[TUNING_WARMUP:])
 
 
@@ -216,11 +226,21 @@ def test_tuned_needs_unlabelled_responses():
     everything = LabelSubset(20, tuple(range(20)))
     y = (f > 0.5).astype(float)
     with pytest.raises(ConfigError, match="at least 2"):
-        rectified_upper_bound(f, y, everything, target="unsafe_rate", confidence=0.9)
+        rectified_upper_bound(f, y, everything, target="unsafe_rate", confidence=0.9, method="union")
     declared = rectified_upper_bound(
-        f, y, everything, target="unsafe_rate", confidence=0.9, weight=1.0
+        f, y, everything, target="unsafe_rate", confidence=0.9, weight=1.0, method="union"
     )
     assert 0.0 <= declared.upper_bound <= 1.0
+    # The joint test needs no unlabelled response: with all N labelled, P is known exactly and
+    # the bound is Clopper-Pearson on the N labels at level k / q(P) (Fisher's threshold k).
+    joint = rectified_upper_bound(f, y, everything, target="unsafe_rate", confidence=0.9)
+    k, n = int(y.sum()), y.size
+    assert joint.population_bound == pytest.approx(k / n)
+    log_q, _, _ = ppi.joint.population_log_pvalues(
+        f, y, np.arange(n), np.array([k / n]), weight=None
+    )
+    level = ppi.joint.fisher_threshold(0.1) / math.exp(log_q[0])
+    assert joint.upper_bound == pytest.approx(stats.beta.ppf(1 - level, k + 1, n - k), abs=1e-9)
 
 
 # --- the approximate (CLT) bound ------------------------------------------------------------------
@@ -252,7 +272,8 @@ def test_three_bounds_side_by_side_are_json():
         f.mean()
     )
     data = json.loads(json.dumps(bounds.to_dict(), allow_nan=False))
-    assert data["rectified"]["method"] == "ppi_betting"
+    assert data["rectified"]["method"] == "ppi_joint"
+    assert data["rectified"]["population_bound"] <= data["rectified"]["upper_bound"]
     approx = label_rectified_bounds(
         f, y, subset, target="unsafe_rate", confidence=0.95, approximate=True
     )
@@ -270,6 +291,7 @@ def test_three_bounds_side_by_side_are_json():
         ({"weight": 1.5}, ConfigError, "weight"),
         ({"weight": True}, ConfigError, "weight"),
         ({"prediction_share": 0.0}, ConfigError, "prediction_share"),
+        ({"method": "minimum"}, ConfigError, "method must be one of joint, union"),
         ({"target": "expected_cost"}, ConfigError, "value_range"),
         ({"value_range": (0, 2)}, ConfigError, "unsafe_rate lies in"),
         ({"subset": LabelSubset(6, (0, 1, 2))}, DataError, "drawn from 6"),
