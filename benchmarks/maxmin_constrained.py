@@ -4,7 +4,8 @@ The synthetic world's default groups (10:1, majority +0.3 formal, minority -1.0 
 ``--prompts`` world prompts x ``--candidates`` reference candidates, scored with the world's TRUE
 group rewards and TRUE cost, so that only the algorithm is measured (no learnt model). Step 1's
 bound is HC-RLHF's ``mean + k * std`` of the per-prompt expected costs, ``k`` from
-``bounds.pessimism_k(n_b = prompts, n_s = --n-safety, confidence, C1, C2)``; ``cost_threshold``
+``bounds.pessimism_k(n_b = prompts, n_s = --n-safety, confidence, C1, C2)`` (defaults: the demo's
+metric ``sigmoid(c)`` of the true cost, C1 = 4, C2 = 2); ``cost_threshold``
 sits a fraction ``--fractions`` of the way from the cheapest feasible bound to the bound of
 unconstrained MaxMin. Group rewards are normalised as regret against each group's own
 *constrained* optimum (its best tilt at the same KL price that passes the bound).
@@ -106,7 +107,12 @@ def _instance(args, seed: int):
     cands = world.sample_candidates(prompts, num_candidates=args.candidates, seed=seed + 2)
     names = sorted(cands.true_rewards)
     raw = torch.from_numpy(np.stack([cands.true_rewards[g] for g in names]))
-    return names, raw, torch.from_numpy(cands.true_cost)
+    cost = torch.from_numpy(cands.true_cost)
+    return (
+        names,
+        raw,
+        torch.sigmoid(cost) if args.metric == "predicted_unsafe_probability" else cost,
+    )
 
 
 def run_case(args, seed: int, fraction: float, *, cone: bool) -> dict:
@@ -171,8 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", type=int, default=16)
     parser.add_argument("--n-safety", type=int, default=500)
     parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--c1", type=float, default=1.0)
-    parser.add_argument("--c2", type=float, default=1.0)
+    parser.add_argument("--metric", choices=["predicted_unsafe_probability", "expected_cost"],
+                        default="predicted_unsafe_probability",
+                        help="sigmoid(true cost), the demo's metric, or the raw true cost")  # fmt: skip
+    parser.add_argument("--c1", type=float, default=4.0, help="the demo's C1")
+    parser.add_argument("--c2", type=float, default=2.0, help="the demo's C2")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     parser.add_argument("--cone", action=argparse.BooleanOptionalAction, default=True,

@@ -34,6 +34,8 @@ from torch import Tensor
 from safealign.constraints.dual_search import _LAMBDA_LIMIT
 from safealign.constraints.maxmin_solver import (
     MaxMinResult,
+    _gap,
+    _newton_polish,
     _Problem,
     _result,
     _shifted_cost,
@@ -101,8 +103,12 @@ def solve_maxmin_pessimistic(
     state = {"w": log_p.new_full((rewards.shape[0],), 1.0 / rewards.shape[0]), "iterations": 0}
 
     def bound_at(lam: float) -> float:
-        # Warm start from the last weights: neighbouring lambdas have nearby weights.
-        w, used = _solve_weights(problem, state["w"], lam, gap_tol=gap_tol, max_iter=max_iter)
+        # Warm start from the last weights: neighbouring lambdas have nearby weights, usually on
+        # the same support, where Newton alone converges; FISTA only when it does not.
+        w, used = _newton_polish(problem, state["w"], lam, gap_tol=gap_tol)
+        if _gap(w, problem.evaluate(w, lam)[1]) > gap_tol:
+            w, more = _solve_weights(problem, w, lam, gap_tol=gap_tol, max_iter=max_iter)
+            used += more
         state["w"], state["iterations"] = w, state["iterations"] + used
         weights[lam] = w
         q = problem.evaluate(w, lam)[2]
