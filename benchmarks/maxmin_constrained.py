@@ -48,10 +48,11 @@ from safealign.constraints.solvers import kl_rows, solve_pessimistic
 from safealign.data import SyntheticWorld
 
 
-def _evaluate(q, normalized, true, costs, *, beta, bound_fn) -> dict:
+def _evaluate(q, normalized, true, costs, *, beta, bound_fn, log_p=None) -> dict:
     """A policy's groups (constrained regret), objective, mean cost, bound and true rewards."""
     groups = torch.einsum("nk,gnk->g", q, normalized) / q.shape[0]
-    kl = float(kl_rows(q, torch.full_like(q, -np.log(q.shape[1]))).mean())
+    ref = torch.full_like(q, -np.log(q.shape[1])) if log_p is None else torch.log_softmax(log_p, -1)
+    kl = float(kl_rows(q, ref).mean())
     prompt_costs = (q * costs).sum(-1)
     return {
         "groups": [float(v) for v in groups],
@@ -60,32 +61,34 @@ def _evaluate(q, normalized, true, costs, *, beta, bound_fn) -> dict:
         "objective": float(groups.min()) - beta * kl,
         "mean_cost": float(prompt_costs.mean()),
         "bound": float(bound_fn(prompt_costs)),
-        "true_rewards": [float((q * r).sum(-1).mean()) for r in true],
+        # TRUE rewards on the world's truth; the models' raw scores on a run directory.
+        "raw_rewards": [float((q * r).sum(-1).mean()) for r in true],
     }
 
 
-def _optimum_at(normalized, costs, mean_cost, *, beta) -> dict:
+def _optimum_at(normalized, costs, mean_cost, *, beta, log_p=None) -> dict:
     """The exact MaxMin optimum under ``E_q[c] <= mean_cost`` (mean constraint, torch solver)."""
-    best = solve_maxmin(normalized, beta=beta, costs=costs, cost_threshold=mean_cost)
+    best = solve_maxmin(normalized, beta=beta, log_p=log_p, costs=costs, cost_threshold=mean_cost)
     return {"worst": float(best.group_rewards.min()), "objective": best.objective}
 
 
-def _sequential(raw, costs, *, beta, tau, bound_fn):
-    plain = normalize_group_rewards(raw, mode="regret", beta=beta)
-    weights = solve_maxmin(plain, beta=beta).weights
+def _sequential(raw, costs, *, beta, tau, bound_fn, log_p):
+    plain = normalize_group_rewards(raw, mode="regret", beta=beta, log_p=log_p)
+    weights = solve_maxmin(plain, beta=beta, log_p=log_p).weights
     combined = torch.einsum("g,gnk->nk", weights, raw)
-    solved = solve_pessimistic(combined, costs, beta=beta, cost_threshold=tau, bound_fn=bound_fn)
+    solved = solve_pessimistic(
+        combined, costs, beta=beta, cost_threshold=tau, bound_fn=bound_fn, log_p=log_p
+    )
     return solved.q, weights, float(solved.lambdas[0])
 
 
-def _joint(raw, costs, *, beta, tau, bound_fn):
-    lambdas = group_cost_lambdas(raw, costs, beta=beta, cost_threshold=tau, bound_fn=bound_fn)
+def _joint(raw, costs, *, beta, tau, bound_fn, log_p):
+    constraint = {"cost_threshold": tau, "bound_fn": bound_fn, "log_p": log_p}
+    lambdas = group_cost_lambdas(raw, costs, beta=beta, **constraint)
     normalized = normalize_group_rewards(
-        raw, mode="regret", beta=beta, costs=costs, cost_lambdas=lambdas
+        raw, mode="regret", beta=beta, log_p=log_p, costs=costs, cost_lambdas=lambdas
     )
-    solved = solve_maxmin_pessimistic(
-        normalized, costs, beta=beta, cost_threshold=tau, bound_fn=bound_fn
-    )
+    solved = solve_maxmin_pessimistic(normalized, costs, beta=beta, **constraint)
     return solved.q, solved.weights, solved.cost_lambda
 
 
@@ -117,39 +120,84 @@ def _instance(args, seed: int):
 
 def run_case(args, seed: int, fraction: float, *, cone: bool) -> dict:
     names, raw, costs = _instance(args, seed)
-    beta = args.beta
     k = pessimism_k(args.prompts, args.n_safety, confidence=args.confidence, c1=args.c1, c2=args.c2)
     bound_fn = functools.partial(mean_plus_k_std, k=k)
+    beta = args.beta
     free = solve_maxmin(normalize_group_rewards(raw, mode="regret", beta=beta), beta=beta)
     floor, top = float(bound_fn(costs.min(-1).values)), float(bound_fn((free.q * costs).sum(-1)))
     tau = floor + fraction * (top - floor)
-    common = {"beta": beta, "tau": tau, "bound_fn": bound_fn}
-    (q_old, w_old, lam_old), t_old = _timed(lambda: _sequential(raw, costs, **common), args.repeats)
-    (q_new, w_new, lam_new), t_new = _timed(lambda: _joint(raw, costs, **common), args.repeats)
-    lambdas = group_cost_lambdas(raw, costs, beta=beta, cost_threshold=tau, bound_fn=bound_fn)
-    normalized = normalize_group_rewards(
-        raw, mode="regret", beta=beta, costs=costs, cost_lambdas=lambdas
+    out = {"seed": seed, "fraction": fraction, "k": k, "groups": names}
+    out |= _compare(raw, costs, None, beta=beta, tau=tau, bound_fn=bound_fn, repeats=args.repeats)
+    if cone:
+        _add_cone(out, raw, costs, beta=beta, tau=tau, k=k)
+    return out
+
+
+def _compare(raw, costs, log_p, *, beta, tau, bound_fn, repeats: int) -> dict:
+    """Both methods on one instance, measured in regret against each group's constrained optimum."""
+    common = {"beta": beta, "tau": tau, "bound_fn": bound_fn, "log_p": log_p}
+    (q_old, w_old, lam_old), t_old = _timed(lambda: _sequential(raw, costs, **common), repeats)
+    (q_new, w_new, lam_new), t_new = _timed(lambda: _joint(raw, costs, **common), repeats)
+    lambdas = group_cost_lambdas(
+        raw, costs, beta=beta, cost_threshold=tau, bound_fn=bound_fn, log_p=log_p
     )
-    out = {"seed": seed, "fraction": fraction, "cost_threshold": tau, "k": k, "groups": names}
+    normalized = normalize_group_rewards(
+        raw, mode="regret", beta=beta, log_p=log_p, costs=costs, cost_lambdas=lambdas
+    )
+    out = {"cost_threshold": tau}
     for label, q, w, lam, seconds in (
         ("sequential", q_old, w_old, lam_old, t_old),
         ("joint", q_new, w_new, lam_new, t_new),
     ):
-        entry = _evaluate(q, normalized, raw, costs, beta=beta, bound_fn=bound_fn)
-        best = _optimum_at(normalized, costs, entry["mean_cost"], beta=beta)
+        entry = _evaluate(q, normalized, raw, costs, beta=beta, bound_fn=bound_fn, log_p=log_p)
+        best = _optimum_at(normalized, costs, entry["mean_cost"], beta=beta, log_p=log_p)
         entry.update(
             weights=[float(v) for v in w], cost_lambda=lam, seconds=seconds,
             worst_gap_to_optimum_at_own_cost=best["worst"] - entry["worst"],
             objective_gap_to_optimum_at_own_cost=best["objective"] - entry["objective"],
         )  # fmt: skip
         out[label] = entry
-    if cone:
-        oracle = solve_maxmin_pessimistic_oracle(
-            normalized, costs, beta=beta, cost_threshold=tau, k=k
-        )
-        out["cone_optimum"] = {"objective": oracle.objective, "seconds": oracle.solve_seconds}
-        for label in ("sequential", "joint"):
-            out[label]["objective_gap_to_cone"] = oracle.objective - out[label]["objective"]
+    out["normalized"] = normalized
+    return out
+
+
+def _add_cone(out: dict, raw, costs, *, beta, tau, k) -> None:
+    oracle = solve_maxmin_pessimistic_oracle(
+        out["normalized"], costs, beta=beta, cost_threshold=tau, k=k
+    )
+    out["cone_optimum"] = {"objective": oracle.objective, "seconds": oracle.solve_seconds}
+    for label in ("sequential", "joint"):
+        out[label]["objective_gap_to_cone"] = oracle.objective - out[label]["objective"]
+
+
+def run_directory(args, run_dir: Path) -> dict:
+    """The instance a finished ``safealign run`` / ``demo`` aligned on: its DP group and cost
+    models on its candidate prompts, with its own step-1 bound (``safety.bound`` anticipated)."""
+    from safealign.config.loading import load_config
+    from safealign.constraints.align import score_candidates
+    from safealign.constraints.attempts import attempt_safety
+    from safealign.constraints.selection import _step1_bound, _step1_inputs
+    from safealign.run.models import load_scorers
+    from safealign.run.paths import CONFIG_FILE
+    from safealign.run.policy_file import load_policy_file
+    from safealign.run.workspace import Workspace
+
+    config = load_config(run_dir / CONFIG_FILE)
+    ws = Workspace(config, run_dir)
+    policy_file = load_policy_file(run_dir / "policy.json")
+    scorers = load_scorers(run_dir, policy_file.models, None)
+    candidates = ws.sampler.candidates(ws.splits.candidate.prompts, seed=config.seed + 1)
+    scored = score_candidates(candidates, scorers)
+    safety = attempt_safety(config.safety)
+    _, costs, log_p = _step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
+    bound_fn = _step1_bound(safety, policy_file.selection["n_safety"])
+    out = {"run_dir": str(run_dir), "bound": safety.resolved_bound, "metric": safety.metric,
+           "groups": list(scorers.group_rewards)}  # fmt: skip
+    out |= _compare(
+        scored.group_rewards, costs, log_p, beta=config.policy.beta, tau=safety.cost_threshold,
+        bound_fn=bound_fn, repeats=args.repeats,
+    )  # fmt: skip
+    out.pop("normalized")
     return out
 
 
@@ -186,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
     parser.add_argument("--cone", action=argparse.BooleanOptionalAction, default=True,
                         help="Clarabel's cone-program optimum on the first seed")  # fmt: skip
+    parser.add_argument("--run-dir", nargs="*", default=[],
+                        help="finished run directories (e.g. of `safealign demo`) to measure too")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -195,8 +245,12 @@ def main(argv: list[str] | None = None) -> None:
         for seed in args.seeds
         for fraction in args.fractions
     ]
+    for case in cases:
+        case.pop("normalized")
+    runs = [run_directory(args, Path(d)) for d in args.run_dir]
     payload = {
         "cases": cases,
+        "run_directories": runs,
         "summary": _summary(cases),
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "seconds": time.perf_counter() - start,
@@ -216,6 +270,15 @@ def main(argv: list[str] | None = None) -> None:
         f"{joint['spread'][1]:.1e}; solve {seq['seconds'][1]:.3f} vs {joint['seconds'][1]:.3f} s max; "
         f"joint bound <= threshold in all {len(cases)}: {s['all_joint_bounds_within_threshold']}"
     )
+    for run in runs:
+        seq, joint = run["sequential"], run["joint"]
+        print(
+            f"  {run['run_dir']} ({run['bound']}): worst group below the optimum at own cost "
+            f"{seq['worst_gap_to_optimum_at_own_cost']:.3f} vs {joint['worst_gap_to_optimum_at_own_cost']:.1e}, "
+            f"spread {seq['spread']:.3f} vs {joint['spread']:.1e}, bound {seq['bound']:.4f} / "
+            f"{joint['bound']:.4f} (threshold {run['cost_threshold']}), solve {seq['seconds']:.3f} vs "
+            f"{joint['seconds']:.3f} s"
+        )
 
 
 if __name__ == "__main__":

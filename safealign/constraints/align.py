@@ -86,8 +86,11 @@ class AlignResult:
     Attributes:
         selection: HC-RLHF step 1's result (``selection.policy`` is None when infeasible).
         scorers: The scorers with the MaxMin weights filled in (what the deployed policy uses).
-        group_weights: MaxMin dual weights per group (None without groups).
-        group_rewards: Per group, the expected normalised model reward under the selected policy.
+        group_weights: MaxMin dual weights per group (None without groups), solved jointly with
+            the policy's λ under step 1's bound.
+        group_rewards: Per group, the expected normalised model reward under the selected policy
+            (``groups.normalize`` per prompt, as the safety test recomputes it on fresh
+            candidates: for ``regret`` against the unconstrained optimum).
     """
 
     selection: SelectionResult

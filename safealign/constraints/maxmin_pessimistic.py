@@ -41,7 +41,7 @@ from safealign.constraints.maxmin_solver import (
     _shifted_cost,
     _solve_weights,
 )
-from safealign.constraints.solvers import _prepare, solve_pessimistic
+from safealign.constraints.solvers import _prepare
 from safealign.errors import DataError, InfeasibleError
 
 BoundFn = Callable[[Tensor], "float | Tensor"]
@@ -188,13 +188,14 @@ def group_cost_lambdas(
     ``cost_lambdas``).
 
     Raises:
-        InfeasibleError: As :func:`solve_pessimistic` (the same for every group: the
-            ``lambda -> infinity`` limit does not depend on the reward).
+        InfeasibleError: As :func:`~safealign.constraints.solvers.solve_pessimistic` (the same
+            for every group: the ``lambda -> infinity`` limit does not depend on the reward).
     """
+    # One group is the tilting path (solve_pessimistic's lambda), found with the secant search.
     solved = [
-        solve_pessimistic(
-            r, costs, beta=beta, cost_threshold=cost_threshold, bound_fn=bound_fn, log_p=log_p
+        solve_maxmin_pessimistic(
+            r[None], costs, beta=beta, cost_threshold=cost_threshold, bound_fn=bound_fn, log_p=log_p
         )
         for r in rewards
     ]
-    return torch.tensor([float(s.lambdas[0]) for s in solved], dtype=torch.float64)
+    return torch.tensor([s.cost_lambda for s in solved], dtype=torch.float64)
