@@ -27,6 +27,7 @@ that gap.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -122,7 +123,7 @@ def solve_maxmin_pessimistic(
     # The mean constraint active at the solution is E_q[c] <= its own mean cost: the gap is that
     # problem's (zero up to the weight solve's tolerance).
     result = _result(problem, w, lam, cmin, mean_cost, int(state["iterations"]))
-    return MaxMinResult(**{**result.__dict__, "upper_bound": value})
+    return replace(result, upper_bound=value)
 
 
 def _smallest_passing_secant(
