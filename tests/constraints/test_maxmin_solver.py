@@ -264,10 +264,8 @@ def _table(names: list[list[str]], values: torch.Tensor) -> _Table:
     )
 
 
-def _aligned_worst_group_gap(seed: int):
-    """optimize_policy on a table-scored instance; its MaxMin objective's gap to the constrained
-    optimum at the policy's own mean cost (Clarabel), in regret against each group's constrained
-    optimum, and its step-1 bound."""
+def _table_instance(seed: int):
+    """A table-scored 2-group instance with a binding pessimistic threshold (the reference's)."""
     rewards, log_p, costs = _pessimistic_instance(seed, groups=2, n=30, k=6)
     n, k = costs.shape
     names = [[f"p{i} r{j}" for j in range(k)] for i in range(n)]
@@ -285,11 +283,25 @@ def _aligned_worst_group_gap(seed: int):
     bound_fn = _mean_plus_k_std(pessimism_k(n, n_safety, confidence=0.9))
     tau = float(bound_fn(costs.mean(-1)))  # the reference policy's bound: a binding threshold
     safety = dataclasses.replace(safety, cost_threshold=tau)
-    aligned = optimize_policy(
+    return rewards, log_p, costs, candidates, scorers, safety, bound_fn, n_safety, beta
+
+
+def _align(candidates, scorers, safety, n_safety, beta):
+    return optimize_policy(
         candidates, scorers, policy=PolicyConfig(beta=beta), safety=safety,
         groups=GroupsConfig(mode="given", normalize="regret"), n_safety=n_safety, seed=0,
         reference_sampler={},
     )  # fmt: skip
+
+
+def _aligned_worst_group_gap(seed: int):
+    """optimize_policy on a table-scored instance; its MaxMin objective's gap to the constrained
+    optimum at the policy's own mean cost (Clarabel), in regret against each group's constrained
+    optimum, and its step-1 bound."""
+    instance = _table_instance(seed)
+    rewards, log_p, costs, candidates, scorers, safety, bound_fn, n_safety, beta = instance
+    tau = safety.cost_threshold
+    aligned = _align(candidates, scorers, safety, n_safety, beta)
     normalized = _constrained_regret(
         rewards, costs, beta=beta, tau=tau, bound_fn=bound_fn, log_p=log_p
     )
@@ -298,7 +310,7 @@ def _aligned_worst_group_gap(seed: int):
         torch.einsum("g,gnk->nk", w, rewards), costs, log_p=log_p
     )
     kl = float(kl_rows(q, torch.log_softmax(log_p, -1)).mean())
-    groups = torch.einsum("nk,gnk->g", q, normalized) / n
+    groups = torch.einsum("nk,gnk->g", q, normalized) / q.shape[0]
     mean_cost = float((q * costs).sum(-1).mean())
     oracle = solve_maxmin_oracle(
         normalized, beta=beta, log_p=log_p, costs=costs, cost_threshold=mean_cost
@@ -316,3 +328,20 @@ def test_attack_sequential_maxmin_then_tilt_misses_the_constrained_optimum() -> 
         f"worst group {gap:.4f} below the constrained optimum (groups {groups})"
     )
     assert float(groups.max() - groups.min()) <= 1e-6  # both groups supported and equalised
+
+
+def test_infeasible_step1_with_groups_is_a_no_solution_result() -> None:
+    rewards, log_p, costs, candidates, scorers, safety, bound_fn, n_safety, beta = _table_instance(
+        11
+    )
+    limit = float(bound_fn(costs.min(-1).values))
+    aligned = _align(
+        candidates,
+        scorers,
+        dataclasses.replace(safety, cost_threshold=limit - 0.01),
+        n_safety,
+        beta,
+    )
+    assert not aligned.selection.feasible and aligned.selection.policy is None
+    assert "cheapest candidate" in aligned.selection.reason
+    assert set(aligned.group_weights) == {"a", "b"} and aligned.group_rewards is None
