@@ -345,6 +345,7 @@ NOT_RELEASED = (
     "*checkpoint.pt",  # resume state of an interrupted training, deleted when it completes
     "certifications.sqlite*",  # the certification log, when budget.ledger lies in the run
     "*.embedding-cache.safetensors",  # frozen-backbone embeddings of private text (models/embeddings)
+    "safety_responses.jsonl",  # the safety test's response texts, kept for labelling (run/labelling)
 )
 
 def released_file(relative_path: str) -> ReleasedFile | None:
