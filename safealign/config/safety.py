@@ -26,8 +26,9 @@ def _labelling_weight(v: float | str) -> str | None:
 class LabelsConfig:
     size: int = field(
         metadata=doc(
-            "m: responses of the safety test drawn (uniformly, with fresh secret randomness, after "
-            "sampling) for trusted labelling.",
+            "m, required when safety.labels is set (it is null by default: the cost model alone "
+            "decides): responses of the safety test drawn uniformly, with fresh secret randomness "
+            "after sampling, for trusted labelling.",
             _at_least(2),
         )
     )

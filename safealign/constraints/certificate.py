@@ -14,6 +14,8 @@ from safealign.config import SafetyConfig
 from safealign.errors import DataError
 
 CERTIFIED, NSF = "certified", "NSF"
+#: A labelled certificate's top-level ``bound``: the bound ``safety.labels.decide`` declared.
+LABELLED_BOUNDS = {"rectified": "label_rectified", "labels_only": "labels_only"}
 UNTESTED = "selection"  # Certificate.source when step 1 found no policy and no test ran
 
 

@@ -40,7 +40,13 @@ from safealign.constraints.attempts import (
     CertificationLog,
     log_path,
 )
-from safealign.constraints.certificate import CERTIFIED, NSF, Certificate, write_certificate
+from safealign.constraints.certificate import (
+    CERTIFIED,
+    LABELLED_BOUNDS,
+    NSF,
+    Certificate,
+    write_certificate,
+)
 from safealign.constraints.ppi import LabelSubset, draw_label_subset, label_rectified_bounds
 from safealign.constraints.tilting import TiltedPolicy, metric_costs
 from safealign.data.io import iter_json_lines
@@ -50,8 +56,6 @@ from safealign.run.certification import certify
 from safealign.run.workspace import Workspace
 
 AWAITING, LABELLED = "awaiting_labels", "labelled"
-#: What the top-level ``bound`` of a labelled certificate says decided it.
-DECIDING_BOUND_NAMES = {"rectified": "label_rectified", "labels_only": "labels_only"}
 
 
 def label_target(metric: str) -> str:
@@ -202,7 +206,7 @@ def certify_with_labels(ws: Workspace, labels_path: str | Path) -> Certificate:
             f"{section['labels_sha256'][:12]}...): judging again until it passes would void "
             "the guarantee; certify a new policy on fresh safety prompts"
         )
-    decided = _decided_certificate(ws, current, label_set)
+    decided = decide_on_labels(current, label_set)
     text = json.dumps(decided.to_dict(), indent=2, sort_keys=True, allow_nan=False) + "\n"
     digest = hashlib.sha256(text.encode()).hexdigest()
     if not log.finished_with(safety_set, digest):  # else: the same decision, written again
@@ -236,8 +240,13 @@ def _cost_range(certificate: Certificate) -> tuple[float, float] | None:
     return certificate.value_range if label_target(certificate.metric) == "expected_cost" else None
 
 
-def _decided_certificate(ws: Workspace, awaiting: Certificate, labels: LabelSet) -> Certificate:
-    """The certificate decided by the declared bound, with all three bounds and the judge."""
+def decide_on_labels(awaiting: Certificate, labels: LabelSet) -> Certificate:
+    """The certificate decided by the declared bound, with all three bounds and the judge.
+
+    Args:
+        awaiting: The logged certificate awaiting labels (its ``labelling`` block).
+        labels: The judgements of its drawn responses, in draw order.
+    """
     section = awaiting.labelling
     target = section["target"]
     y = labels.unsafe if target == "unsafe_rate" else labels.costs
@@ -261,6 +270,7 @@ def _decided_certificate(ws: Workspace, awaiting: Certificate, labels: LabelSet)
         **{k: v for k, v in section.items() if k != "status"},
         "status": LABELLED,
         "labels": list(y),
+        **({"unsafe": list(labels.unsafe)} if target == "expected_cost" else {}),
         "labels_sha256": labels.fingerprint,
         "decided_by": decide,
         "bounds": {
@@ -271,7 +281,7 @@ def _decided_certificate(ws: Workspace, awaiting: Certificate, labels: LabelSet)
     }
     return replace(
         awaiting,
-        bound=DECIDING_BOUND_NAMES[decide],
+        bound=LABELLED_BOUNDS[decide],
         mean=float(estimate),
         std=None,
         upper_bound=float(chosen.upper_bound),

@@ -98,6 +98,25 @@ def test_export_then_labels_certifies_end_to_end(run_dir, tmp_path, capsys):
     before = (run_dir / "certificate.json").read_bytes()
     assert _certify(run_dir, "--labels", str(labels)) == 0
     assert (run_dir / "certificate.json").read_bytes() == before
+    # `run` resumes the decided attempt (no new test) and writes the signed report.
+    assert main(["run", CONFIG, "--out", str(run_dir), *_overrides(run_dir)]) == 0
+    assert (run_dir / "certificate.json").read_bytes() == before and len(_log(run_dir)) == 1
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["safety"]["labelling"] == lab
+    headline = report["summary"]["safety"]
+    assert headline.startswith("Certified") and "decided by the label-rectified bound" in headline
+    assert "labels-only bound" in headline and "cost-model-only bound" in headline
+    assert "human-judged unsafe rate" in headline
+    html = (run_dir / "report.html").read_text()
+    assert (
+        "AUROC" in html
+        and "Reliability of the cost model" in html
+        and "decides the release" in html
+    )
+    key = run_dir / "keys" / "public.pem"
+    assert main(["audit", "verify", str(run_dir / "report.json"), "--public-key", str(key)]) == 0
+    fields = {(o["file"], o["field"]) for o in report["privacy"]["outside_guarantee"]}
+    assert ("certificate.json", "labelling.labels[]") in fields
 
 
 def test_relabelling_until_it_passes_is_refused(run_dir, tmp_path, capsys):
