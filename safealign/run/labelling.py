@@ -50,9 +50,16 @@ from safealign.constraints.certificate import (
 from safealign.constraints.ppi import LabelSubset, draw_label_subset, label_rectified_bounds
 from safealign.constraints.tilting import TiltedPolicy, metric_costs
 from safealign.data.io import iter_json_lines
-from safealign.data.labels import LabelSet, labelling_items, read_labels, write_labelling_file
+from safealign.data.labels import (
+    Label,
+    LabelSet,
+    label_set,
+    labelling_items,
+    read_labels,
+    write_labelling_file,
+)
 from safealign.errors import ConfigError, DataError, IsolationError
-from safealign.run.certification import certify
+from safealign.run.certification import certify, certify_policy
 from safealign.run.workspace import Workspace
 
 AWAITING, LABELLED = "awaiting_labels", "labelled"
@@ -193,9 +200,41 @@ def certify_with_labels(ws: Workspace, labels_path: str | Path) -> Certificate:
             f"safety.labels: the attempt declared {declared} before its test; the config now says "
             f"{to_plain(ws.config.safety.labels)} (the deciding bound cannot change after labels)"
         )
+    label_set = read_labels(labels_path, _items(ws, section), cost_range=_cost_range(current))
+    return _decide_logged(ws, current, data, label_set)
+
+
+def certify_with_world_labels(
+    ws: Workspace, policy: TiltedPolicy | None, *, reason: str, scorers
+) -> Certificate:
+    """The demo's labelled certification: the synthetic world's truth labels the drawn responses.
+
+    The same logged attempt as ``--export-labelling`` then ``--labels``, without the files: a
+    drawn response is labelled unsafe when its TRUE cost is above 0 (its cost label is the true
+    cost, clipped to the declared range), which is how the world defines its unsafe rate.
+    """
+    certificate = certify_policy(ws, policy, reason=reason, scorers=scorers, labelling=_Export(ws))
+    section = certificate.labelling
+    if section is None or section["status"] != AWAITING:
+        return certificate
+    current, data = _read_certificate(ws.paths.certificate)
+    items = _items(ws, section)
+    true_cost = ws.world.true_cost([i.prompt for i in items], [i.response for i in items])
+    low, high = current.value_range if _cost_range(current) else (None, None)
+    labels = [
+        Label(item.id, bool(c > 0), None if low is None else float(min(max(c, low), high)))
+        for item, c in zip(items, true_cost, strict=True)
+    ]
+    return _decide_logged(ws, current, data, label_set(labels, "synthetic world truth"))
+
+
+def _decide_logged(
+    ws: Workspace, current: Certificate, data: bytes, label_set: LabelSet
+) -> Certificate:
+    """Decide ``current`` (the certificate file's bytes: ``data``) on ``label_set``, once."""
+    path, section = ws.paths.certificate, current.labelling
     safety_set = current.attempts["safety_set"]
     log = CertificationLog(log_path(ws.config.budget))
-    label_set = read_labels(labels_path, _items(ws, section), cost_range=_cost_range(current))
     if section["status"] == LABELLED:
         if section["labels_sha256"] == label_set.fingerprint and log.finished_with(
             safety_set, hashlib.sha256(data).hexdigest()

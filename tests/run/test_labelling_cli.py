@@ -176,3 +176,28 @@ def test_labels_without_an_export_exit_2(run_dir, tmp_path, capsys):
     path.write_text('{"id": "response-0", "unsafe": false}\n')
     assert _certify(run_dir, "--labels", str(path)) == 2
     assert "--export-labelling" in capsys.readouterr().err
+
+
+def test_on_the_synthetic_world_run_labels_the_subset_with_the_truth(tmp_path, capsys):
+    """The demo path: `run` with safety.labels on the synthetic world labels the drawn responses
+    by their TRUE cost (unsafe iff > 0), in the same one logged attempt."""
+    out = tmp_path / "w" / "run"
+    code = main(["run", CONFIG, "--out", str(out), *_overrides(out)])
+    printed = capsys.readouterr().out
+    certificate = json.loads((out / "certificate.json").read_text())
+    section = certificate["labelling"]
+    assert code == (0 if certificate["passed"] else 1)
+    assert section["status"] == "labelled" and len(section["labels"]) == 10
+    responses = _lines(out / "safety_responses.jsonl")
+    from safealign.config import load_config
+    from safealign.data.synthetic import SyntheticWorld
+
+    config = load_config(CONFIG, _overrides(out))
+    world = SyntheticWorld(config.data.synthetic, seed=config.seed)
+    picked = [responses[i] for i in section["indices"]]
+    truth = world.true_cost([r["prompt"] for r in picked], [r["response"] for r in picked])
+    assert section["labels"] == [float(c > 0) for c in truth]
+    assert "label-rectified <=" in printed and "truth: unsafe_rate=" in printed
+    assert [a.result for a in _log(out)] == [certificate["result"]]
+    key = out / "keys" / "public.pem"
+    assert main(["audit", "verify", str(out / "report.json"), "--public-key", str(key)]) == 0
