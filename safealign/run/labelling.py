@@ -169,6 +169,9 @@ def export_labelling(ws: Workspace, export: str | Path) -> Certificate:
             "--export-labelling needs safety.labels declared in the config before the test "
             "(e.g. safety.labels: {size: 100, decide: rectified})"
         )
+    folder = Path(export).parent
+    if not folder.is_dir():  # refused before the test: a failed write must not cost an attempt
+        raise ConfigError(f"--export-labelling {export}: the directory {folder} does not exist")
     certificate = certify(ws, labelling=_Export(ws))
     section = certificate.labelling
     if section is not None and section["status"] == AWAITING:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from safealign.audits.inventory import NOT_RELEASED, released_file, unclassified_fields
 from safealign.cli import main
 from safealign.constraints.attempts import CertificationLog
 from tests._tiny_run import CONFIG, TINY_WORLD
@@ -117,6 +118,24 @@ def test_export_then_labels_certifies_end_to_end(run_dir, tmp_path, capsys):
     assert main(["audit", "verify", str(run_dir / "report.json"), "--public-key", str(key)]) == 0
     fields = {(o["file"], o["field"]) for o in report["privacy"]["outside_guarantee"]}
     assert ("certificate.json", "labelling.labels[]") in fields
+    _assert_every_released_field_is_classified(run_dir)
+
+
+def _assert_every_released_field_is_classified(out: Path) -> None:
+    """The release inventory classifies the labelled run's files; the responses stay private."""
+    problems = []
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        relative = path.relative_to(out).as_posix()
+        if any(Path(relative).match(p) or relative == p for p in NOT_RELEASED):
+            continue
+        released = released_file(relative)
+        if released is None:
+            problems.append(f"{relative}: not in the release inventory")
+        elif released.json:
+            problems += unclassified_fields(json.loads(path.read_text()), released)
+    assert problems == []
+    assert released_file("safety_responses.jsonl") is None
+    assert "safety_responses.jsonl" in NOT_RELEASED
 
 
 def test_relabelling_until_it_passes_is_refused(run_dir, tmp_path, capsys):
@@ -168,6 +187,12 @@ def test_bad_labels_files_exit_2_naming_file_line_and_field(run_dir, tmp_path, c
 def test_plain_certify_with_labels_declared_is_refused_before_any_test(run_dir, capsys):
     assert _certify(run_dir) == 2
     assert "--export-labelling" in capsys.readouterr().err
+    assert not (run_dir / "certificate.json").exists()
+
+
+def test_an_export_to_a_missing_directory_is_refused_before_the_test(run_dir, tmp_path, capsys):
+    assert _certify(run_dir, "--export-labelling", str(tmp_path / "absent" / "x.jsonl")) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert not (run_dir / "certificate.json").exists()
 
 
