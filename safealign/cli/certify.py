@@ -89,7 +89,7 @@ def _certify_policy(args: argparse.Namespace) -> int:
     from safealign.run import Workspace, certify
 
     ws = Workspace(load_config(args.config, args.overrides), args.out or RUN_DIR)
-    return _print_verdict(certify(ws), ws.paths.certificate)
+    return _print_labelled_verdict(certify(ws), ws.paths.certificate)
 
 
 def _certify_labelled(args: argparse.Namespace) -> int:

@@ -169,6 +169,12 @@ def export_labelling(ws: Workspace, export: str | Path) -> Certificate:
             "--export-labelling needs safety.labels declared in the config before the test "
             "(e.g. safety.labels: {size: 100, decide: rectified})"
         )
+    size, n_safety = ws.config.safety.labels.size, ws.splits.safety.num_prompts
+    if size > n_safety:  # the set's size is public: refused before any test
+        raise ConfigError(
+            f"safety.labels.size: {size} responses to label, but the safety set has only "
+            f"{n_safety} prompts (one response each)"
+        )
     folder = Path(export).parent
     if not folder.is_dir():  # refused before the test: a failed write must not cost an attempt
         raise ConfigError(f"--export-labelling {export}: the directory {folder} does not exist")

@@ -99,6 +99,9 @@ def test_export_then_labels_certifies_end_to_end(run_dir, tmp_path, capsys):
     before = (run_dir / "certificate.json").read_bytes()
     assert _certify(run_dir, "--labels", str(labels)) == 0
     assert (run_dir / "certificate.json").read_bytes() == before
+    capsys.readouterr()
+    assert _certify(run_dir) == 0  # a plain certify shows the logged, decided certificate
+    assert "decided by the rectified bound" in capsys.readouterr().out
     # `run` resumes the decided attempt (no new test) and writes the signed report.
     assert main(["run", CONFIG, "--out", str(run_dir), *_overrides(run_dir)]) == 0
     assert (run_dir / "certificate.json").read_bytes() == before and len(_log(run_dir)) == 1
@@ -193,6 +196,13 @@ def test_plain_certify_with_labels_declared_is_refused_before_any_test(run_dir, 
 def test_an_export_to_a_missing_directory_is_refused_before_the_test(run_dir, tmp_path, capsys):
     assert _certify(run_dir, "--export-labelling", str(tmp_path / "absent" / "x.jsonl")) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not (run_dir / "certificate.json").exists()
+
+
+def test_more_labels_than_safety_prompts_is_refused_before_the_test(run_dir, tmp_path, capsys):
+    args = ["--export-labelling", str(tmp_path / "x.jsonl"), "safety.labels={size: 5000}"]
+    assert main(["certify", CONFIG, "--out", str(run_dir), *_overrides(run_dir), *args]) == 2
+    assert "safety.labels.size" in capsys.readouterr().err
     assert not (run_dir / "certificate.json").exists()
 
 
