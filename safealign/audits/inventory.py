@@ -114,7 +114,7 @@ def _e(path: str, kind: Kind, reason: str) -> Entry:
 def _labelling(p: str) -> tuple[Entry, ...]:
     """A labelled certificate's ``labelling`` block (:mod:`safealign.run.labelling`)."""
     return (
-        *(_e(f"{p}{k}", "public", _CONFIG) for k in ("size", "decide", "weight", "prediction_share")),
+        *(_e(f"{p}{k}", "public", _CONFIG) for k in ("size", "decide", "weight", "method", "prediction_share")),
         _e(f"{p}status", "public", _TEXT),
         _e(f"{p}target", "public", _CONFIG),
         _e(f"{p}decided_by", "public", _CONFIG),

@@ -24,7 +24,7 @@ from safealign.constraints.ppi import LabelSubset, label_rectified_bounds
 
 __all__ = ["labelled_problems"]
 
-_SETTINGS = ("size", "decide", "weight", "prediction_share")
+_SETTINGS = ("size", "decide", "weight", "method", "prediction_share")
 
 
 def labelled_problems(report: dict[str, Any]) -> list[Problem]:
@@ -98,6 +98,7 @@ def _bounds(safety: dict[str, Any], labelling: dict[str, Any]) -> list[Problem]:
         value_range=None if value_range is None else tuple(value_range),
         weight=labelling["weight"],
         prediction_share=labelling["prediction_share"],
+        method=labelling["method"],
     )
     recomputed = {
         "rectified": bounds.rectified.upper_bound,

@@ -49,10 +49,19 @@ class LabelsConfig:
             _labelling_weight,
         ),
     )
+    method: Literal["joint", "union"] = field(
+        default="joint",
+        metadata=doc(
+            "The rectified bound's construction, both exact: 'joint' (one test of the labels "
+            "without replacement combined with the scored responses' law, no union bound) or "
+            "'union' (betting bounds on the mean prediction and on the rectifier, δ split)."
+        ),
+    )
     prediction_share: float = field(
         default=0.5,
         metadata=doc(
-            "Share of δ spent on the bound on the mean prediction (the rest on the rectifier).",
+            "method union only: share of δ spent on the bound on the mean prediction (the rest "
+            "on the rectifier).",
             _open_unit,
         ),
     )

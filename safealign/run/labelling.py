@@ -203,7 +203,7 @@ def certify_with_labels(ws: Workspace, labels_path: str | Path) -> Certificate:
             f"{ws.out} --export-labelling FILE` first",
             path=str(path),
         )
-    declared = {k: section[k] for k in ("size", "decide", "weight", "prediction_share")}
+    declared = {k: section[k] for k in ("size", "decide", "weight", "method", "prediction_share")}
     if to_plain(ws.config.safety.labels) != declared:
         raise ConfigError(
             f"safety.labels: the attempt declared {declared} before its test; the config now says "
@@ -308,6 +308,7 @@ def decide_on_labels(awaiting: Certificate, labels: LabelSet) -> Certificate:
         value_range=awaiting.value_range,
         weight=section["weight"],
         prediction_share=section["prediction_share"],
+        method=section["method"],
     )
     decide = section["decide"]
     chosen = bounds.rectified if decide == "rectified" else bounds.labels_only
