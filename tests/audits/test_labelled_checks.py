@@ -19,7 +19,13 @@ from safealign.run.labelling import AWAITING, decide_on_labels
 from tests.audits.test_report import make_report
 
 N, M = 60, 20
-LABELS = {"size": M, "decide": "rectified", "weight": "tuned", "method": "joint", "prediction_share": 0.5}
+LABELS = {
+    "size": M,
+    "decide": "rectified",
+    "weight": "tuned",
+    "method": "joint",
+    "prediction_share": 0.5,
+}
 
 
 def _config() -> Config:
