@@ -18,6 +18,8 @@ claim that can be recomputed cheaply:
   mean, standard deviation and ``n``;
 * ``safety-sample``: ``n`` and ``mean`` agree with the recorded per-prompt costs;
 * ``safety-config``: ``cost_threshold`` and confidence are the ones the configuration asked for;
+* ``safety-labels``: a labelled certificate's three bounds, deciding bound and judge agreement,
+  recomputed from its values and labels (:mod:`~safealign.audits.labelled`);
 * ``privacy-private``: ``private`` holds exactly when every mechanism is private;
 * ``privacy-epsilon``: ε is at least what the accountant gives for the recorded mechanisms;
 * ``privacy-budget``: ``within_budget`` is ε ≤ budget ε, and the budget is the configured one;
@@ -44,10 +46,12 @@ from scipy import stats
 
 from safealign.audits._problem import Problem
 from safealign.audits.canonical import canonical_json
+from safealign.audits.labelled import labelled_problems
 from safealign.audits.summary import plain_summary
 from safealign.config import SafetyConfig
 from safealign.constraints.attempts import per_attempt_confidence
 from safealign.constraints.bounds import APPROXIMATE_BOUNDS, upper_bound
+from safealign.constraints.certificate import LABELLED_BOUNDS
 from safealign.errors import ConfigError, DataError, PrivacyError
 from safealign.privacy.accounting import Mechanism, compute_epsilon
 
@@ -164,7 +168,8 @@ def _safety_verdict(report: dict[str, Any]) -> list[Problem]:
     bound, threshold, passed = safety["upper_bound"], safety["cost_threshold"], safety["passed"]
     problems = []
     # HC-RLHF step 2: pass iff U <= threshold; an uncomputable bound (n < 2) never passes.
-    expected = bound is not None and bound <= threshold
+    # A certificate awaiting its labels never passes (the safety-labels rule checks it).
+    expected = bound is not None and bound <= threshold and not _awaiting(safety)
     if passed != expected:
         problems.append(
             Problem(
@@ -183,10 +188,21 @@ def _safety_verdict(report: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def _awaiting(safety: dict[str, Any]) -> bool:
+    return (safety.get("labelling") or {}).get("status") == "awaiting_labels"
+
+
+def _labelled(safety: dict[str, Any]) -> bool:
+    return (safety.get("labelling") or {}).get("status") == "labelled"
+
+
 def _safety_bound(report: dict[str, Any]) -> list[Problem]:
-    """Recompute the upper bound from the recorded values, else from the summary statistics."""
+    """Recompute the upper bound from the recorded values, else from the summary statistics
+    (a labelled certificate's bound: the safety-labels rule, :mod:`~safealign.audits.labelled`)."""
     safety = report["safety"]
     if safety is None or safety["upper_bound"] is None or safety.get("mean") is None:
+        return []
+    if _labelled(safety):
         return []
     if safety.get("values"):
         return _bound_from_values(safety)
@@ -304,6 +320,8 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
         )
     if expected.get("bound") == "auto":  # the certificate records the bound auto resolved to
         expected["bound"] = SafetyConfig(metric=expected.get("metric")).resolved_bound
+    if _labelled(safety) and isinstance(configured.get("labels"), dict):
+        expected["bound"] = LABELLED_BOUNDS.get(configured["labels"].get("decide"))
     for field, key in (
         ("cost_threshold", "cost_threshold"),
         ("confidence", "confidence"),
@@ -462,6 +480,7 @@ _RULES = (
     ("safety-bound", _safety_bound),
     ("safety-sample", _safety_sample),
     ("safety-config", _safety_config),
+    ("safety-labels", labelled_problems),
     ("privacy-private", _privacy_private),
     ("privacy-epsilon", _privacy_epsilon),
     ("privacy-budget", _privacy_budget),

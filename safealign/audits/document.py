@@ -10,7 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from safealign.audits.summary import bound_words, fmt, metric_words, plain_summary
+from safealign.audits.summary import (
+    LABELLED_BOUND_NAMES,
+    bound_words,
+    fmt,
+    metric_words,
+    plain_summary,
+)
 
 __all__ = ["Bullets", "Code", "Figure", "Para", "Section", "Table", "report_document"]
 
@@ -183,10 +189,66 @@ def _safety(safety: dict[str, Any] | None) -> Section:
         blocks.append(Para("Deployment sampler settings used for the safety test:"))
         blocks.append(_kv(sorted(sampler.items())))
     blocks.append(Figure("cost", "Costs on the safety prompts: mean, upper bound and threshold."))
+    blocks.extend(_labelling(safety.get("labelling")))
     assumptions = tuple(safety.get("assumptions") or ())
     blocks.append(Para("Assumptions the guarantee rests on:"))
     blocks.append(Bullets(assumptions or ("none stated by the certificate",)))
     return Section("Safety", tuple(blocks))
+
+
+def _labelling(labelling: dict[str, Any] | None) -> list[Block]:
+    """The trusted labels: which bound decided, all three bounds with units, and the judge."""
+    if labelling is None:
+        return []
+    m, n = len(labelling["indices"]), labelling["n"]
+    if labelling["status"] == "awaiting_labels":
+        return [
+            Para(
+                f"Awaiting trusted labels: {m} of the {n} sampled responses were drawn at random "
+                f"(fresh secret randomness, after sampling) for labelling; the "
+                f"{LABELLED_BOUND_NAMES[labelling['decide']]} bound will decide the release.",
+                "warning",
+            )
+        ]
+    decided = labelling["decided_by"]
+    rows = tuple(
+        (
+            LABELLED_BOUND_NAMES[name] + (" (decides the release)" if name == decided else ""),
+            fmt(entry["upper_bound"]),
+            entry["quantity"],
+        )
+        for name, entry in labelling["bounds"].items()
+    )
+    blocks: list[Block] = [
+        Para(
+            f"Trusted labels: {m} of the {n} sampled responses, drawn uniformly at random after "
+            f"sampling, were judged by people (weight {labelling['weight']}). The release is "
+            f"decided by the {LABELLED_BOUND_NAMES[decided]} bound, declared before the test."
+        ),
+        Table(("bound", "upper bound", "what it bounds (units)"), rows),
+    ]
+    judge = labelling.get("judge")
+    if judge:
+        blocks.append(Para(f"The cost model as a judge, on the {judge['n']} labelled responses:"))
+        blocks.append(
+            _kv(
+                [
+                    ("label-unsafe responses", judge["n_unsafe"]),
+                    ("AUROC (cost model vs labels)", judge["auroc"]),
+                    ("Brier score", judge["brier"]),
+                    ("share of label-unsafe responses scored safe", judge["missed_unsafe_share"]),
+                ]
+            )
+        )
+        if judge.get("reliability"):
+            blocks.append(
+                Figure(
+                    "reliability",
+                    "Reliability of the cost model on the labelled responses: predicted unsafe "
+                    "probability against the labels' unsafe rate, per bin.",
+                )
+            )
+    return blocks
 
 
 def _groups(groups: dict[str, Any] | None, bounds: dict[str, Any] | None) -> Section | None:

@@ -97,8 +97,37 @@ _ATTEMPTS = (
 )
 
 
+_DRAW = (
+    "positions of the responses drawn for labelling, from fresh secret randomness independent "
+    "of every response and score"
+)
+_LABELS = (
+    "computed from the trusted labels of the safety responses (safety.labels), which are not "
+    "an output of any DP mechanism; the labelled verdict and bound depend on them too"
+)
+
+
 def _e(path: str, kind: Kind, reason: str) -> Entry:
     return Entry(path, kind, reason)
+
+
+def _labelling(p: str) -> tuple[Entry, ...]:
+    """A labelled certificate's ``labelling`` block (:mod:`safealign.run.labelling`)."""
+    return (
+        *(_e(f"{p}{k}", "public", _CONFIG) for k in ("size", "decide", "weight", "method", "prediction_share")),
+        _e(f"{p}status", "public", _TEXT),
+        _e(f"{p}target", "public", _CONFIG),
+        _e(f"{p}decided_by", "public", _CONFIG),
+        _e(f"{p}n", "public", _N_SAFETY),
+        _e(f"{p}indices[]", "public", _DRAW),
+        _e(f"{p}labels[]", "not_covered", _LABELS),
+        _e(f"{p}unsafe[]", "not_covered", _LABELS),
+        _e(f"{p}labels_sha256", "not_covered", _LABELS),
+        _e(f"{p}bounds.cost_model_only.**", "post_processing", _SAFETY),
+        _e(f"{p}bounds.*.quantity", "public", _TEXT),
+        _e(f"{p}bounds.**", "not_covered", _LABELS),
+        _e(f"{p}judge.**", "not_covered", _LABELS),
+    )
 
 
 def _certificate(prefix: str) -> tuple[Entry, ...]:
@@ -137,6 +166,7 @@ def _certificate(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}attempts.log[].started_at", "public", _ATTEMPTS),
         _e(f"{p}attempts.log[].upper_bound", "post_processing", _SAFETY),
         _e(f"{p}attempts.log[].result", "post_processing", _SAFETY),
+        *_labelling(f"{p}labelling."),
         _e(f"{p}groups.confidence", "public", _CONFIG),
         _e(f"{p}groups.per_bound_confidence", "public", _CONFIG),
         _e(f"{p}groups.metric", "public", _CONFIG),
@@ -345,6 +375,7 @@ NOT_RELEASED = (
     "*checkpoint.pt",  # resume state of an interrupted training, deleted when it completes
     "certifications.sqlite*",  # the certification log, when budget.ledger lies in the run
     "*.embedding-cache.safetensors",  # frozen-backbone embeddings of private text (models/embeddings)
+    "safety_responses.jsonl",  # the safety test's response texts, kept for labelling (run/labelling)
 )
 
 def released_file(relative_path: str) -> ReleasedFile | None:

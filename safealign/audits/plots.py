@@ -184,11 +184,39 @@ def privacy_utility_plot(report: dict[str, Any]) -> bytes | None:
     return _png(figure)
 
 
+def reliability_plot(report: dict[str, Any]) -> bytes | None:
+    """The cost model's reliability diagram on the labelled responses (``safety.labelling``)."""
+    labelling = (report.get("safety") or {}).get("labelling") or {}
+    bins = [b for b in (labelling.get("judge") or {}).get("reliability") or () if b["count"]]
+    if not bins:
+        return None
+    figure = Figure(figsize=_SIZE)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], linestyle="--", color=_GREY, label="perfect calibration")
+    axes.plot(
+        [b["mean_predicted"] for b in bins],
+        [b["unsafe_rate"] for b in bins],
+        "o-",
+        color=_BLUE,
+        label="labelled responses (per bin)",
+    )
+    for b in bins:
+        axes.annotate(str(b["count"]), (b["mean_predicted"], b["unsafe_rate"]), fontsize=7)
+    axes.set_xlim(0, 1)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("cost model's predicted unsafe probability")
+    axes.set_ylabel("share labelled unsafe")
+    axes.set_title("The cost model against trusted labels")
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
 PLOTS: dict[str, Callable[[dict[str, Any]], bytes | None]] = {
     "privacy": privacy_plot,
     "cost": cost_plot,
     "groups": groups_plot,
     "privacy_utility": privacy_utility_plot,
+    "reliability": reliability_plot,
 }
 
 

@@ -33,6 +33,14 @@ _BOUND_NAMES = {
     "empirical_bernstein": "empirical Bernstein bound",
     "hoeffding": "Hoeffding bound",
     "student_t": "Student t bound",
+    "label_rectified": "label-rectified (prediction-powered) bound",
+    "labels_only": "labels-only exact bound",
+}
+#: The three bounds of a labelled certificate (``safety.labelling.bounds``), in words.
+LABELLED_BOUND_NAMES = {
+    "rectified": "label-rectified",
+    "labels_only": "labels-only",
+    "cost_model_only": "cost-model-only",
 }
 
 
@@ -90,6 +98,8 @@ def bound_words(safety: dict[str, Any]) -> str:
     approximate = safety.get("approximate", bound == "student_t")
     if approximate:
         return f"{name}, APPROXIMATE: it treats the mean as normal"
+    if bound in ("label_rectified", "labels_only"):
+        return f"{name}, valid for any cost model and any distribution of the labels' range"
     if bound == "clopper_pearson":
         return f"{name}, exact for 0/1 outcomes"
     given = safety.get("value_range")
@@ -120,6 +130,15 @@ def plain_summary(report: dict[str, Any]) -> Summary:
 def _safety_sentence(safety: dict[str, Any] | None) -> str:
     if safety is None:
         return "Not certified: no safety test was run, so this report makes no safety claim."
+    labelling = safety.get("labelling")
+    if labelling is not None and labelling.get("status") == "awaiting_labels":
+        return (
+            f"Not certified yet: awaiting trusted labels of {len(labelling['indices'])} of the "
+            f"{safety['n']} sampled responses, so nothing was released (the release is decided "
+            f"by the {LABELLED_BOUND_NAMES[labelling['decide']]} bound on the human-judged rate)."
+        )
+    if labelling is not None:
+        return _labelled_sentence(safety, labelling)
     confidence = safety["confidence"]
     level = f"{confidence:.0%}" if confidence is not None else "the stated confidence"
     words = safety.get("quantity") or metric_words(safety.get("metric"))
@@ -134,6 +153,34 @@ def _safety_sentence(safety: dict[str, Any] | None) -> str:
     return (
         "No Solution Found: nothing was released. The safety test could not show, with "
         f"probability ≥ {level}, that {words} under the policy is ≤ {fmt(threshold)} {evidence}."
+    )
+
+
+def _labelled_sentence(safety: dict[str, Any], labelling: dict[str, Any]) -> str:
+    """The headline of a labelled certificate: the deciding bound, and the other two named."""
+    confidence = safety["confidence"]
+    words, threshold, bounds = safety["quantity"], safety["cost_threshold"], labelling["bounds"]
+    decided = labelling["decided_by"]
+    others = "; ".join(
+        f"{LABELLED_BOUND_NAMES[name]} bound {fmt(bounds[name]['upper_bound'])}"
+        + (" (on the cost model's judgement, not the truth)" if name == "cost_model_only" else "")
+        for name in LABELLED_BOUND_NAMES
+        if name != decided
+    )
+    evidence = (
+        f"(decided by the {LABELLED_BOUND_NAMES[decided]} bound {fmt(safety['upper_bound'])}, "
+        f"declared before the test, from {len(labelling['indices'])} trusted labels of "
+        f"{safety['n']} sampled responses; beside it: {others})"
+    )
+    if safety["passed"]:
+        return (
+            f"Certified: with probability ≥ {confidence:.0%}, {words} under the released policy "
+            f"is ≤ {fmt(threshold)} {evidence}."
+        )
+    return (
+        "No Solution Found: nothing was released. The safety test could not show, with "
+        f"probability ≥ {confidence:.0%}, that {words} under the policy is ≤ {fmt(threshold)} "
+        f"{evidence}."
     )
 
 

@@ -61,6 +61,14 @@ def cmd_certify(args: argparse.Namespace) -> int:
         "--cost-model": args.cost_model,
         "--policy": args.policy,
     }
+    labelled = args.export_labelling is not None or args.labels is not None
+    if labelled and args.responses is not None:
+        raise ConfigError(
+            "--export-labelling and --labels certify the policy that `safealign align` wrote, "
+            "not --responses"
+        )
+    if labelled:
+        return _certify_labelled(args)
     if args.responses is None:
         given = [name for name, value in byo.items() if value is not None]
         if given:
@@ -81,7 +89,50 @@ def _certify_policy(args: argparse.Namespace) -> int:
     from safealign.run import Workspace, certify
 
     ws = Workspace(load_config(args.config, args.overrides), args.out or RUN_DIR)
-    return _print_verdict(certify(ws), ws.paths.certificate)
+    return _print_labelled_verdict(certify(ws), ws.paths.certificate)
+
+
+def _certify_labelled(args: argparse.Namespace) -> int:
+    from safealign import load_config
+    from safealign.run import Workspace
+    from safealign.run.labelling import AWAITING, certify_with_labels, export_labelling
+
+    ws = Workspace(load_config(args.config, args.overrides), args.out or RUN_DIR)
+    if args.labels is not None:
+        return _print_labelled_verdict(certify_with_labels(ws, args.labels), ws.paths.certificate)
+    certificate = export_labelling(ws, args.export_labelling)
+    section = certificate.labelling
+    if section is None or section["status"] != AWAITING:
+        print(f"this attempt is already decided; see {ws.paths.certificate}")
+        return _print_labelled_verdict(certificate, ws.paths.certificate)
+    config_arg = " ".join([args.config or "CONFIG", *args.overrides])
+    print(
+        f"AWAITING LABELS (not released): the safety test sampled and scored {section['n']} "
+        f"responses (one logged attempt); {len(section['indices'])} of them, drawn at random, "
+        f'are in {args.export_labelling}. Next: add "unsafe": true|false'
+        f"{' and a cost' if section['target'] == 'expected_cost' else ''} to each line (keep the "
+        "file private: it holds the responses), then run: safealign certify "
+        f"{config_arg} --out {ws.out} --labels LABELS.jsonl"
+    )
+    return EXIT_OK
+
+
+def _print_labelled_verdict(certificate, path: Path) -> int:
+    """The deciding bound's verdict, with the three bounds named (exit 1 on NSF)."""
+    section = certificate.labelling
+    if section is None or "bounds" not in section:
+        return _print_verdict(certificate, path)
+    verdict = "CERTIFIED" if certificate.passed else "NO SOLUTION FOUND (do not release)"
+    print(
+        f"{verdict}: decided by the {section['decided_by']} bound on {certificate.quantity}: "
+        f"{certificate.upper_bound:.4f} vs threshold {certificate.cost_threshold:g} at "
+        f"confidence {certificate.confidence:g} ({len(section['indices'])} labels, "
+        f"{section['n']} scored responses); wrote {path}"
+    )
+    for name, entry in section["bounds"].items():
+        mark = "  <- decides" if name == section["decided_by"] else ""
+        print(f"  {name}: {entry['upper_bound']:.4f} ({entry['quantity']}){mark}")
+    return EXIT_OK if certificate.passed else EXIT_CHECK_FAILED
 
 
 def _print_verdict(certificate, path: Path) -> int:

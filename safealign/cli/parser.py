@@ -198,6 +198,21 @@ def _add_certify_commands(commands) -> None:
         help="with --responses: the alignment's policy.json (default: OUT/policy.json if there); "
         "responses to prompts it was aligned on are refused",
     )
+    labelling = certify.add_mutually_exclusive_group()
+    labelling.add_argument(
+        "--export-labelling",
+        default=None,
+        metavar="FILE",
+        help="with safety.labels: run the logged safety test, draw the subset to label and "
+        "write it to FILE (id, prompt, response; private text: keep it private)",
+    )
+    labelling.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help='JSONL {"id", "unsafe": true|false, "cost"?} per exported response: decide the '
+        "exported attempt on these judgements (once)",
+    )
     certify.add_argument(
         "--out",
         default=None,

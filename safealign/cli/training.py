@@ -76,6 +76,29 @@ def _group_bounds_text(entry: dict, metric: str) -> str:
     )
 
 
+def _print_labelled(safety: dict, truth: dict | None) -> None:
+    """With trusted labels: the deciding bound, the other two, and the truth beside them."""
+    labelling = (safety or {}).get("labelling") or {}
+    bounds = labelling.get("bounds")
+    if not bounds:
+        return
+    names = {"rectified": "label-rectified", "labels_only": "labels-only"}
+    print(
+        f"labels    {len(labelling['indices'])} of {labelling['n']} responses labelled; decided by "
+        f"the {names[labelling['decided_by']]} bound on {safety['quantity']}"
+    )
+    print(
+        f"          label-rectified <= {bounds['rectified']['upper_bound']:.4f} | labels-only <= "
+        f"{bounds['labels_only']['upper_bound']:.4f} | cost-model-only (the model's judgement, not "
+        f"the truth) <= {bounds['cost_model_only']['upper_bound']:.4f}"
+    )
+    if truth and "released" in truth:
+        key = "expected_cost" if labelling["target"] == "expected_cost" else "unsafe_rate"
+        value = truth["released"][key]
+        within = "within" if value <= bounds["rectified"]["upper_bound"] else "OUTSIDE"
+        print(f"          truth: {key}={value:.4f}, {within} the label-rectified bound")
+
+
 def _print_run(result) -> None:
     report = result.report
     privacy, safety = report["privacy"], report["safety"]
@@ -101,6 +124,7 @@ def _print_run(result) -> None:
         print(
             f"safety    NO SOLUTION FOUND: nothing released{bound}; threshold {safety['cost_threshold']:g}"
         )
+    _print_labelled(safety, result.truth)
     groups = (report.get("groups") or {}).get("groups") or {}
     normalization = _NORMALIZATION_WORDS.get(report["config"]["groups"]["normalize"], "normalised")
     for name, values in groups.items():

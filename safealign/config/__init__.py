@@ -30,6 +30,7 @@ from safealign.config.model import (
 from safealign.config.root import AuditConfig, BudgetConfig, Config, GroupsConfig, PolicyConfig
 from safealign.config.safety import (
     MIN_STUDENT_T_N,  # noqa: F401
+    LabelsConfig,
     SafetyConfig,
     safety_config_problems,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ModelConfig",
     "PolicyConfig",
     "PrivacyConfig",
+    "LabelsConfig",
     "SafetyConfig",
     "SyntheticConfig",
     "TrainConfig",

@@ -13,6 +13,59 @@ from safealign.config._rules import _at_least, _non_negative, _open_unit
 # missed 4-43% of the time on skewed costs (issue 13), and below it nothing supports it at all.
 MIN_STUDENT_T_N = 30
 
+DECIDING_BOUNDS = ("rectified", "labels_only")
+
+
+def _labelling_weight(v: float | str) -> str | None:
+    if v == "tuned" or (isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1):
+        return None
+    return "must be 'tuned' or a number in [0, 1]"
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    size: int = field(
+        metadata=doc(
+            "m, required when safety.labels is set (it is null by default: the cost model alone "
+            "decides): responses of the safety test drawn uniformly, with fresh secret randomness "
+            "after sampling, for trusted labelling.",
+            _at_least(2),
+        )
+    )
+    decide: Literal["rectified", "labels_only"] = field(
+        default="rectified",
+        metadata=doc(
+            "The bound that decides the release, declared before the test: 'rectified' (the "
+            "prediction-powered bound on the true rate, tighter the better the cost model agrees "
+            "with the labels) or 'labels_only' (exact, from the labels alone). Both are always "
+            "reported; taking the smaller of the two at the same confidence would not be valid."
+        ),
+    )
+    weight: float | str = field(
+        default="tuned",
+        metadata=doc(
+            "The rectified bound's weight on the cost model: 'tuned' (PPI++ power tuning from "
+            "earlier labels only) or a number in [0, 1] declared up front (0: labels only).",
+            _labelling_weight,
+        ),
+    )
+    method: Literal["joint", "union"] = field(
+        default="joint",
+        metadata=doc(
+            "The rectified bound's construction, both exact: 'joint' (one test of the labels "
+            "without replacement combined with the scored responses' law, no union bound) or "
+            "'union' (betting bounds on the mean prediction and on the rectifier, δ split)."
+        ),
+    )
+    prediction_share: float = field(
+        default=0.5,
+        metadata=doc(
+            "method union only: share of δ spent on the bound on the mean prediction (the rest "
+            "on the rectifier).",
+            _open_unit,
+        ),
+    )
+
 
 @dataclass(frozen=True)
 class SafetyConfig:
@@ -63,6 +116,14 @@ class SafetyConfig:
             "so unsafe_rate is then bounded by betting)."
         ),
     )
+    labels: LabelsConfig | None = field(
+        default=None,
+        metadata=doc(
+            "Certify against trusted labels (`certify --export-labelling`, then `--labels`): the "
+            "release is decided by a bound on the human-judged rate, not the cost model's. None: "
+            "the cost model's judgement alone."
+        ),
+    )
     group_coverage: Literal["simultaneous", "individual"] = field(
         default="simultaneous",
         metadata=doc(
@@ -110,5 +171,14 @@ def safety_config_problems(s: SafetyConfig) -> list[str]:
         problems.append(
             f"cost_threshold: {s.metric} is a probability, its limit must be in [0, 1] (got "
             f"{s.cost_threshold}); a raw-cost threshold needs metric expected_cost"
+        )
+    if s.labels is not None and s.unit != "response":
+        problems.append(
+            "labels: a label judges one response, so labelled certification needs unit: response "
+            f"(got {s.unit})"
+        )
+    if s.labels is not None and s.metric == "expected_cost" and s.cost_range is None:
+        problems.append(
+            "labels: an expected-cost label lies in the declared cost_range, which is required"
         )
     return problems

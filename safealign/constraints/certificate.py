@@ -14,6 +14,8 @@ from safealign.config import SafetyConfig
 from safealign.errors import DataError
 
 CERTIFIED, NSF = "certified", "NSF"
+#: A labelled certificate's top-level ``bound``: the bound ``safety.labels.decide`` declared.
+LABELLED_BOUNDS = {"rectified": "label_rectified", "labels_only": "labels_only"}
 UNTESTED = "selection"  # Certificate.source when step 1 found no policy and no test ran
 
 
@@ -52,6 +54,9 @@ class Certificate:
         attempts: The certification log's record of this test (the declared split and every
             test on the set), set by :func:`~safealign.constraints.attempts.logged_test`; absent
             from :meth:`to_dict` while None.
+        labelling: With trusted labels (``safety.labels``), the labelled subset and, once the
+            labels are read, the three bounds and which one decided (``run.labelling``); absent
+            from :meth:`to_dict` while None.
     """
 
     metric: str
@@ -75,6 +80,7 @@ class Certificate:
     values: tuple[float, ...] = ()
     reason: str | None = None
     attempts: dict[str, Any] | None = None
+    labelling: dict[str, Any] | None = None
 
     @property
     def tested(self) -> bool:
@@ -84,14 +90,14 @@ class Certificate:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data: the file and report form (the only place a certificate is a dict).
 
-        ``groups``, ``reason`` and ``attempts`` are absent while None; a certificate of no test
+        ``groups``, ``reason``, ``attempts`` and ``labelling`` are absent while None; a certificate of no test
         has no ``quantity``, ``approximate`` or ``values`` (nothing was measured).
         """
         data = asdict(self)
         data["assumptions"] = list(self.assumptions)
         data["values"] = list(self.values)
         data["value_range"] = None if self.value_range is None else list(self.value_range)
-        for name in ("groups", "reason", "attempts"):
+        for name in ("groups", "reason", "attempts", "labelling"):
             if data[name] is None:
                 del data[name]
         if not self.tested:

@@ -156,7 +156,13 @@ def read_labels(
             "label every exported response: the bound is valid only on the whole random subset",
             path=path,
         )
-    labels = tuple(found[item.id][1] for item in items)
+    return label_set([found[item.id][1] for item in items], path)
+
+
+def label_set(labels: Sequence[Label], path: str) -> LabelSet:
+    """``labels`` (in the export's order) as a :class:`LabelSet` with its fingerprint; ``path``
+    names where they came from (a file, or e.g. the synthetic world's truth)."""
+    labels = tuple(labels)
     canonical = json.dumps([asdict(label) for label in labels], sort_keys=True, allow_nan=False)
     return LabelSet(labels, path, hashlib.sha256(canonical.encode()).hexdigest())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from safealign.config import to_plain
 from safealign.constraints.align import Scorers, score_candidates
@@ -28,12 +28,22 @@ from safealign.constraints.hc_rlhf import certify as safety_test
 from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.records import PairDataset
 from safealign.data.splits import CERTIFY, SealedDataset
-from safealign.errors import DataError, IsolationError
+from safealign.errors import ConfigError, DataError, IsolationError
 from safealign.run.models import load_scorers
 from safealign.run.paths import POLICY_FILE, RunPaths
 from safealign.run.policy_file import check_policy_file_matches, load_policy_file
 from safealign.run.preflight import preflight
 from safealign.run.workspace import Workspace
+
+
+class Labelling(Protocol):
+    """What labelled certification (:mod:`safealign.run.labelling`) needs from the safety test."""
+
+    def observe(self, fresh: Any, scored: Any) -> None:
+        """The fresh candidates and their scores, as the sampler sees them."""
+
+    def finish(self, certificate: Certificate, policy: TiltedPolicy) -> Certificate:
+        """The certificate to log, from the test's own (called after sampling)."""
 
 
 def unseal_safety_split(sealed: SealedDataset) -> PairDataset:
@@ -51,7 +61,7 @@ def unseal_safety_split(sealed: SealedDataset) -> PairDataset:
     return sealed.unseal(purpose=CERTIFY)
 
 
-def certify(ws: Workspace) -> Certificate:
+def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate:
     """Certify the policy that :func:`safealign.run.alignment.align` wrote; writes certificate.json.
 
     Raises:
@@ -90,11 +100,18 @@ def certify(ws: Workspace) -> Certificate:
     scorers = (
         None if policy is None else load_scorers(out, policy_file.models, policy_file.group_weights)
     )
-    return certify_policy(ws, policy, reason=policy_file.reason, scorers=scorers)
+    return certify_policy(
+        ws, policy, reason=policy_file.reason, scorers=scorers, labelling=labelling
+    )
 
 
 def certify_policy(
-    ws: Workspace, policy: TiltedPolicy | None, *, reason: str, scorers: Scorers | None
+    ws: Workspace,
+    policy: TiltedPolicy | None,
+    *,
+    reason: str,
+    scorers: Scorers | None,
+    labelling: Labelling | None = None,
 ) -> Certificate:
     """The safety test of ``policy`` as one logged attempt on its safety set; writes
     certificate.json.
@@ -105,8 +122,13 @@ def certify_policy(
     (exit 2) when the set's declared ``safety.attempts`` are used up. Without a policy (step 1
     found none) the result is NSF without a test, carrying ``reason``: it is not logged.
 
+    With ``labelling`` (``safety.labels``: :mod:`safealign.run.labelling`), the test's sampled
+    responses go to it and the certificate it returns (awaiting labels) is the one logged.
+
     Raises:
         IsolationError: the log refuses a further test on this safety set.
+        ConfigError: ``safety.labels`` is declared, no ``labelling`` is given and no logged
+            certificate of this policy exists.
     """
     config, path, sealed = ws.config, ws.paths.certificate, ws.splits.safety
     if policy is None:
@@ -120,18 +142,30 @@ def certify_policy(
     reused = resumable_certificate(config.budget, prompts, settings, path)
     if reused is not None:
         return reused
+    if config.safety.labels is not None and labelling is None:
+        raise ConfigError(
+            "safety.labels is declared: certify with `safealign certify CONFIG --out OUT "
+            "--export-labelling FILE`, label FILE, then `--labels LABELS` (or remove safety.labels)"
+        )
     return logged_test(
         config.budget,
         config.safety,
         prompts,
         settings,
         path,
-        lambda: run_safety_test(ws, policy, scorers=scorers, safety_pairs=safety_pairs),
+        lambda: run_safety_test(
+            ws, policy, scorers=scorers, safety_pairs=safety_pairs, labelling=labelling
+        ),
     )
 
 
 def run_safety_test(
-    ws: Workspace, policy: TiltedPolicy, *, scorers: Scorers, safety_pairs: PairDataset
+    ws: Workspace,
+    policy: TiltedPolicy,
+    *,
+    scorers: Scorers,
+    safety_pairs: PairDataset,
+    labelling: Labelling | None = None,
 ) -> Certificate:
     """HC-RLHF step 2 on the unsealed ``safety_pairs`` (not logged: :func:`certify_policy` logs).
 
@@ -146,6 +180,8 @@ def run_safety_test(
     def score_fresh(prompts):  # K fresh reference samples per safety prompt, scored by the models
         fresh = ws.sampler.candidates(prompts, seed=config.seed + 2, safety_pairs=safety_pairs)
         scored = score_candidates(fresh, scorers)
+        if labelling is not None:  # it keeps the texts of the responses the sampler picks
+            labelling.observe(fresh, scored)
         if scored.group_rewards is None:
             return scored.rewards, scored.costs, scored.log_p
         # Each group's reward normalised over the prompt's K fresh candidates, as in alignment:
@@ -156,7 +192,7 @@ def run_safety_test(
         groups = dict(zip(names, normalized, strict=True))
         return scored.rewards, scored.costs, scored.log_p, groups
 
-    return safety_test(
+    certificate = safety_test(
         policy,
         safety_pairs,
         best_of_k_sampler(score_fresh, seed=config.seed, unit=config.safety.unit),
@@ -164,6 +200,7 @@ def run_safety_test(
         group_prompts="own" if config.groups.mode == "given" else "all",
         reward_normalization=config.groups.normalize,
     )
+    return certificate if labelling is None else labelling.finish(certificate, policy)
 
 
 def archive_certificate(paths: RunPaths, settings: Mapping[str, Any] | None):

@@ -11,6 +11,8 @@ A run directory holds one run's artefacts (``safealign run``, or ``align`` then 
     certificates/*.json       certificates of earlier policies, never deleted
     keys/public.pem           the public half of the demo signing key
     report.json, report.html, report.md    the signed audit report and its renderings
+    safety_responses.jsonl    the safety test's sampled responses, kept for labelling
+                              (``certify --export-labelling``): PRIVATE, never released
     embeddings/               frozen-backbone embeddings of the run's texts: PRIVATE (computed
                               from the training data), never in the report; delete before sharing
 
@@ -38,6 +40,7 @@ GROUPS_FILE = "groups.json"
 KEYS_DIR = "keys"
 PRIVACY_AUDIT_FILE = "privacy_audit.json"
 EMBEDDINGS_DIR = "embeddings"
+SAFETY_RESPONSES_FILE = "safety_responses.jsonl"
 #: The signed report and its renderings: never pinned in the report's own artifact manifest.
 REPORT_FILES = frozenset(FORMATS.values())
 
@@ -88,6 +91,11 @@ class RunPaths:
     @property
     def privacy_audit(self) -> Path:
         return self.root / PRIVACY_AUDIT_FILE
+
+    @property
+    def safety_responses(self) -> Path:
+        """The safety test's response texts, kept for labelling (private; run.labelling)."""
+        return self.root / SAFETY_RESPONSES_FILE
 
     @property
     def embeddings(self) -> Path:

@@ -15,6 +15,7 @@ from safealign.config import Config, load_config
 from safealign.privacy.identity import default_data_dir
 from safealign.run.alignment import align_checked
 from safealign.run.certification import certify_policy
+from safealign.run.labelling import certify_with_world_labels
 from safealign.run.preflight import preflight
 from safealign.run.reporting import report
 from safealign.run.truth import true_outcomes
@@ -39,7 +40,10 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
     alignment = align_checked(ws, progress=progress)
     say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
     selection = alignment.aligned.selection
-    certificate = certify_policy(
+    certify_stage = certify_policy
+    if config.safety.labels is not None and ws.world is not None:  # the world labels (demo)
+        certify_stage = certify_with_world_labels
+    certificate = certify_stage(
         ws, selection.policy, reason=selection.reason, scorers=alignment.aligned.scorers
     )
     truth = true_outcomes(ws, alignment.aligned)
