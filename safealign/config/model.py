@@ -30,6 +30,22 @@ class HeadConfig:
     embed_batch_size: int = field(
         default=64, metadata=doc("Texts per forward pass when computing the frozen embeddings.", _at_least(1))
     )
+    text: Literal["prompt_response", "response"] = field(
+        default="prompt_response",
+        metadata=doc(
+            "What the frozen encoder reads: the (prompt, response) pair as one two-segment input, "
+            "or the response alone (a score that ignores the prompt; on HH-RLHF harmless-base the "
+            "more accurate one, benchmarks/README.md hh_heads)."
+        ),
+    )
+    normalize: bool = field(
+        default=False,
+        metadata=doc(
+            "L2-normalise each pooled embedding before the head (a fixed per-text map, as "
+            "sentence-transformers' Normalize: the head reads unit vectors, so DP-SGD's clipping "
+            "bound is the same for every text)."
+        ),
+    )
 
 
 @dataclass(frozen=True)
