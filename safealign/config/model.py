@@ -28,7 +28,12 @@ class HeadConfig:
     )
     hidden_size: int = field(default=128, metadata=doc("Width of the MLP head's hidden layer.", _at_least(1)))
     embed_batch_size: int = field(
-        default=64, metadata=doc("Texts per forward pass when computing the frozen embeddings.", _at_least(1))
+        default=32,
+        metadata=doc(
+            "Texts per forward pass when computing the frozen embeddings (32 was the fastest of "
+            "16-128 on CPU, benchmarks/README.md embed_speed).",
+            _at_least(1),
+        ),
     )
     text: Literal["prompt_response", "response"] = field(
         default="prompt_response",
@@ -39,11 +44,12 @@ class HeadConfig:
         ),
     )
     normalize: bool = field(
-        default=False,
+        default=True,
         metadata=doc(
             "L2-normalise each pooled embedding before the head (a fixed per-text map, as "
-            "sentence-transformers' Normalize: the head reads unit vectors, so DP-SGD's clipping "
-            "bound is the same for every text)."
+            "sentence-transformers' Normalize; no data statistic): the head reads unit vectors, "
+            "so every pair's gradient has the same scale; validated higher for linear heads on "
+            "HH-RLHF (benchmarks/README.md hh_heads)."
         ),
     )
 

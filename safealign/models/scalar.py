@@ -155,7 +155,7 @@ class ScoringModel:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def embed(
-        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 32
     ) -> torch.Tensor:
         """Pooled backbone states ``[n, H]`` (float32, CPU) of (prompt, response) texts, in input
         order, in eval mode and inference mode; read from (and added to) the active embedding

@@ -30,10 +30,13 @@ def _scoring(backbone: str, pooling: str):
 
 
 def _reference(scoring, prompts, responses) -> torch.Tensor:
-    """The unsorted pass: every text in one batch, padded to max_length."""
+    """The unsorted pass: every text in one batch, padded to max_length (then L2-normalised, as
+    ``head.normalize`` is on by default)."""
     scoring.model.eval()
     with torch.no_grad():
-        return scoring.model.embed(**scoring.encode(prompts, responses))
+        states = scoring.model.embed(**scoring.encode(prompts, responses))
+    assert scoring.model.normalize
+    return torch.nn.functional.normalize(states, dim=-1)
 
 
 @pytest.mark.parametrize(("backbone", "pooling"), [("tiny", "mean"), ("tiny-gpt2", "last")])

@@ -202,7 +202,9 @@ def test_response_text_ignores_the_prompt_and_has_its_own_cache_identity(world_p
         enc = scoring.tokenizer(responses, truncation=True, max_length=scoring.max_length,
                                 padding=True, return_tensors="pt")  # fmt: skip
         with torch.no_grad():
-            direct = scoring.model.embed(enc["input_ids"], enc["attention_mask"])
+            direct = torch.nn.functional.normalize(
+                scoring.model.embed(enc["input_ids"], enc["attention_mask"]), dim=-1
+            )
         torch.testing.assert_close(a, direct, rtol=1e-5, atol=1e-5)
         # The same texts as (empty prompt, response) pairs are another identity: a miss.
         pair_mode = build_scoring_model(_config(), kind="reward", seed=0)
