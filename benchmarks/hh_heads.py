@@ -158,7 +158,9 @@ def tune(args, pool: PairDataset) -> dict:
     ]
     dp_rows = []
     if len(dp_grid) > 1:
-        dp_rows = _grid_search(args, folds, dp_grid, args.tune_epsilon, f"tune (ε={args.tune_epsilon:g})")
+        dp_rows = _grid_search(
+            args, folds, dp_grid, args.tune_epsilon, f"tune (ε={args.tune_epsilon:g})"
+        )
         dp_best = max(dp_rows, key=lambda r: r["validation_accuracy"])
     else:
         dp_best = dp_grid[0]
@@ -287,18 +289,29 @@ def summarise(runs: list[dict], epsilons) -> dict:
     return table
 
 
-def study(args, write) -> dict:
+def _data(args) -> tuple[int, PairDataset, PairDataset]:
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     args.backbone_path = minilm_path() if args.backbone == "minilm" else args.backbone
     pairs = load_pairs(args.data, chosen_is_safer=True)
     splits = split_pairs(pairs, seed=0, eval_fraction=args.eval_fraction,
                          candidate_fraction=0.0, safety_fraction=0.0)  # fmt: skip
-    pool, held_out = _subset(splits.train, args.train_pairs, 1), splits.eval
+    return len(pairs), _subset(splits.train, args.train_pairs, 1), splits.eval
+
+
+def lora_study(args) -> dict:
+    """Only LoRA against the head at equal data, with the head settings an earlier run chose."""
+    _, pool, held_out = _data(args)
+    hp = json.loads(args.hp_from.read_text())["tuning"]["chosen"]
+    return {"hp_from": str(args.hp_from), "lora_vs_head": lora_vs_head(args, pool, held_out, hp)}
+
+
+def study(args, write) -> dict:
+    n_pairs, pool, held_out = _data(args)
     transfer = None
     if args.moderation.exists():
         transfer = moderation_texts(args.moderation, args.moderation_texts)
-    payload = {"data": str(args.data), "backbone": args.backbone, "pairs": len(pairs),
+    payload = {"data": str(args.data), "backbone": args.backbone, "pairs": n_pairs,
                "train_pairs": len(pool), "eval_pairs": len(held_out),
                "fixed": {"batch_size": args.batch_size, "max_grad_norm": args.max_grad_norm,
                          "max_length": args.max_length, "mlp_hidden": args.mlp_hidden,
@@ -329,7 +342,7 @@ def study(args, write) -> dict:
 
 
 def targets(payload: dict) -> dict:
-    head = payload["head"]
+    head = payload.get("head", {})
     out = {}
     if "non_private" in head:
         out["np_head_accuracy"] = head["non_private"]["mean"]
@@ -388,6 +401,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cache-dir", type=Path, default=None, help="keep embeddings here (private data!)"
     )
     p.add_argument("--lora-epsilon", type=float, default=3.0)
+    p.add_argument("--hp-from", type=Path, default=None,
+                   help="only LoRA vs head, with the head settings chosen in this earlier result")  # fmt: skip
     p.add_argument("--transfer-epsilon", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -413,6 +428,10 @@ def main(argv=None) -> None:
         atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return payload
 
+    if args.hp_from is not None:
+        payload = write(lora_study(args))
+        print(f"hh_heads (LoRA only): {payload['lora_vs_head']}")
+        return
     payload = write(study(args, write))
     head = payload["head"]
     bits = ", ".join(
