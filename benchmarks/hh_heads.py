@@ -6,10 +6,13 @@ seed 0) into a training pool and held-out pairs (``--eval-fraction``). The model
 model (pairwise Safe RLHF term only: no per-response labels exist): pair accuracy is the share of
 held-out pairs whose rejected response costs more.
 
-1. **Tuning, non-private, on validation folds of the training pool only**: ``--folds`` folds by
-   prompt; the grid (``--grid-*``) over head type, learning rate and epochs; the setting with the
-   best mean validation accuracy is used for every ε. The held-out pairs are never looked at.
-   Batch size and clipping norm are fixed a priori (``--batch-size``, ``--max-grad-norm``).
+1. **Tuning on validation folds of the training pool only**: ``--folds`` folds by prompt. First
+   non-privately, the grid (``--grid-*``) over what the encoder reads (``head.text``), whether
+   the pooled state is L2-normalised (``head.normalize``), head type, learning rate, epochs and
+   weight decay; then, with the best of those, DP-SGD at ``--tune-epsilon`` over batch size and
+   clipping norm (``--grid-batch-size``, ``--grid-max-grad-norm``). The setting with the best
+   mean validation accuracy is used for every ε. The held-out pairs are never looked at; the
+   tuning itself is not privacy-accounted (it reads the training pool only).
 2. **Head, ε ∈ ``--epsilons`` × ``--seeds``** on the whole training pool, held-out pair accuracy
    with its binomial standard error per run and the standard error of the mean over seeds.
 3. **LoRA at one setting** (``--lora-epsilon``, one seed, the example's hyperparameters) on a
@@ -27,8 +30,10 @@ pool's texts (``--cache-dir`` may hold entries from an interrupted run). Transfe
 subset of ``--moderation-texts`` texts, LoRA's accuracy a seeded subset of ``--lora-eval-pairs``
 held-out pairs: both to fit the shared 2-core machine.
 
-Usage: HF_HUB_OFFLINE=1 nice python benchmarks/hh_heads.py --out benchmarks/results/hh_heads.json
+Usage: HF_HUB_OFFLINE=1 nice python benchmarks/hh_heads.py --cache-dir DIR --out benchmarks/results/hh_heads.json
        python benchmarks/hh_heads.py --quick --out /tmp/hh.json     # tiny backbone, seconds
+       ... --hp-from benchmarks/results/hh_heads.json --lora-train-pairs 512 --out OTHER.json
+                                                  # only LoRA vs head, with that run's settings
 """
 
 from __future__ import annotations
@@ -385,7 +390,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--grid-text", nargs="+", default=["prompt_response", "response"])
     p.add_argument("--grid-normalize", type=_bool, nargs="+", default=[False, True])
-    p.add_argument("--grid-layers", nargs="+", default=["linear"])
+    p.add_argument("--grid-layers", nargs="+", default=["linear", "mlp"])
     p.add_argument("--grid-lr", type=float, nargs="+", default=[3e-3])
     p.add_argument("--grid-epochs", type=int, nargs="+", default=[10, 50])
     p.add_argument("--grid-weight-decay", type=float, nargs="+", default=[0.0])
