@@ -7,8 +7,11 @@ A simulated world with a known truth: each sampled response has a latent severit
 is reported), ``s`` a calibration shift (``s < 0``: the model under-predicts harm). One trial
 draws N responses, labels a uniformly random subset of m, and computes at ``delta = 0.05``:
 
-* ``ppi_tuned``: :func:`rectified_upper_bound` with the predictable power-tuned weight (valid);
-* ``ppi_lam1``: the same with the declared weight 1 (classic PPI; valid);
+* ``ppi_joint``: :func:`rectified_upper_bound` as called by default: the joint test (labels drawn
+  without replacement from the N scored responses, Fisher-combined with the N responses' exact
+  binomial law; predictable recalibration; valid);
+* ``ppi_union``: the earlier default, ``method="union"``: betting bounds on E[f] and on the
+  power-tuned rectifier at delta/2 each, added (valid);
 * ``ppi_clt``: PPI++'s normal approximation (approximate);
 * ``labels_only``: Clopper-Pearson on the m labels (valid);
 * ``cost_model_only``: the betting bound on E[f] from all N: NOT a bound on theta.
@@ -16,8 +19,9 @@ draws N responses, labels a uniformly random subset of m, and computes at ``delt
 Miss = bound below theta. A valid bound misses at most delta; ``miss_p`` is the one-sided binomial
 p-value of the misses under delta (small p: evidence of under-coverage). Width = bound - theta.
 
-Usage (about 15 minutes on one core at 2000 trials):
-nice python benchmarks/ppi_coverage.py --trials 2000 --out benchmarks/results/ppi_coverage.json
+Every setting has its own seed, so the result does not depend on ``--workers``. Usage (about
+25 minutes on two shared cores at 1000 trials):
+nice python benchmarks/ppi_coverage.py --trials 1000 --workers 2
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,15 +47,19 @@ from safealign.constraints.ppi import (
 DELTA = 0.05
 THETAS = (0.05, 0.2)
 SIZES = ((200, 50), (200, 100), (1000, 50), (1000, 100), (1000, 200))
-# name: (quality a, calibration shift s)
+# name: (quality a, calibration shift s); the AUROC each has against the labels is measured.
 MODELS = {
     "useless": (0.0, 0.0),
+    "weak": (0.2, 0.0),
+    "modest": (0.45, 0.0),
+    "middling": (0.75, 0.0),
     "fair": (1.0, 0.0),
     "good": (4.0, 0.0),
     "excellent": (16.0, 0.0),
     "good_underpredicting": (4.0, -2.0),
 }
-METHODS = ("ppi_tuned", "ppi_lam1", "ppi_clt", "labels_only", "cost_model_only")
+METHODS = ("ppi_joint", "ppi_union", "ppi_clt", "labels_only", "cost_model_only")
+VALID = ("ppi_joint", "ppi_union", "labels_only")
 
 
 def draw(rng: np.random.Generator, n: int, theta: float, a: float, s: float):
@@ -73,46 +82,51 @@ def trial(rng: np.random.Generator, n: int, m: int, theta: float, a: float, s: f
     conf = 1 - DELTA
     kw = {"target": "unsafe_rate", "confidence": conf}
     return {
-        "ppi_tuned": rectified_upper_bound(f, y, subset, **kw).upper_bound,
-        "ppi_lam1": rectified_upper_bound(f, y, subset, weight=1.0, **kw).upper_bound,
+        "ppi_joint": rectified_upper_bound(f, y, subset, **kw).upper_bound,
+        "ppi_union": rectified_upper_bound(f, y, subset, method="union", **kw).upper_bound,
         "ppi_clt": approximate_rectified_upper_bound(f, y, subset, **kw).upper_bound,
         "labels_only": labels_only_upper_bound(y, **kw).upper_bound,
         "cost_model_only": cost_model_only_upper_bound(f, confidence=conf).upper_bound,
     }
 
 
+def setting(theta: float, name: str, n: int, m: int, trials: int) -> dict:
+    a, s = MODELS[name]
+    quality = auroc(np.random.default_rng(0), theta, a, s)
+    rng = np.random.default_rng([int(theta * 100), int(a * 100), int(-s), n, m])
+    bounds = {k: np.empty(trials) for k in METHODS}
+    for i in range(trials):
+        for k, v in trial(rng, n, m, theta, a, s).items():
+            bounds[k][i] = v
+    row = {"theta": theta, "model": name, "auroc": round(quality, 3), "N": n, "m": m}
+    for k in METHODS:
+        misses = int((bounds[k] < theta).sum())
+        row[k] = {
+            "miss_rate": misses / trials,
+            "miss_p": float(stats.binom.sf(misses - 1, trials, DELTA)),
+            "mean_width": float((bounds[k] - theta).mean()),
+        }
+    row["joint_over_labels_only"] = (
+        row["ppi_joint"]["mean_width"] / row["labels_only"]["mean_width"]
+    )
+    print(
+        f"theta={theta} {name:<21} AUROC={quality:.3f} N={n:<5} m={m:<4} "
+        + " ".join(f"{k}={row[k]['miss_rate']:.3f}/{row[k]['mean_width']:.3f}" for k in METHODS),
+        flush=True,
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/ppi_coverage.json")
     args = parser.parse_args()
     start = time.time()
-    rows = []
-    for theta in THETAS:
-        for name, (a, s) in MODELS.items():
-            quality = auroc(np.random.default_rng(0), theta, a, s)
-            for n, m in SIZES:
-                rng = np.random.default_rng([int(theta * 100), int(a * 10), int(-s), n, m])
-                bounds = {k: np.empty(args.trials) for k in METHODS}
-                for i in range(args.trials):
-                    for k, v in trial(rng, n, m, theta, a, s).items():
-                        bounds[k][i] = v
-                row = {"theta": theta, "model": name, "auroc": round(quality, 3), "N": n, "m": m}
-                for k in METHODS:
-                    misses = int((bounds[k] < theta).sum())
-                    row[k] = {
-                        "miss_rate": misses / args.trials,
-                        "miss_p": float(stats.binom.sf(misses - 1, args.trials, DELTA)),
-                        "mean_width": float((bounds[k] - theta).mean()),
-                    }
-                rows.append(row)
-                print(
-                    f"theta={theta} {name:<21} N={n:<5} m={m:<4} "
-                    + " ".join(
-                        f"{k}={row[k]['miss_rate']:.3f}/{row[k]['mean_width']:.3f}" for k in METHODS
-                    ),
-                    flush=True,
-                )
+    grid = [(t, name, n, m) for t in THETAS for name in MODELS for n, m in SIZES]
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = list(pool.map(setting, *zip(*grid, strict=True), [args.trials] * len(grid)))
     result = {
         "delta": DELTA,
         "trials": args.trials,
@@ -120,14 +134,16 @@ def main() -> None:
         "rows": rows,
     }
     atomic_write_text(Path(args.out), json.dumps(result, indent=2, sort_keys=True) + "\n")
-    valid = ("ppi_tuned", "ppi_lam1", "labels_only")
-    worst = max(r[k]["miss_rate"] for r in rows for k in valid)
-    wins = sum(r["ppi_tuned"]["mean_width"] < r["labels_only"]["mean_width"] for r in rows)
+    worst = max(r[k]["miss_rate"] for r in rows for k in VALID)
+    wins = [r for r in rows if r["joint_over_labels_only"] < 1]
+    strong = [r for r in rows if r["auroc"] >= 0.7]
+    strong_wins = [r for r in strong if r["joint_over_labels_only"] < 1]
     under = sum(r["cost_model_only"]["miss_rate"] > DELTA for r in rows)
     print(
         f"ppi_coverage: {len(rows)} settings x {args.trials} trials; worst miss of the valid bounds "
-        f"{worst:.3f} (delta {DELTA}); ppi_tuned narrower than labels_only in {wins}/{len(rows)}; "
-        f"cost_model_only misses > delta in {under}/{len(rows)} -> {args.out}"
+        f"{worst:.3f} (delta {DELTA}); ppi_joint narrower than labels_only in {len(wins)}/"
+        f"{len(rows)} ({len(strong_wins)}/{len(strong)} with AUROC >= 0.7); cost_model_only "
+        f"misses > delta in {under}/{len(rows)} -> {args.out}"
     )
 
 

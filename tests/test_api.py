@@ -21,6 +21,7 @@ PACKAGES = [
     "safealign.constraints",
     "safealign.audits",
     "safealign.run",
+    "safealign.integrations",
     "safealign.cli",
 ]
 LIGHT = [p for p in PACKAGES if p != "safealign.run"]  # run/__init__ imports its stages

@@ -31,6 +31,7 @@ LAYER_ORDER = [
     ("constraints",),
     ("audits",),
     ("run",),
+    ("integrations",),  # other libraries' interfaces (TRL) over models and run directories
     ("__init__",),  # the public face (safealign/__init__.py): over the library, under the CLI
     ("cli",),
     ("__main__",),

@@ -15,6 +15,7 @@ from safealign.cli.audit import cmd_audit_verify, cmd_keys_generate, cmd_ledger_
 from safealign.cli.certify import cmd_certify, cmd_score
 from safealign.cli.common import RUN_DIR
 from safealign.cli.data import cmd_data_validate, cmd_world_export
+from safealign.cli.export import cmd_export_hf
 from safealign.cli.training import (
     cmd_align,
     cmd_demo,
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(commands)
     _add_training_commands(commands)
     _add_certify_commands(commands)
+    _add_export_command(commands)
     _add_key_audit_ledger_commands(commands)
     return parser
 
@@ -204,6 +206,16 @@ def _add_certify_commands(commands) -> None:
     )
     certify.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     certify.set_defaults(handler=cmd_certify)
+
+
+def _add_export_command(commands) -> None:
+    export = commands.add_parser(
+        "export-hf",
+        help="write a trained decoder model as a Hugging Face AutoModelForSequenceClassification",
+    )
+    export.add_argument("model_dir", help="a model directory written by train-reward/train-cost")
+    export.add_argument("out", help="a new (or empty) output directory")
+    export.set_defaults(handler=cmd_export_hf)
 
 
 def _add_key_audit_ledger_commands(commands) -> None:

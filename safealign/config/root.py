@@ -33,7 +33,8 @@ class GroupsConfig:
         default="regret",
         metadata=doc(
             "Make group rewards comparable before taking the min: 'regret' (each group's shortfall "
-            "from its own best policy at the same KL price: the worst-off group is the one furthest "
+            "from its own best policy at the same KL price that also passes the cost bound: the "
+            "worst-off group is the one furthest "
             "from what it could get) or 'reference' (gain over the reference policy, which credits a "
             "group whose noisier DP model inflates its rewards)."
         ),

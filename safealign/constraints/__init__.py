@@ -10,6 +10,7 @@ _EXPORTS = {
     "safealign.constraints.candidates": ("Candidates", "load_candidates"),
     "safealign.constraints.group_rewards": ("normalize_group_rewards", "group_report"),
     "safealign.constraints.maxmin_solver": ("solve_maxmin", "MaxMinResult"),
+    "safealign.constraints.maxmin_pessimistic": ("solve_maxmin_pessimistic", "group_cost_lambdas"),
     "safealign.constraints.selection": ("select_candidate_policy", "SelectionResult"),
     "safealign.constraints.solvers": (
         "solve_unconstrained",

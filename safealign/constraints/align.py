@@ -1,10 +1,16 @@
 """Align a policy over candidate sets: score, (MaxMin over groups), pessimistic tilt (HC-RLHF step 1).
 
 With groups, MaxMin-RLHF's dual weights ``w`` (Chakraborty et al. 2024) turn the group rewards into
-one egalitarian reward ``Σ_g w_g r_g``, and HC-RLHF step 1 then picks the cost multiplier λ for it.
-Normalising the group rewards (``groups.normalize``: a per-prompt shift per group, regret or
-centring on the reference samples) matters only for finding ``w``: a per-prompt shift cancels
-inside the softmax, so the deployed policy uses the raw scores.
+one egalitarian reward ``Σ_g w_g r_g``, and the cost multiplier λ of HC-RLHF step 1 is found
+*with* them: ``(w, λ)`` is the MaxMin optimum under the same pessimistic bound the tilting path
+uses (:func:`~safealign.constraints.maxmin_pessimistic.solve_maxmin_pessimistic`). Finding ``w``
+without the constraint and tilting afterwards left the worst group below what the same expected
+cost allows. Normalising the group rewards (``groups.normalize``: a per-prompt shift per group)
+matters only for finding ``w``: a per-prompt shift cancels inside the softmax, so the deployed
+policy uses the raw scores. ``regret`` measures each group against its own *constrained*
+optimum (its best tilt that also passes the bound); the rewards reported per group
+(:attr:`AlignResult.group_rewards`) keep the plain per-prompt normalisation, the one the safety
+test recomputes on fresh candidates and certifies.
 """
 
 from __future__ import annotations
@@ -18,8 +24,18 @@ import torch
 from safealign.config import GroupsConfig, PolicyConfig, SafetyConfig
 from safealign.constraints.candidates import Candidates
 from safealign.constraints.group_rewards import normalize_group_rewards
-from safealign.constraints.maxmin_solver import solve_maxmin
-from safealign.constraints.selection import SelectionResult, select_candidate_policy
+from safealign.constraints.hc_rlhf import check_safety_config
+from safealign.constraints.maxmin_pessimistic import group_cost_lambdas, solve_maxmin_pessimistic
+from safealign.constraints.maxmin_solver import MaxMinResult, solve_maxmin
+from safealign.constraints.selection import (
+    SelectionResult,
+    _step1_bound,
+    _step1_inputs,
+    _summary,
+    select_candidate_policy,
+)
+from safealign.constraints.tilting import TiltedPolicy
+from safealign.errors import InfeasibleError
 from safealign.models.scalar import ScoringModel
 
 
@@ -70,8 +86,11 @@ class AlignResult:
     Attributes:
         selection: HC-RLHF step 1's result (``selection.policy`` is None when infeasible).
         scorers: The scorers with the MaxMin weights filled in (what the deployed policy uses).
-        group_weights: MaxMin dual weights per group (None without groups).
-        group_rewards: Per group, the expected normalised model reward under the selected policy.
+        group_weights: MaxMin dual weights per group (None without groups), solved jointly with
+            the policy's λ under step 1's bound.
+        group_rewards: Per group, the expected normalised model reward under the selected policy
+            (``groups.normalize`` per prompt, as the safety test recomputes it on fresh
+            candidates: for ``regret`` against the unconstrained optimum).
     """
 
     selection: SelectionResult
@@ -93,33 +112,115 @@ def optimize_policy(
 ) -> AlignResult:
     """Choose the tilted policy on the candidate prompts (never on the safety prompts)."""
     scored = score_candidates(candidates, scorers)
-    weights = normalized = None
-    if scored.group_rewards is not None:
-        names = list(scorers.group_rewards)
+    if scored.group_rewards is None:
+        selection = select_candidate_policy(
+            scored.rewards,
+            scored.costs,
+            beta=policy.beta,
+            safety=safety,
+            n_safety=n_safety,
+            log_p=scored.log_p,
+            reference_sampler=reference_sampler,
+            seed=seed,
+        )
+        return AlignResult(selection, scorers, None, None)
+    names = list(scorers.group_rewards)
+    check_safety_config(safety)
+    maxmin = _joint_maxmin(
+        scored, beta=policy.beta, safety=safety, groups=groups, n_safety=n_safety
+    )
+    if maxmin is None:
+        # Step 1 is infeasible (the bound fails even on the cheapest candidates, whatever the
+        # reward): the weights of unconstrained MaxMin are recorded, and selection reports NSF.
+        maxmin = solve_maxmin(_plain_normalized(scored, policy, groups), beta=policy.beta,
+                              log_p=scored.log_p)  # fmt: skip
+    weights = {g: float(w) for g, w in zip(names, maxmin.weights, strict=True)}
+    scorers = Scorers(cost=scorers.cost, group_rewards=scorers.group_rewards, group_weights=weights)
+    scored = _combined(scored, scorers)  # reweight the scores we have; do not score again
+    common = {"beta": policy.beta, "safety": safety, "n_safety": n_safety, "log_p": scored.log_p}
+    if maxmin.upper_bound is None:
+        selection = select_candidate_policy(
+            scored.rewards, scored.costs, **common, reference_sampler=reference_sampler, seed=seed
+        )
+    else:
+        selection = _joint_selection(
+            scored, maxmin, **common, reference_sampler=reference_sampler, seed=seed
+        )
+    group_values = None
+    if selection.policy is not None:
+        q = selection.policy.probabilities(scored.rewards, scored.costs, log_p=scored.log_p)
+        normalized = _plain_normalized(scored, policy, groups)
+        group_values = {g: float((q * normalized[i]).sum(-1).mean()) for i, g in enumerate(names)}
+    return AlignResult(selection, scorers, weights, group_values)
+
+
+def _plain_normalized(scored: ScoredCandidates, policy: PolicyConfig, groups: GroupsConfig):
+    """Group rewards normalised per prompt as the safety test does on fresh candidates."""
+    return normalize_group_rewards(
+        scored.group_rewards, mode=groups.normalize, beta=policy.beta, log_p=scored.log_p
+    )
+
+
+def _joint_maxmin(
+    scored: ScoredCandidates,
+    *,
+    beta: float,
+    safety: SafetyConfig,
+    groups: GroupsConfig,
+    n_safety: int,
+) -> MaxMinResult | None:
+    """MaxMin under step 1's pessimistic bound, regret against each group's constrained optimum.
+
+    Returns None when step 1 is infeasible.
+    """
+    _, costs, log_p = _step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
+    bound_fn = _step1_bound(safety, n_safety)
+    constraint = {"cost_threshold": safety.cost_threshold, "bound_fn": bound_fn}
+    try:
+        lambdas = None
+        if groups.normalize == "regret":
+            lambdas = group_cost_lambdas(
+                scored.group_rewards, costs, beta=beta, log_p=log_p, **constraint
+            )
         normalized = normalize_group_rewards(
-            scored.group_rewards, mode=groups.normalize, beta=policy.beta, log_p=scored.log_p
-        )
-        maxmin = solve_maxmin(normalized, beta=policy.beta, log_p=scored.log_p)
-        weights = {g: float(w) for g, w in zip(names, maxmin.weights, strict=True)}
-        scorers = Scorers(
-            cost=scorers.cost, group_rewards=scorers.group_rewards, group_weights=weights
-        )
-        scored = _combined(scored, scorers)  # reweight the scores we have; do not score again
-    selection = select_candidate_policy(
-        scored.rewards,
-        scored.costs,
-        beta=policy.beta,
-        safety=safety,
-        n_safety=n_safety,
-        log_p=scored.log_p,
-        reference_sampler=reference_sampler,
+            scored.group_rewards, mode=groups.normalize, beta=beta, log_p=log_p,
+            costs=None if lambdas is None else costs, cost_lambdas=lambdas,
+        )  # fmt: skip
+        return solve_maxmin_pessimistic(normalized, costs, beta=beta, log_p=log_p, **constraint)
+    except InfeasibleError:
+        return None
+
+
+def _joint_selection(
+    scored: ScoredCandidates,
+    maxmin: MaxMinResult,
+    *,
+    beta: float,
+    safety: SafetyConfig,
+    n_safety: int,
+    log_p: torch.Tensor,
+    reference_sampler: Mapping[str, Any],
+    seed: int,
+) -> SelectionResult:
+    """HC-RLHF step 1's result for the jointly solved ``(w, λ)`` (``scored`` combined with w)."""
+    rewards, costs, _ = _step1_inputs(scored.rewards, scored.costs, log_p, safety=safety)
+    tilted = TiltedPolicy(
+        beta=beta,
+        lambda_=float(maxmin.cost_lambda),
+        num_candidates=rewards.shape[1],
+        metric=safety.metric,
+        reference_sampler=dict(reference_sampler or {}),
         seed=seed,
     )
-    group_values = None
-    if selection.policy is not None and scored.group_rewards is not None:
-        q = selection.policy.probabilities(scored.rewards, scored.costs, log_p=scored.log_p)
-        group_values = {
-            g: float((q * normalized[i]).sum(-1).mean())
-            for i, g in enumerate(scorers.group_rewards)
-        }
-    return AlignResult(selection, scorers, weights, group_values)
+    # The solver's q: the tilt of the metric step 1 constrains (clipped to a declared range), as
+    # select_candidate_policy reports its own solver's q.
+    q = maxmin.q
+    return _summary(
+        (q * costs).sum(-1),
+        method="hc_rlhf",
+        metric=safety.metric,
+        bound_fn=_step1_bound(safety, n_safety),
+        n_safety=n_safety,
+        policy=tilted,
+        expected_reward=float((q * rewards).sum(-1).mean()),
+    )

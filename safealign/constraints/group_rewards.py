@@ -27,6 +27,8 @@ def normalize_group_rewards(
     mode: str = "reference",
     beta: float | None = None,
     log_p: Tensor | None = None,
+    costs: Tensor | None = None,
+    cost_lambdas: Tensor | None = None,
 ) -> Tensor:
     """Make group rewards ``[G, N, K]`` comparable before MaxMin takes their minimum.
 
@@ -36,13 +38,20 @@ def normalize_group_rewards(
     * ``reference`` (default): ``r_g - E_p[r_g]`` per prompt under the reference distribution p
       over the candidates: 0 means "as good as the reference policy" for every group; needs no β.
     * ``regret``: ``r_g - β log Z_g``, ``Z_g = sum_k p_k exp(r_g / β)`` per prompt: each group's
-      own optimum ``max_q E_q[r] - β KL(q || p)`` is then exactly 0.
+      own optimum ``max_q E_q[r] - β KL(q || p)`` is then exactly 0. With ``costs`` and
+      ``cost_lambdas`` (each group's own pessimistic multiplier λ_g,
+      :func:`~safealign.constraints.maxmin_pessimistic.group_cost_lambdas`), against the group's
+      *constrained* optimum instead, its best tilt ``q_g ∝ p exp((r_g - λ_g c) / β)`` that also
+      passes the cost bound: ``r_g - β log Z_g(λ_g) - λ_g E_{q_g}[c]``, so that
+      ``E_{q_g}[r_g] - β KL(q_g || p)`` is exactly 0 on every prompt (λ_g = 0 is the plain regret).
 
     Args:
         rewards: ``[G, N, K]``.
         mode: ``reference`` or ``regret``.
         beta: The policy's KL coefficient (required by ``regret``).
         log_p: Reference log-probabilities ``[N, K]``; uniform over the candidates if None.
+        costs: The constrained metric per candidate ``[N, K]`` (``regret`` with ``cost_lambdas``).
+        cost_lambdas: Each group's own cost multiplier ``[G]``, or None.
     """
     if rewards.ndim != 3:
         raise DataError(f"rewards must have shape [G, N, K] (got {tuple(rewards.shape)})")
@@ -57,7 +66,38 @@ def normalize_group_rewards(
     if mode == "reference":
         p = log_p.exp()
         return r - (p * r).sum(-1, keepdim=True)
-    return r - beta * torch.logsumexp(log_p + r / beta, dim=-1, keepdim=True)
+    if (costs is None) != (cost_lambdas is None):
+        raise DataError("costs and cost_lambdas go together: give both or neither")
+    if costs is None:
+        return r - beta * torch.logsumexp(log_p + r / beta, dim=-1, keepdim=True)
+    return r - _constrained_optimum(r, costs, cost_lambdas, beta=beta, log_p=log_p)
+
+
+def _constrained_optimum(
+    r: Tensor, costs: Tensor, cost_lambdas: Tensor, *, beta: float, log_p: Tensor
+) -> Tensor:
+    """Per group and prompt, ``E_{q_g}[r_g] - β KL(q_g || p)`` of the tilt at λ_g, ``[G, N, 1]``.
+
+    It equals ``β lse(log p + (r_g - λ_g c) / β) + λ_g E_{q_g}[c]``; computed with each row's
+    cheapest cost subtracted (a per-prompt constant that cancels), so that r stays resolvable.
+    """
+    c = costs.to(r)
+    lam = torch.as_tensor(cost_lambdas).to(r).reshape(-1)
+    if c.shape != r.shape[1:] or lam.shape != (r.shape[0],):
+        raise DataError(
+            f"costs {tuple(c.shape)} and cost_lambdas {tuple(lam.shape)} must be "
+            f"{tuple(r.shape[1:])} and ({r.shape[0]},)"
+        )
+    if not bool(torch.isfinite(c).all() & torch.isfinite(lam).all() & (lam >= 0).all()):
+        raise DataError("costs must be finite and cost_lambdas finite and >= 0")
+    masked = torch.isinf(log_p)
+    shifted = torch.where(
+        masked, 0.0, c - torch.where(masked, torch.inf, c).min(-1).values[:, None]
+    )
+    z = log_p + (r - lam[:, None, None] * shifted) / beta
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    q = torch.exp(z - lse)
+    return beta * lse + lam[:, None, None] * (q * shifted).sum(-1, keepdim=True)
 
 
 def _per_prompt(q, values: Tensor, name: str, prompt_groups) -> Tensor:

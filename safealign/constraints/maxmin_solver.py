@@ -12,7 +12,8 @@ We minimise it with FISTA and Euclidean projection onto the simplex. The duality
 ``sum_g w_g R_g - min_g R_g``: it vanishes exactly when every group with ``w_g > 0`` gets the
 worst reward, the equal-rewards condition of the optimum. An optional global cost constraint
 ``mean_n E_q[c] <= cost_threshold`` adds a multiplier ``lambda >= 0``, found by an outer
-bracketing root search on ``E_{q(lambda)}[c] = cost_threshold`` (HC-RLHF's tilt, DESIGN.md).
+bracketing root search on ``E_{q(lambda)}[c] = cost_threshold`` (HC-RLHF's tilt, DESIGN.md). Under
+HC-RLHF's pessimistic bound instead of the mean, see :mod:`~safealign.constraints.maxmin_pessimistic`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class MaxMinResult:
         expected_cost: ``mean_n E_q[c]``, or None without costs.
         duality_gap: Dual minus primal objective at the solution (an optimality certificate).
         iterations: FISTA iterations summed over all inner solves.
+        upper_bound: The pessimistic bound at the solution
+            (:func:`~safealign.constraints.maxmin_pessimistic.solve_maxmin_pessimistic`), else None.
     """
 
     q: Tensor
@@ -50,6 +53,7 @@ class MaxMinResult:
     expected_cost: float | None
     duality_gap: float
     iterations: int
+    upper_bound: float | None = None
 
 
 @dataclass(frozen=True)

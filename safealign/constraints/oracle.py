@@ -101,6 +101,43 @@ def solve_maxmin_oracle(
     return _solve(cp.Problem(cp.Maximize(objective), constraints), p_var)
 
 
+def solve_maxmin_pessimistic_oracle(
+    rewards: Tensor | np.ndarray,
+    costs: Tensor | np.ndarray,
+    *,
+    beta: float,
+    cost_threshold: float,
+    k: float,
+    log_p: Tensor | np.ndarray | None = None,
+) -> OracleResult:
+    """MaxMin under HC-RLHF's ``mean + k * std <= cost_threshold`` of the per-prompt expected costs.
+
+    ``v_n = E_{q_n}[c]`` is linear in ``q`` and the Bessel std is a norm of ``v - mean(v)``, so
+    the constraint is a second-order cone: the problem is convex, and this is its exact optimum
+    over all policies on the candidates (each prompt then has its own effective multiplier).
+
+    Args:
+        rewards: Group rewards ``[G, N, K]``.
+        costs: Costs ``[N, K]``.
+        beta: KL coefficient.
+        cost_threshold: ``tau``.
+        k: The pessimism factor (:func:`bounds.pessimism_k`).
+        log_p: Reference log-probabilities ``[N, K]``; uniform if None.
+    """
+    group_rewards = _array(rewards)
+    _, n, k_cands = group_rewards.shape
+    log_ref = _log_ref(log_p, (n, k_cands))
+    p_var = cp.Variable((n, k_cands), nonneg=True)
+    worst = cp.Variable()
+    constraints = _simplex_rows(p_var, log_ref)
+    constraints += [cp.sum(cp.multiply(p_var, r_g)) / n >= worst for r_g in group_rewards]
+    per_prompt = cp.sum(cp.multiply(p_var, _array(costs)), axis=1)
+    mean = cp.sum(per_prompt) / n
+    constraints.append(mean + k * cp.norm(per_prompt - mean, 2) / np.sqrt(n - 1) <= cost_threshold)
+    objective = worst + _entropy_objective(p_var, np.zeros((n, k_cands)), log_ref, beta)
+    return _solve(cp.Problem(cp.Maximize(objective), constraints), p_var)
+
+
 def _array(x: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, Tensor):
         x = x.detach().cpu().double().numpy()

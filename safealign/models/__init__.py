@@ -11,6 +11,7 @@ _EXPORTS = {
     ),
     "safealign.models.evaluate": ("evaluate_scoring_model",),
     "safealign.models.backbones": ("load_backbone",),
+    "safealign.models.hf_export": ("export_sequence_classifier",),
 }
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

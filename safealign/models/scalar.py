@@ -10,6 +10,10 @@ A saved model is a directory any Hugging Face user can open without safealign:
 
     score = head(pool(AutoModel(backbone)(**AutoTokenizer(backbone)(prompt, response))))
 
+A decoder model with last-token pooling and a linear head also exports as a one-label
+``AutoModelForSequenceClassification`` whose logits are these scores (``safealign export-hf``,
+:mod:`.hf_export`).
+
 A frozen-backbone model (``head`` set in its config) has the same layout: only the head was
 trained, and scoring reads each text's pooled state from the active embedding cache
 (:mod:`.embeddings`) or computes it, which gives the same score. Its ``scalar_model.json`` also

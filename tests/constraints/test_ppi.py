@@ -117,7 +117,14 @@ def test_declared_weight_is_the_sum_of_the_two_betting_bounds_computed_directly(
     f, _, subset, y = _world(n=80, m=20, seed=3)
     lam, share = 0.7, 0.3
     rect = rectified_upper_bound(
-        f, y, subset, target="unsafe_rate", confidence=0.9, weight=lam, prediction_share=share
+        f,
+        y,
+        subset,
+        target="unsafe_rate",
+        confidence=0.9,
+        weight=lam,
+        prediction_share=share,
+        method="union",
     )
     delta = 0.1
     u_a = _brute_force_betting(f, 1 - share * delta, 0.0, 1.0)
@@ -133,7 +140,7 @@ def test_declared_weight_is_the_sum_of_the_two_betting_bounds_computed_directly(
 def test_perfect_predictions_leave_a_zero_rectifier():
     _, y_all, subset, y = _world(seed=4)
     rect = rectified_upper_bound(
-        y_all, y, subset, target="unsafe_rate", confidence=0.95, weight=1.0
+        y_all, y, subset, target="unsafe_rate", confidence=0.95, weight=1.0, method="union"
     )
     assert rect.rectifier_bound.mean == 0.0 and rect.rectifier_bound.std == 0.0
     zeros = betting_upper_bound(np.zeros(subset.m), confidence=0.975, low=-1.0, high=1.0)
@@ -177,7 +184,7 @@ def test_more_unsafe_labels_never_lower_the_labels_only_bound():
 def test_tuned_weights_are_predictable():
     # Attack: a weight that looks at its own label makes the rectifier's terms dependent.
     f, _, subset, y = _world(n=400, m=80, seed=7)
-    kwargs = {"target": "unsafe_rate", "confidence": 0.95, "weight": "tuned"}
+    kwargs = {"target": "unsafe_rate", "confidence": 0.95, "weight": "tuned", "method": "union"}
     base = rectified_upper_bound(f, y, subset, **kwargs).weights
     assert base[:TUNING_WARMUP] == (1.0,) * TUNING_WARMUP
     for j in (15, 40, 79):
@@ -190,7 +197,7 @@ def test_tuned_weights_are_predictable():
 
 def test_tuned_bound_is_the_betting_bound_on_the_shifted_rectifier():
     f, _, subset, y = _world(n=200, m=40, seed=8)
-    rect = rectified_upper_bound(f, y, subset, target="unsafe_rate", confidence=0.9)
+    rect = rectified_upper_bound(f, y, subset, target="unsafe_rate", confidence=0.9, method="union")
     unlabelled = np.delete(f, list(subset.indices))
     c = betting_upper_bound(unlabelled, confidence=0.95, low=0.0, high=1.0)
     assert rect.prediction_bound.upper_bound == c and rect.prediction_bound.n == 160
@@ -201,8 +208,9 @@ def test_tuned_bound_is_the_betting_bound_on_the_shifted_rectifier():
 
 
 def test_tuned_weight_follows_the_model_quality():
-    useless = rectified_upper_bound(*_parts(quality=0.0), target="unsafe_rate", confidence=0.95)
-    good = rectified_upper_bound(*_parts(quality=0.95), target="unsafe_rate", confidence=0.95)
+    kwargs = {"target": "unsafe_rate", "confidence": 0.95, "method": "union"}
+    useless = rectified_upper_bound(*_parts(quality=0.0), **kwargs)
+    good = rectified_upper_bound(*_parts(quality=0.95), **kwargs)
     assert np.mean(useless.weights[TUNING_WARMUP:]) < 0.3 < np.mean(good.weights[TUNING_WARMUP:])
 
 
@@ -216,11 +224,23 @@ def test_tuned_needs_unlabelled_responses():
     everything = LabelSubset(20, tuple(range(20)))
     y = (f > 0.5).astype(float)
     with pytest.raises(ConfigError, match="at least 2"):
-        rectified_upper_bound(f, y, everything, target="unsafe_rate", confidence=0.9)
+        rectified_upper_bound(
+            f, y, everything, target="unsafe_rate", confidence=0.9, method="union"
+        )
     declared = rectified_upper_bound(
-        f, y, everything, target="unsafe_rate", confidence=0.9, weight=1.0
+        f, y, everything, target="unsafe_rate", confidence=0.9, weight=1.0, method="union"
     )
     assert 0.0 <= declared.upper_bound <= 1.0
+    # The joint test needs no unlabelled response: with all N labelled, P is known exactly and
+    # the bound is Clopper-Pearson on the N labels at level k / q(P) (Fisher's threshold k).
+    joint = rectified_upper_bound(f, y, everything, target="unsafe_rate", confidence=0.9)
+    k, n = int(y.sum()), y.size
+    assert joint.population_bound == pytest.approx(k / n)
+    log_q, _, _ = ppi.joint.population_log_pvalues(
+        f, y, np.arange(n), np.array([k / n]), weight=None
+    )
+    level = ppi.joint.fisher_threshold(0.1) / math.exp(log_q[0])
+    assert joint.upper_bound == pytest.approx(stats.beta.ppf(1 - level, k + 1, n - k), abs=1e-9)
 
 
 # --- the approximate (CLT) bound ------------------------------------------------------------------
@@ -252,7 +272,8 @@ def test_three_bounds_side_by_side_are_json():
         f.mean()
     )
     data = json.loads(json.dumps(bounds.to_dict(), allow_nan=False))
-    assert data["rectified"]["method"] == "ppi_betting"
+    assert data["rectified"]["method"] == "ppi_joint"
+    assert data["rectified"]["population_bound"] <= data["rectified"]["upper_bound"]
     approx = label_rectified_bounds(
         f, y, subset, target="unsafe_rate", confidence=0.95, approximate=True
     )
@@ -270,6 +291,7 @@ def test_three_bounds_side_by_side_are_json():
         ({"weight": 1.5}, ConfigError, "weight"),
         ({"weight": True}, ConfigError, "weight"),
         ({"prediction_share": 0.0}, ConfigError, "prediction_share"),
+        ({"method": "minimum"}, ConfigError, "method must be one of joint, union"),
         ({"target": "expected_cost"}, ConfigError, "value_range"),
         ({"value_range": (0, 2)}, ConfigError, "unsafe_rate lies in"),
         ({"subset": LabelSubset(6, (0, 1, 2))}, DataError, "drawn from 6"),
@@ -289,3 +311,176 @@ def test_bad_input_is_refused_with_its_reason(change, error, match):
         ppi.rectified_upper_bound(
             kwargs.pop("predictions"), kwargs.pop("labels"), kwargs.pop("subset"), **kwargs
         )
+
+
+# --- the joint bound (the default): direct computation, exact coverage, predictability ----------
+
+
+def _direct_log_pvalue(f, y, order, p, weight):
+    """``log q(p)`` from the definition (joint module doc), one draw at a time, in plain Python."""
+    n, m = len(f), len(y)
+    total, f_min, f_var = sum(f), min(f), float(np.var(f))
+    drawn = [f[i] for i in order]
+    log_k, best, past_z = 0.0, 0.0, []
+    for t in range(m):
+        if weight is not None:
+            lam, c = weight, 0.0
+        else:  # least squares on the t earlier labels, shrunk towards c = 0, lam = 1
+            ys, fs, s = y[:t], drawn[:t], ppi.joint.SHRINKAGE
+            my, mf = (sum(ys) / t, sum(fs) / t) if t else (0.0, 0.0)
+            cov = sum((a - my) * (b - mf) for a, b in zip(ys, fs, strict=True)) / t if t else 0.0
+            var = sum((b - mf) ** 2 for b in fs) / t if t else 0.0
+            lam = min(max((t * cov + s * f_var) / (t * var + s * f_var), 0.0), 1.5)
+            c = t / (t + s) * (my - lam * mf)
+        mu = (n * p - sum(y[:t]) - c * (n - t) - lam * (total - sum(drawn[:t]))) / (n - t)
+        gap = 1.0 - c - lam * f_min - mu
+        if gap < -1e-12:
+            return -math.inf
+        zbar = sum(past_z) / t if t else 0.0
+        var_z = (0.25 + sum((z - zbar) ** 2 for z in past_z)) / (t + 1)
+        bet = min(math.sqrt(2 * math.log(10) / (m * var_z)), 0.9 / gap) if gap > 1e-12 else 0.0
+        z = y[t] - c - lam * drawn[t]
+        log_k += math.log(1 + bet * (mu - z))
+        best = max(best, log_k)
+        past_z.append(z)
+    return -best
+
+
+@pytest.mark.parametrize("weight", [None, 0.6])
+def test_joint_pvalues_are_the_martingale_computed_directly(weight):
+    f, _, subset, y = _world(n=40, m=15, seed=12)
+    order = np.asarray(subset.indices)
+    grid = np.arange(41) / 40
+    log_q, lams, offsets = ppi.joint.population_log_pvalues(f, y, order, grid, weight=weight)
+    for p in (9, 12, 15, 20, 30):
+        direct = _direct_log_pvalue(list(f), list(y), list(order), p / 40, weight)
+        assert log_q[p] == pytest.approx(direct, rel=1e-9, abs=1e-12)
+    assert (lams == 0.6).all() if weight is not None else lams[0] == 1.0
+
+
+def test_joint_bound_is_the_fisher_inversion_computed_directly():
+    f, _, subset, y = _world(n=50, m=20, seed=13)
+    rect = rectified_upper_bound(f, y, subset, target="unsafe_rate", confidence=0.9)
+    order = np.asarray(subset.indices)
+    k = ppi.joint.fisher_threshold(0.1)
+    assert k * (1 - math.log(k)) == pytest.approx(0.1)
+    kept = []
+    for d in range(int(y.sum()), int(y.sum()) + 50 - 20 + 1):
+        q = math.exp(_direct_log_pvalue(list(f), list(y), list(order), d / 50, None))
+        if q > k:  # theta is kept at d while P(Bin(50, theta) <= d) > k / q
+            kept.append(1.0 if d == 50 else stats.beta.ppf(1 - k / q, d + 1, 50 - d))
+    assert rect.upper_bound == pytest.approx(max(kept), abs=1e-9)
+    assert rect.method == "ppi_joint" and not rect.approximate and rect.rectifier_bound is None
+
+
+def _enumerated_miss(law, n, m, confidence, weight=None):
+    """P(theta > U) and P(theta > population bound), exactly: every population of n i.i.d.
+    (prediction, label) pairs from ``law`` and every ordered draw of m of them."""
+    import itertools
+
+    theta = sum(prob for (_, label), prob in law.items() if label == 1)
+    draws = list(itertools.permutations(range(n), m))
+    miss = miss_pop = 0.0
+    cache = {}
+    for cells in itertools.product(list(law), repeat=n):
+        weight_pop = math.prod(law[c] for c in cells)
+        f = np.array([c[0] for c in cells])
+        labels = np.array([float(c[1]) for c in cells])
+        for order in draws:
+            key = (tuple(f), order, tuple(labels[list(order)]))
+            if key not in cache:
+                rect = rectified_upper_bound(
+                    f,
+                    labels[list(order)],
+                    LabelSubset(n, order),
+                    target="unsafe_rate",
+                    confidence=confidence,
+                    weight="tuned" if weight is None else weight,
+                )
+                cache[key] = (rect.upper_bound, rect.population_bound)
+            upper, population = cache[key]
+            miss += weight_pop / len(draws) * (theta > upper + 1e-12)
+            miss_pop += weight_pop / len(draws) * (theta > population + 1e-12)
+    return miss, miss_pop
+
+
+@pytest.mark.parametrize(
+    "law",
+    [
+        # a good model, a useless one, and one that under-predicts harm
+        {(0.9, 1): 0.35, (0.1, 1): 0.05, (0.9, 0): 0.05, (0.1, 0): 0.55},
+        {(0.5, 1): 0.3, (0.5, 0): 0.7},
+        {(0.0, 1): 0.4, (0.3, 1): 0.1, (0.0, 0): 0.5},
+    ],
+)
+def test_joint_bound_covers_theta_exactly_by_enumeration(law):
+    # Exact coverage, no sampling: N = 5 responses, m = 2 labels, delta = 0.5 (a large delta
+    # makes the bound bind at this tiny size; the last law misses 0.18 of the time). Both rules.
+    for weight in (None, 1.0):
+        miss, _ = _enumerated_miss(law, n=5, m=2, confidence=0.5, weight=weight)
+        assert miss <= 0.5 + 1e-12
+
+
+def test_the_population_bound_alone_does_not_cover_theta():
+    # The enumeration has teeth: the bound on the N responses' own mean, read as a bound on theta
+    # (dropping the N responses' sampling error, the second half of the joint test), misses theta
+    # more often than delta; the joint bound does not.
+    law = {(0.5, 1): 0.3, (0.5, 0): 0.7}
+    miss, miss_pop = _enumerated_miss(law, n=4, m=2, confidence=0.7)
+    assert miss <= 0.3 < miss_pop  # 0.0 and 0.49
+
+
+def test_joint_coverage_with_fixed_seeds():
+    # Monte Carlo at a realistic size, seeded (deterministic): an under-predicting model, costs.
+    rng = np.random.default_rng(14)
+    trials, n, m, delta = 300, 120, 30, 0.1
+    misses = {"unsafe_rate": 0, "expected_cost": 0}
+    for _ in range(trials):
+        z = rng.standard_normal(n)
+        y_all = (z > 0.5).astype(float)  # theta = P(z > 0.5)
+        f = 1 / (1 + np.exp(-(2 * z - 3)))
+        subset = LabelSubset(n, tuple(int(i) for i in rng.permutation(n)[:m]))
+        y = y_all[list(subset.indices)]
+        rate = rectified_upper_bound(f, y, subset, target="unsafe_rate", confidence=1 - delta)
+        misses["unsafe_rate"] += rate.upper_bound < stats.norm.sf(0.5)
+        cost = np.clip(z, -1, 2)
+        c = rectified_upper_bound(
+            np.clip(0.5 * z - 0.5, -1, 2),
+            cost[list(subset.indices)],
+            subset,
+            target="expected_cost",
+            confidence=1 - delta,
+            value_range=(-1, 2),
+        )
+        misses["expected_cost"] += c.upper_bound < _clipped_normal_mean(-1, 2)
+    limit = delta * trials + 2.5 * math.sqrt(delta * (1 - delta) * trials)
+    assert max(misses.values()) <= limit, misses
+
+
+def _clipped_normal_mean(low, high):
+    phi, cdf = stats.norm.pdf, stats.norm.cdf
+    return low * cdf(low) + (phi(low) - phi(high)) + high * (1 - cdf(high))
+
+
+def test_joint_recalibration_is_predictable():
+    # Attack: a recalibration that sees its own label makes E[Z_t | past] unknown.
+    f, _, subset, y = _world(n=300, m=60, seed=15)
+    base = rectified_upper_bound(f, y, subset, target="unsafe_rate", confidence=0.95)
+    for j in (0, 20, 59):
+        flipped = y.copy()
+        flipped[j] = 1.0 - flipped[j]
+        moved = rectified_upper_bound(f, flipped, subset, target="unsafe_rate", confidence=0.95)
+        assert moved.weights[: j + 1] == base.weights[: j + 1]
+        assert moved.offsets[: j + 1] == base.offsets[: j + 1]
+    assert len(set(base.weights)) > 1 and len(base.offsets) == subset.m
+
+
+def test_joint_bound_shifts_with_costs_and_range():
+    rng = np.random.default_rng(16)
+    f, y = rng.random(60), rng.random(15)
+    subset = LabelSubset(60, tuple(range(0, 60, 4)))
+    kwargs = {"target": "expected_cost", "confidence": 0.9}
+    base = rectified_upper_bound(f, y, subset, value_range=(0, 1), **kwargs)
+    moved = rectified_upper_bound(f * 3 + 2, y * 3 + 2, subset, value_range=(2, 5), **kwargs)
+    assert moved.upper_bound == pytest.approx(3 * base.upper_bound + 2, abs=1e-9)
+    assert base.population_bound <= base.upper_bound <= 1.0

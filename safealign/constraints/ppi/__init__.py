@@ -13,9 +13,21 @@ responses, the second, the *rectifier*, on the ``m`` labelled ones.
 What is guaranteed (:func:`rectified_upper_bound`, not approximate). Assume the ``N`` (prompt,
 response, label) triples are i.i.d. (prompts i.i.d., one response each, a label a fixed or
 random function of the pair) and the subset is drawn independently of every value (fresh
-randomness, :func:`draw_label_subset`). Then the labelled triples are i.i.d. from the same law,
-and independent of the unlabelled ones. With ``delta = 1 - confidence`` split as
-``delta_A = prediction_share * delta`` and ``delta_B = delta - delta_A`` (both declared):
+randomness, :func:`draw_label_subset`), in a uniformly random order.
+
+The default, ``method="joint"`` (:mod:`.joint` has the proof), makes one test of each ``theta``
+and needs no bound on ``E[f]``: every prediction is known, so given the ``N`` responses the only
+unknown is their own mean label ``P``. A betting martingale on the labels drawn *without
+replacement* (Waudby-Smith & Ramdas 2020) gives a p-value for each hypothesised ``P``, with a
+recalibration ``c_j + lam_j f_j`` of each labelled response's prediction fitted on earlier
+labels only (PPI++'s power tuning, made predictable); the exact law of ``N P`` given ``theta``
+(binomial for 0/1 labels, Hoeffding's bound for costs) gives another; Fisher's product test
+combines them at ``delta`` with no split, and ``theta`` is kept if some ``P`` survives.
+``P(theta > U) <= delta`` for any distribution in the range and any cost model; the same test
+bounds ``P`` itself (``population_bound``), which needs no i.i.d. prompts at all.
+
+``method="union"`` is the earlier construction, kept as an option. With ``delta = 1 - confidence``
+split as ``delta_A = prediction_share * delta`` and ``delta_B = delta - delta_A`` (both declared):
 
 * ``weight=lam`` declared in [0, 1] (before seeing data): ``U_A`` is the betting bound
   (:mod:`~safealign.constraints.bounded_means`) on ``E[f]`` from all ``N`` predictions at
@@ -45,7 +57,8 @@ labels, betting for costs) and the cost-model-only bound, which bounds ``E[f]``,
 model's judgement, not ``theta``.
 
 The code: :mod:`.subset` draws the labelled subset, :mod:`.finite` holds the finite-sample bound
-(and the labels-only one it falls back to), :mod:`.clt` PPI++'s approximation, :mod:`.labelled`
+(and the labels-only one both methods give at a declared weight 0), :mod:`.joint` the joint
+test, :mod:`.clt` PPI++'s approximation, :mod:`.labelled`
 the three bounds side by side; :mod:`.result` the result type and its stated assumptions,
 :mod:`._checks` the input checks they share. Every name is importable from here.
 """

@@ -86,3 +86,11 @@ def _check_weight(weight, prediction_share) -> None:
         problems.append(f"prediction_share must be in (0, 1) (got {prediction_share!r})")
     if problems:
         raise ConfigError(problems)
+
+
+METHODS: tuple[str, ...] = ("joint", "union")
+
+
+def _check_method(method) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")

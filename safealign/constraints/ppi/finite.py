@@ -1,5 +1,6 @@
-"""The finite-sample label-rectified bound (package doc for the proof), declared or tuned weight,
-and the labels-only exact bound it reduces to at weight 0."""
+"""The finite-sample label-rectified bound, declared or tuned weight: the joint test (the default,
+:mod:`.joint` for the proof) or the union of two betting bounds (package doc), and the
+labels-only exact bound both reduce to at weight 0."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Literal
 import numpy as np
 
 from safealign.constraints.bounds import BoundResult, upper_bound
-from safealign.constraints.ppi._checks import Target, _check_weight, _checked
+from safealign.constraints.ppi._checks import Target, _check_method, _check_weight, _checked
+from safealign.constraints.ppi.joint import joint_upper_bound
 from safealign.constraints.ppi.result import RectifiedBound, _assumptions
 from safealign.constraints.ppi.subset import LabelSubset
 from safealign.errors import ConfigError
@@ -30,8 +32,15 @@ def rectified_upper_bound(
     value_range: tuple[float, float] | None = None,
     weight: float | Literal["tuned"] = "tuned",
     prediction_share: float = 0.5,
+    method: Literal["joint", "union"] = "joint",
 ) -> RectifiedBound:
-    """The finite-sample label-rectified upper bound on ``theta`` (module doc for the proof).
+    """The finite-sample label-rectified upper bound on ``theta``: exact, for any cost model.
+
+    ``method="joint"`` (the default, :mod:`.joint`): one Fisher-combined test of the labels
+    (sampling without replacement from the ``N`` scored responses, whose predictions are all
+    known) and of the ``N`` responses' own sampling error; no ``delta`` split, no bound on
+    ``E[f]``. ``method="union"``: the earlier construction (package doc), betting bounds on
+    ``E[f]`` and on the rectifier at ``prediction_share`` / rest of ``delta``, added.
 
     Args:
         predictions: ``f``, the cost model's prediction for every scored response, ``[N]``.
@@ -42,10 +51,15 @@ def rectified_upper_bound(
         confidence: ``1 - delta``.
         value_range: ``[a, b]`` of labels and predictions; required for ``expected_cost``.
         weight: ``lam`` in [0, 1] declared before seeing data, or ``"tuned"`` (predictable).
-        prediction_share: The share of ``delta`` spent on ``E[f]``, declared, in (0, 1).
+        prediction_share: ``method="union"`` only: the share of ``delta`` spent on ``E[f]``,
+            declared, in (0, 1) (checked, unused by the joint test).
+        method: ``"joint"`` (default) or ``"union"``; both exact.
     """
     f, y, low, high = _checked(predictions, labels, subset, target, confidence, value_range)
     _check_weight(weight, prediction_share)
+    _check_method(method)
+    if method == "joint" and weight != 0.0:
+        return _joint(f, y, subset, target, confidence, (low, high), weight)
     delta = 1.0 - confidence
     conf_a, conf_b = 1.0 - prediction_share * delta, 1.0 - (1.0 - prediction_share) * delta
     f_lab = f[list(subset.indices)]
@@ -77,6 +91,41 @@ def rectified_upper_bound(
         value_range=(low, high),
         approximate=False,
         assumptions=_assumptions("declared", (low, high)),
+    )
+
+
+def _joint(f, y, subset, target, confidence, value_range, weight) -> RectifiedBound:
+    low, high = value_range
+    scale = high - low
+    order = np.asarray(subset.indices)
+    upper, population, lams, offsets = joint_upper_bound(
+        (f - low) / scale,
+        (y - low) / scale,
+        order,
+        binary=target == "unsafe_rate",
+        confidence=confidence,
+        weight=None if weight == "tuned" else float(weight),
+    )
+    rule = "tuned" if weight == "tuned" else "declared"
+    return RectifiedBound(
+        method="ppi_joint",
+        target=target,
+        confidence=confidence,
+        upper_bound=float(min(high, low + scale * upper)),
+        estimate=float(y.mean() + lams[-1] * (f.mean() - f[order].mean())),
+        weight_rule=rule,
+        weights=tuple(float(w) for w in lams),
+        n_predictions=f.size,
+        n_labels=subset.m,
+        prediction_bound=None,
+        rectifier_bound=None,
+        value_range=value_range,
+        approximate=False,
+        assumptions=_assumptions(f"joint_{rule}", value_range),
+        population_bound=float(min(high, low + scale * population)),
+        offsets=tuple(
+            float(low * (1.0 - w) + scale * c) for w, c in zip(lams, offsets, strict=True)
+        ),
     )
 
 

@@ -13,21 +13,29 @@ class RectifiedBound:
     """A label-rectified upper confidence bound on ``theta = E[label]``.
 
     Attributes:
-        method: ``"ppi_betting"`` (finite-sample) or ``"ppi_clt"`` (PPI++'s normal approximation).
+        method: ``"ppi_joint"`` (finite-sample, the default: one test without replacement, no
+            union bound), ``"ppi_betting"`` (finite-sample, two betting bounds and a union bound)
+            or ``"ppi_clt"`` (PPI++'s normal approximation).
         target: ``"unsafe_rate"`` (0/1 labels) or ``"expected_cost"`` (labels in ``value_range``).
         confidence: ``1 - delta``.
         upper_bound: ``U``: ``theta <= U`` with probability at least ``confidence`` (exactly for
-            ``ppi_betting``, approximately for ``ppi_clt``).
+            ``ppi_joint`` and ``ppi_betting``, approximately for ``ppi_clt``).
         estimate: The PPI point estimate of ``theta``.
         weight_rule: ``"declared"``, ``"tuned"`` (predictable) or ``"plug_in"`` (PPI++ on all data).
         weights: The weight ``lam`` of each labelled response, in draw order.
         n_predictions: ``N``, scored responses.
         n_labels: ``m``, labelled responses.
-        prediction_bound: The bound on ``E[f]`` (None when ``lam = 0`` is declared, or for CLT).
-        rectifier_bound: The bound on the rectifier's mean (None for CLT).
+        prediction_bound: The bound on ``E[f]`` (``ppi_betting`` only; None when ``lam = 0`` is
+            declared).
+        rectifier_bound: The bound on the rectifier's mean (``ppi_betting`` only).
         value_range: ``[a, b]``, the declared range of labels and predictions.
         approximate: True for ``ppi_clt``.
         assumptions: The conditions under which the guarantee holds, in words.
+        population_bound: ``ppi_joint`` only: an upper bound, at the same confidence, on the
+            mean label of the ``N`` scored responses themselves (a finite-population bound; it
+            needs no i.i.d. prompts).
+        offsets: ``ppi_joint`` only: the intercept ``c_j`` of each labelled response's
+            recalibration ``c_j + lam_j f_j``, in draw order (0 for a declared weight).
     """
 
     method: str
@@ -44,12 +52,15 @@ class RectifiedBound:
     value_range: tuple[float, float]
     approximate: bool
     assumptions: tuple[str, ...]
+    population_bound: float | None = None
+    offsets: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["weights"] = list(self.weights)
         data["value_range"] = list(self.value_range)
         data["assumptions"] = list(self.assumptions)
+        data["offsets"] = list(self.offsets)
         return data
 
 
@@ -61,7 +72,16 @@ def _assumptions(rule: str, value_range: tuple[float, float]) -> tuple[str, ...]
         "independent of every response, score and label (recorded indices)",
         f"labels and predictions lie in the declared range {list(value_range)}",
     )
+    joint = (
+        "one test over the N scored responses: a betting martingale on the labels drawn "
+        "without replacement, with every prediction known, Fisher-combined with the exact law "
+        "of the N responses' own mean given theta; no union bound: valid for any distribution "
+        "in the range and any cost model"
+    )
     by_rule = {
+        "joint_declared": f"the weight was declared before the data; {joint}",
+        "joint_tuned": "the recalibration c_j + lam_j f_j of each labelled response depends on "
+        f"earlier labels and the predictions only (predictable); {joint}",
         "declared": "the weight was declared before the data; betting bounds on E[f] (all "
         "responses) and on the rectifier (labelled), combined by a union bound: valid for any "
         "distribution in the range and any cost model",
