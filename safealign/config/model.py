@@ -44,12 +44,13 @@ class HeadConfig:
         ),
     )
     normalize: bool = field(
-        default=True,
+        default=False,
         metadata=doc(
             "L2-normalise each pooled embedding before the head (a fixed per-text map, as "
             "sentence-transformers' Normalize; no data statistic): the head reads unit vectors, "
             "so every pair's gradient has the same scale; validated higher for linear heads on "
-            "HH-RLHF (benchmarks/README.md hh_heads)."
+            "HH-RLHF with MiniLM (benchmarks/README.md hh_heads). Not exportable to a Hugging "
+            "Face sequence classifier."
         ),
     )
 

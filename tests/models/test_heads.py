@@ -188,9 +188,8 @@ def test_head_mode_clips_each_unit_gradient(world_pairs, unit):
 
 
 def test_response_text_ignores_the_prompt_and_has_its_own_cache_identity(world_pairs, tmp_path):
-    scoring = build_scoring_model(
-        _config("reward_model.head={text: response}"), kind="reward", seed=0
-    )
+    config = _config("reward_model.head={text: response, normalize: true}")
+    scoring = build_scoring_model(config, kind="reward", seed=0)
     responses = [p.chosen for p in world_pairs[:4]]
     with embedding_cache(tmp_path / "c"):
         a = scoring.embed(["a prompt"] * 4, responses)
