@@ -6,10 +6,13 @@ seed 0) into a training pool and held-out pairs (``--eval-fraction``). The model
 model (pairwise Safe RLHF term only: no per-response labels exist): pair accuracy is the share of
 held-out pairs whose rejected response costs more.
 
-1. **Tuning, non-private, on validation folds of the training pool only**: ``--folds`` folds by
-   prompt; the grid (``--grid-*``) over head type, learning rate and epochs; the setting with the
-   best mean validation accuracy is used for every ε. The held-out pairs are never looked at.
-   Batch size and clipping norm are fixed a priori (``--batch-size``, ``--max-grad-norm``).
+1. **Tuning on validation folds of the training pool only**: ``--folds`` folds by prompt. First
+   non-privately, the grid (``--grid-*``) over what the encoder reads (``head.text``), whether
+   the pooled state is L2-normalised (``head.normalize``), head type, learning rate, epochs and
+   weight decay; then, with the best of those, DP-SGD at ``--tune-epsilon`` over batch size and
+   clipping norm (``--grid-batch-size``, ``--grid-max-grad-norm``). The setting with the best
+   mean validation accuracy is used for every ε. The held-out pairs are never looked at; the
+   tuning itself is not privacy-accounted (it reads the training pool only).
 2. **Head, ε ∈ ``--epsilons`` × ``--seeds``** on the whole training pool, held-out pair accuracy
    with its binomial standard error per run and the standard error of the mean over seeds.
 3. **LoRA at one setting** (``--lora-epsilon``, one seed, the example's hyperparameters) on a
@@ -27,8 +30,10 @@ pool's texts (``--cache-dir`` may hold entries from an interrupted run). Transfe
 subset of ``--moderation-texts`` texts, LoRA's accuracy a seeded subset of ``--lora-eval-pairs``
 held-out pairs: both to fit the shared 2-core machine.
 
-Usage: HF_HUB_OFFLINE=1 nice python benchmarks/hh_heads.py --out benchmarks/results/hh_heads.json
+Usage: HF_HUB_OFFLINE=1 nice python benchmarks/hh_heads.py --cache-dir DIR --out benchmarks/results/hh_heads.json
        python benchmarks/hh_heads.py --quick --out /tmp/hh.json     # tiny backbone, seconds
+       ... --hp-from benchmarks/results/hh_heads.json --lora-train-pairs 512 --out OTHER.json
+                                                  # only LoRA vs head, with that run's settings
 """
 
 from __future__ import annotations
@@ -78,21 +83,27 @@ def _folds(pairs: PairDataset, k: int) -> list[tuple[PairDataset, PairDataset]]:
     return out
 
 
+HP_KEYS = ("text", "normalize", "layers", "lr", "epochs", "weight_decay")
+DP_KEYS = ("batch_size", "max_grad_norm")
+
+
 def head_config(args, epsilon: float | None, hp: dict) -> ModelConfig:
+    head = HeadConfig(
+        layers=hp["layers"], hidden_size=args.mlp_hidden, embed_batch_size=args.embed_batch_size,
+        text=hp["text"], normalize=hp["normalize"],
+    )  # fmt: skip
+    train = TrainConfig(
+        epochs=hp["epochs"], batch_size=hp.get("batch_size", args.batch_size), lr=hp["lr"],
+        weight_decay=hp["weight_decay"], max_length=args.max_length,
+    )  # fmt: skip
+    privacy = PrivacyConfig(
+        target_epsilon=epsilon, target_delta=TARGET_DELTA,
+        max_grad_norm=hp.get("max_grad_norm", args.max_grad_norm),
+    )  # fmt: skip
     return ModelConfig(
-        backbone=args.backbone_path,
-        pooling="mean",
-        lora=None,
-        head=HeadConfig(
-            layers=hp["layers"], hidden_size=args.mlp_hidden, embed_batch_size=args.embed_batch_size
-        ),
-        train=TrainConfig(
-            epochs=hp["epochs"], batch_size=args.batch_size, lr=hp["lr"], max_length=args.max_length
-        ),
-        privacy=PrivacyConfig(
-            target_epsilon=epsilon, target_delta=TARGET_DELTA, max_grad_norm=args.max_grad_norm
-        ),
-    )
+        backbone=args.backbone_path, pooling="mean", lora=None, head=head, train=train,
+        privacy=privacy,
+    )  # fmt: skip
 
 
 def lora_config(args, epsilon: float | None) -> ModelConfig:
@@ -117,28 +128,50 @@ def _se(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
-def tune(args, pool: PairDataset) -> dict:
-    """Non-private grid search on prompt-disjoint folds of the training pool (module doc, 1)."""
-    grid = [
-        {"layers": layers, "lr": lr, "epochs": epochs}
-        for layers, lr, epochs in itertools.product(
-            args.grid_layers, args.grid_lr, args.grid_epochs
-        )
-    ]
-    folds = _folds(pool, args.folds)
+def _grid_search(args, folds, grid: list[dict], epsilon: float | None, label: str) -> list[dict]:
     rows = []
     for hp in grid:
         accs = []
         for fit, val in folds:
             result = train_cost_model(
-                fit, config=head_config(args, None, hp), seed=0, progress=False
+                fit, config=head_config(args, epsilon, hp), seed=0, progress=False
             )
             accs.append(_accuracy(result, val))
         rows.append({**hp, "validation_accuracy": statistics.fmean(accs), "folds": accs})
-        _log(f"  tune {hp}: {rows[-1]['validation_accuracy']:.4f}")
+        _log(f"  {label} {hp}: {rows[-1]['validation_accuracy']:.4f}")
+    return rows
+
+
+def tune(args, pool: PairDataset) -> dict:
+    """Grid search on prompt-disjoint folds of the training pool only (module doc, 1): first the
+    featurisation and head non-privately, then DP-SGD's batch size and clipping norm at
+    ``--tune-epsilon`` with the chosen rest."""
+    folds = _folds(pool, args.folds)
+    grid = [
+        dict(zip(HP_KEYS, values, strict=True))
+        for values in itertools.product(
+            args.grid_text, args.grid_normalize, args.grid_layers, args.grid_lr,
+            args.grid_epochs, args.grid_weight_decay,
+        )
+    ]  # fmt: skip
+    rows = _grid_search(args, folds, grid, None, "tune (non-private)")
     best = max(rows, key=lambda r: r["validation_accuracy"])
-    chosen = {k: best[k] for k in ("layers", "lr", "epochs")}
-    return {"grid": rows, "chosen": chosen, "fold_sizes": [len(v) for _, v in folds]}
+    chosen = {k: best[k] for k in HP_KEYS}
+    dp_grid = [
+        {**chosen, "batch_size": b, "max_grad_norm": c}
+        for b, c in itertools.product(args.grid_batch_size, args.grid_max_grad_norm)
+    ]
+    dp_rows = []
+    if len(dp_grid) > 1:
+        dp_rows = _grid_search(
+            args, folds, dp_grid, args.tune_epsilon, f"tune (ε={args.tune_epsilon:g})"
+        )
+        dp_best = max(dp_rows, key=lambda r: r["validation_accuracy"])
+    else:
+        dp_best = dp_grid[0]
+    chosen.update({k: dp_best[k] for k in DP_KEYS})
+    return {"grid": rows, "dp_grid": dp_rows, "chosen": chosen,
+            "fold_sizes": [len(v) for _, v in folds]}  # fmt: skip
 
 
 def moderation_texts(path: Path, limit: int | None) -> tuple[list[str], torch.Tensor]:
@@ -156,6 +189,26 @@ def moderation_texts(path: Path, limit: int | None) -> tuple[list[str], torch.Te
         keep = sorted(random.Random(3).sample(range(len(texts)), limit))
         texts, harmful = [texts[i] for i in keep], [harmful[i] for i in keep]
     return texts, torch.tensor(harmful)
+
+
+def embedding_pass(args, text: str, pool, held_out, transfer) -> float:
+    """Fill the active cache for encoder input ``text``; CPU seconds per text from a fresh pass
+    over a sample (the shared cache may already hold entries from an earlier, interrupted run)."""
+    _log(f"embedding pass ({text})")
+    hp = {"text": text, "normalize": False, "layers": "linear", "lr": 1e-3, "epochs": 1,
+          "weight_decay": 0.0}  # fmt: skip
+    scoring = build_scoring_model(head_config(args, None, hp), kind="cost", seed=0)
+    sample = _subset(pool, args.timing_pairs, seed=5)
+    with tempfile.TemporaryDirectory() as fresh, embedding_cache(fresh):
+        start = time.process_time()
+        embed_pairs(scoring, sample, batch_size=args.embed_batch_size)
+        per_text = (time.process_time() - start) / (2 * len(sample))
+    embed_pairs(scoring, pool, batch_size=args.embed_batch_size)
+    embed_pairs(scoring, held_out, batch_size=args.embed_batch_size)
+    if transfer is not None:
+        scoring.embed([""] * len(transfer[0]), transfer[0], batch_size=args.embed_batch_size)
+    _log(f"  {per_text * 1000:.1f} CPU ms per text, {per_text * 2 * len(pool):.1f} s for the pool")
+    return per_text
 
 
 def head_runs(args, pool, held_out, hp, embed_seconds, transfer) -> list[dict]:
@@ -241,50 +294,47 @@ def summarise(runs: list[dict], epsilons) -> dict:
     return table
 
 
-def study(args, write) -> dict:
+def _data(args) -> tuple[int, PairDataset, PairDataset]:
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     args.backbone_path = minilm_path() if args.backbone == "minilm" else args.backbone
     pairs = load_pairs(args.data, chosen_is_safer=True)
     splits = split_pairs(pairs, seed=0, eval_fraction=args.eval_fraction,
                          candidate_fraction=0.0, safety_fraction=0.0)  # fmt: skip
-    pool, held_out = _subset(splits.train, args.train_pairs, 1), splits.eval
+    return len(pairs), _subset(splits.train, args.train_pairs, 1), splits.eval
+
+
+def lora_study(args) -> dict:
+    """Only LoRA against the head at equal data, with the head settings an earlier run chose."""
+    _, pool, held_out = _data(args)
+    hp = json.loads(args.hp_from.read_text())["tuning"]["chosen"]
+    return {"hp_from": str(args.hp_from), "lora_vs_head": lora_vs_head(args, pool, held_out, hp)}
+
+
+def study(args, write) -> dict:
+    n_pairs, pool, held_out = _data(args)
     transfer = None
     if args.moderation.exists():
         transfer = moderation_texts(args.moderation, args.moderation_texts)
-    payload = {"data": str(args.data), "backbone": args.backbone, "pairs": len(pairs),
+    payload = {"data": str(args.data), "backbone": args.backbone, "pairs": n_pairs,
                "train_pairs": len(pool), "eval_pairs": len(held_out),
                "fixed": {"batch_size": args.batch_size, "max_grad_norm": args.max_grad_norm,
                          "max_length": args.max_length, "mlp_hidden": args.mlp_hidden,
                          "embed_batch_size": args.embed_batch_size,
                          "target_delta": TARGET_DELTA, "threads": torch.get_num_threads()}}  # fmt: skip
     with tempfile.TemporaryDirectory() as temp, embedding_cache(args.cache_dir or temp):
-        _log("embedding pass")
-        scoring = build_scoring_model(
-            head_config(args, None, {"layers": "linear", "lr": 1e-3, "epochs": 1}),
-            kind="cost", seed=0,
-        )  # fmt: skip
-        # CPU per text from a fresh pass over a sample (the shared cache may already hold some
-        # entries from an earlier, interrupted run), times the pool's texts.
-        sample = _subset(pool, args.timing_pairs, seed=5)
-        with tempfile.TemporaryDirectory() as fresh, embedding_cache(fresh):
-            start = time.process_time()
-            embed_pairs(scoring, sample, batch_size=args.embed_batch_size)
-            per_text = (time.process_time() - start) / (2 * len(sample))
-        embed_seconds = per_text * 2 * len(pool)
+        per_text = {text: embedding_pass(args, text, pool, held_out, transfer)
+                    for text in args.grid_text}  # fmt: skip
         payload["embed_cpu_seconds_per_text"] = per_text
-        payload["embed_timing_texts"] = 2 * len(sample)
-        embed_pairs(scoring, pool, batch_size=args.embed_batch_size)
-        embed_pairs(scoring, held_out, batch_size=args.embed_batch_size)
-        if transfer is not None:
-            scoring.embed([""] * len(transfer[0]), transfer[0], batch_size=args.embed_batch_size)
-        del scoring
-        payload["embed_cpu_seconds_train_pool"] = embed_seconds
-        _log(f"  {embed_seconds:.1f} CPU s for {2 * len(pool)} texts")
+        payload["embed_timing_texts"] = 2 * min(len(pool), args.timing_pairs)
+        payload["embed_cpu_seconds_train_pool"] = {
+            text: seconds * 2 * len(pool) for text, seconds in per_text.items()
+        }
         _log("tuning (non-private, validation folds of the training pool)")
         payload["tuning"] = tune(args, pool)
         hp = payload["tuning"]["chosen"]
         _log(f"head runs with {hp}")
+        embed_seconds = payload["embed_cpu_seconds_train_pool"][hp["text"]]
         payload["runs"] = head_runs(args, pool, held_out, hp, embed_seconds, transfer)
     payload["head"] = summarise(payload["runs"], args.epsilons)
     if transfer is not None:
@@ -297,7 +347,7 @@ def study(args, write) -> dict:
 
 
 def targets(payload: dict) -> dict:
-    head = payload["head"]
+    head = payload.get("head", {})
     out = {}
     if "non_private" in head:
         out["np_head_accuracy"] = head["non_private"]["mean"]
@@ -311,6 +361,10 @@ def targets(payload: dict) -> dict:
         out["cpu_ratio_lora_over_head"] = ratio
         out["cpu_ratio_at_least_20"] = ratio >= 20
     return out
+
+
+def _bool(text: str) -> bool:
+    return {"true": True, "false": False}[text.lower()]
 
 
 def _epsilon(text: str) -> float | None:
@@ -334,9 +388,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--embed-batch-size", type=int, default=32, help="benchmarks/embed_speed.py")
     p.add_argument("--mlp-hidden", type=int, default=64)
     p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--grid-text", nargs="+", default=["prompt_response", "response"])
+    p.add_argument("--grid-normalize", type=_bool, nargs="+", default=[False, True])
     p.add_argument("--grid-layers", nargs="+", default=["linear", "mlp"])
-    p.add_argument("--grid-lr", type=float, nargs="+", default=[3e-3, 3e-2])
-    p.add_argument("--grid-epochs", type=int, nargs="+", default=[30])
+    p.add_argument("--grid-lr", type=float, nargs="+", default=[3e-3])
+    p.add_argument("--grid-epochs", type=int, nargs="+", default=[10, 50])
+    p.add_argument("--grid-weight-decay", type=float, nargs="+", default=[0.0])
+    p.add_argument("--grid-batch-size", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--grid-max-grad-norm", type=float, nargs="+", default=[0.1, 1.0])
+    p.add_argument("--tune-epsilon", type=float, default=3.0, help="ε of the DP tuning stage")
     p.add_argument("--lora-train-pairs", type=int, default=128)
     p.add_argument("--lora-eval-pairs", type=int, default=200)
     p.add_argument("--lora-epochs", type=int, default=2, help="the example's former LoRA setting")
@@ -346,17 +406,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cache-dir", type=Path, default=None, help="keep embeddings here (private data!)"
     )
     p.add_argument("--lora-epsilon", type=float, default=3.0)
+    p.add_argument("--hp-from", type=Path, default=None,
+                   help="only LoRA vs head, with the head settings chosen in this earlier result")  # fmt: skip
     p.add_argument("--transfer-epsilon", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.quick:
         args.backbone, args.train_pairs, args.seeds = "tiny", 120, [0]
-        args.epsilons, args.grid_layers, args.grid_lr, args.grid_epochs = (
-            [3.0, None],
-            ["linear"],
-            [1e-2],
-            [2],
-        )
+        args.epsilons, args.grid_lr, args.grid_epochs = [3.0, None], [1e-2], [2]
+        args.grid_normalize, args.grid_batch_size, args.grid_max_grad_norm = [True], [32, 64], [1.0]
         args.lora_train_pairs, args.max_length, args.folds = 40, 32, 2
         args.moderation_texts, args.lora_eval_pairs = 100, 50
     return args
@@ -375,6 +433,10 @@ def main(argv=None) -> None:
         atomic_write_text(args.out, json.dumps(payload, indent=2, sort_keys=True) + "\n")
         return payload
 
+    if args.hp_from is not None:
+        payload = write(lora_study(args))
+        print(f"hh_heads (LoRA only): {payload['lora_vs_head']}")
+        return
     payload = write(study(args, write))
     head = payload["head"]
     bits = ", ".join(

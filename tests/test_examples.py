@@ -67,6 +67,7 @@ def test_hh_rlhf_minilm_example_runs_end_to_end(tmp_path, capsys):
         assert receipt["private"] and receipt["epsilon"] <= 3.0 + 1e-6
         meta = json.loads((out / kind / "model" / "scalar_model.json").read_text())
         assert meta["frozen_backbone"] and meta["head"] == "linear"
+        assert (meta["embed_text"], meta["normalize"]) == ("response", True)
     assert _receipt(out, "cost")["metrics"]["eval/ordered_pairs"] > 0  # chosen_is_safer worked
     shards = list((out / "embeddings").rglob(f"*{CACHE_SUFFIX}"))
     assert shards  # one cache for both models (same backbone identity)

@@ -28,7 +28,30 @@ class HeadConfig:
     )
     hidden_size: int = field(default=128, metadata=doc("Width of the MLP head's hidden layer.", _at_least(1)))
     embed_batch_size: int = field(
-        default=64, metadata=doc("Texts per forward pass when computing the frozen embeddings.", _at_least(1))
+        default=32,
+        metadata=doc(
+            "Texts per forward pass when computing the frozen embeddings (32 was the fastest of "
+            "16-128 on CPU, benchmarks/README.md embed_speed).",
+            _at_least(1),
+        ),
+    )
+    text: Literal["prompt_response", "response"] = field(
+        default="prompt_response",
+        metadata=doc(
+            "What the frozen encoder reads: the (prompt, response) pair as one two-segment input, "
+            "or the response alone (a score that ignores the prompt; on HH-RLHF harmless-base the "
+            "more accurate one, benchmarks/README.md hh_heads)."
+        ),
+    )
+    normalize: bool = field(
+        default=False,
+        metadata=doc(
+            "L2-normalise each pooled embedding before the head (a fixed per-text map, as "
+            "sentence-transformers' Normalize; no data statistic): the head reads unit vectors, "
+            "so every pair's gradient has the same scale; validated higher for linear heads on "
+            "HH-RLHF with MiniLM (benchmarks/README.md hh_heads). Not exportable to a Hugging "
+            "Face sequence classifier."
+        ),
     )
 
 

@@ -9,7 +9,7 @@ model's calibration and a resumed run.
 **Keys.** An entry is keyed by the backbone's *identity* and the text. The identity is a SHA-256
 over everything the pooled vector depends on: every backbone tensor (names, dtypes, shapes,
 bytes; not BERT's ``pooler``, which never reaches ``last_hidden_state``), the tokenizer's
-serialised state, the pooling and ``max_length``. A saved model reloaded
+serialised state, the pooling, ``max_length`` and what the encoder reads (``head.text``). A saved model reloaded
 from its directory therefore hits the entries its training wrote; another backbone, another
 checkpoint of the same architecture, another tokenizer or another truncation misses. The text key
 is a SHA-256 of the length-prefixed UTF-8 prompt and response.
@@ -153,12 +153,20 @@ def text_key(prompt: str, response: str) -> bytes:
 
 
 def backbone_identity(
-    backbone: torch.nn.Module, tokenizer, *, pooling: str, max_length: int
+    backbone: torch.nn.Module,
+    tokenizer,
+    *,
+    pooling: str,
+    max_length: int,
+    text: str = "prompt_response",
 ) -> str:
-    """Hex SHA-256 of everything the pooled embedding depends on (module doc); remembered per
-    backbone object, whose weights are frozen in head mode."""
+    """Hex SHA-256 of everything the pooled embedding depends on (module doc), ``text`` being what
+    the encoder reads (``head.text``); remembered per backbone object, whose weights are frozen in
+    head mode."""
     remembered = _IDENTITIES.get(backbone)
     settings = f"{pooling}|{max_length}|{type(tokenizer).__name__}"
+    if text != "prompt_response":  # the original identity string, so older caches still hit
+        settings += f"|text={text}"
     if remembered is not None and remembered[0] == settings:
         return remembered[1]
     digest = hashlib.sha256(_DOMAIN + settings.encode())

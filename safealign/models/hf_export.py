@@ -16,7 +16,9 @@ coincide, so only this is exported:
   safealign's last-token pooling reads. Mean pooling (safealign's default for encoders such as
   MiniLM) has no such class: BERT's classifier reads a tanh pooler over [CLS], another function.
 - a linear head (LoRA or full fine-tunes, and linear heads over a frozen backbone). An MLP head
-  is not a one-label linear ``score`` layer.
+  is not a one-label linear ``score`` layer, nor is a head on L2-normalised states
+  (``head.normalize``); a frozen-backbone model that reads the response alone (``head.text:
+  response``) is not called on (prompt, response) as the exported classifier is.
 - a backbone whose final norm has an additive bias (GPT-2: ``ln_f``). The classifier's ``score``
   layer has no bias, and safealign's head has one (a cost model's zero means "unsafe" through
   it), so the bias ``b`` moves into the final norm: with head weight ``w``,
@@ -99,6 +101,17 @@ def export_problems(scoring: ScoringModel) -> list[str]:
     elif float(model.head.weight.detach().abs().max()) == 0.0:
         problems.append(
             "the head's weight is zero: the score is a constant, there is nothing to export"
+        )
+    if model.normalize:
+        problems.append(
+            "the head reads L2-normalised states (head.normalize: true), which a sequence "
+            "classifier's linear 'score' layer cannot compute; train with head.normalize: false"
+        )
+    if scoring.embed_text != "prompt_response":
+        problems.append(
+            f"the model reads the response alone (head.text: {scoring.embed_text}), but the "
+            "exported classifier is called on (prompt, response); train with "
+            "head.text: prompt_response"
         )
     if getattr(scoring.tokenizer, "pad_token_id", None) is None:
         problems.append(

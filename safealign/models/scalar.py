@@ -16,7 +16,9 @@ A decoder model with last-token pooling and a linear head also exports as a one-
 
 A frozen-backbone model (``head`` set in its config) has the same layout: only the head was
 trained, and scoring reads each text's pooled state from the active embedding cache
-(:mod:`.embeddings`) or computes it, which gives the same score.
+(:mod:`.embeddings`) or computes it, which gives the same score. Its ``scalar_model.json`` also
+says what the encoder read (``"embed_text"``: ``AutoTokenizer(backbone)(response)`` alone when
+``"response"``) and whether the pooled state is L2-normalised before the head (``"normalize"``).
 
 A ``features`` model (:mod:`.features`, the synthetic world only) has ``features/`` in place of
 ``backbone/`` and ``"backbone": "features"`` in ``scalar_model.json``; scoring it needs safealign's
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
@@ -69,6 +72,7 @@ class ScalarModel(nn.Module):
         hidden_size: Width of the backbone's hidden states.
         head: The head on pooled states (default: one linear layer, :mod:`.heads`).
         frozen_backbone: Train the head only: the backbone's weights never require gradients.
+        normalize: L2-normalise the pooled state before the head (``head.normalize``).
     """
 
     def __init__(
@@ -79,10 +83,12 @@ class ScalarModel(nn.Module):
         hidden_size: int,
         head: nn.Module | None = None,
         frozen_backbone: bool = False,
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
+        self.normalize = normalize
         self.head = head if head is not None else nn.Linear(hidden_size, 1)
         self.frozen_backbone = frozen_backbone
         if frozen_backbone:
@@ -90,10 +96,14 @@ class ScalarModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scores ``[R]`` for token rows ``input_ids``/``attention_mask`` ``[R, L]``."""
-        return self.head(self.embed(input_ids, attention_mask)).squeeze(-1)
+        states = self.embed(input_ids, attention_mask)
+        if self.normalize:
+            states = F.normalize(states, dim=-1)
+        return self.head(states).squeeze(-1)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pooled states ``[R, H]`` for token rows ``[R, L]`` (what the head reads)."""
+        """Pooled states ``[R, H]`` for token rows ``[R, L]`` (what the head reads, before any
+        normalisation)."""
         rows, length = input_ids.shape
         # Explicit position ids: Opacus' per-sample gradients of position embeddings are wrong
         # when the model builds them from a buffer with an implicit batch dimension of 1.
@@ -125,16 +135,22 @@ class ScoringModel:
     tokenizer: PreTrainedTokenizerBase | FeatureTokenizer
     kind: Kind
     max_length: int
+    embed_text: str = "prompt_response"  # head mode: what the frozen encoder reads (head.text)
 
     def encode(
         self, prompts: Sequence[str], responses: Sequence[str], *, padding: str = "max_length"
     ) -> dict[str, torch.Tensor]:
         """Tokenise (prompt, response) pairs to ``[n, L]`` tensors: ``L = max_length`` for text
         tokenizers (longer side cut first; with ``padding="longest"``, the longest row's length),
-        the number of feature slots for ``features``."""
+        the number of feature slots for ``features``. With ``embed_text="response"`` the
+        response alone is tokenised (the prompt is ignored)."""
+        texts = (
+            (list(responses),)
+            if self.embed_text == "response"
+            else (list(prompts), list(responses))
+        )
         batch = self.tokenizer(
-            list(prompts),
-            list(responses),
+            *texts,
             truncation="longest_first",
             max_length=self.max_length,
             padding=padding,
@@ -143,18 +159,23 @@ class ScoringModel:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def embed(
-        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 64
+        self, prompts: Sequence[str], responses: Sequence[str], *, batch_size: int = 32
     ) -> torch.Tensor:
         """Pooled backbone states ``[n, H]`` (float32, CPU) of (prompt, response) texts, in input
         order, in eval mode and inference mode; read from (and added to) the active embedding
         cache (:mod:`.embeddings`). Missing texts are embedded longest first, each batch padded
-        to its longest row only. Only for a frozen backbone, whose states never change."""
+        to its longest row only; L2-normalised after the cache when ``normalize``. Only for a
+        frozen backbone, whose states never change."""
         if not self.model.frozen_backbone:
             raise ValueError("embeddings are cached only for a frozen backbone (head mode)")
         identity = backbone_identity(
             self.model.backbone, self.tokenizer, pooling=self.model.pooling,
-            max_length=self.max_length,
+            max_length=self.max_length, text=self.embed_text,
         )  # fmt: skip
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        if self.embed_text == "response":  # one entry per distinct response, whatever the prompt
+            prompts = [""] * len(responses)
         keys = [text_key(p, r) for p, r in zip(prompts, responses, strict=True)]
         device = next(self.model.parameters()).device
         was_training = self.model.training
@@ -172,11 +193,12 @@ class ScoringModel:
             return self.model.embed(**{k: v.to(device) for k, v in tokens(index).items()})
 
         try:
-            return cached_embeddings(
+            rows = cached_embeddings(
                 identity, keys, compute, batch_size=batch_size, lengths=lengths
             )
         finally:
             self.model.train(was_training)
+        return F.normalize(rows, dim=-1) if self.model.normalize and len(rows) else rows
 
     @torch.no_grad()
     def score(
@@ -235,10 +257,13 @@ def build_scoring_model(config: ModelConfig, *, kind: Kind, seed: int) -> Scorin
     model = ScalarModel(
         backbone, pooling=pooling, hidden_size=hidden, head=build_head(hidden, config.head),
         frozen_backbone=config.head is not None,
+        normalize=config.head is not None and config.head.normalize,
     )  # fmt: skip
+    head = config.head
     return ScoringModel(
-        model=model, tokenizer=tokenizer, kind=kind, max_length=config.train.max_length
-    )
+        model=model, tokenizer=tokenizer, kind=kind, max_length=config.train.max_length,
+        embed_text=head.text if head is not None else "prompt_response",
+    )  # fmt: skip
 
 
 def save_scoring_model(scoring: ScoringModel, path: str | Path) -> None:
@@ -269,6 +294,8 @@ def save_scoring_model(scoring: ScoringModel, path: str | Path) -> None:
         "frozen_backbone": model.frozen_backbone,
         **head_description(model.head),
     }
+    if model.frozen_backbone:
+        meta.update(embed_text=scoring.embed_text, normalize=model.normalize)
     atomic_write_text(path / "scalar_model.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -308,9 +335,11 @@ def load_scoring_model(path: str | Path) -> ScoringModel:
         backbone, pooling=meta["pooling"], hidden_size=hidden,
         head=head_from_description(hidden, meta),
         frozen_backbone=bool(meta.get("frozen_backbone", False)),
+        normalize=bool(meta.get("normalize", False)),
     )  # fmt: skip
     model.head.load_state_dict(load_file(str(path / "head.safetensors")))
     model.eval()
     return ScoringModel(
-        model=model, tokenizer=tokenizer, kind=meta["kind"], max_length=meta["max_length"]
-    )
+        model=model, tokenizer=tokenizer, kind=meta["kind"], max_length=meta["max_length"],
+        embed_text=meta.get("embed_text", "prompt_response"),
+    )  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -183,3 +185,55 @@ def test_head_mode_clips_each_unit_gradient(world_pairs, unit):
     step.model.remove_hooks()
     expected = reference / max(1, round(plan.expected_batch_size))
     torch.testing.assert_close(weight_before - head.weight.detach(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_response_text_ignores_the_prompt_and_has_its_own_cache_identity(world_pairs, tmp_path):
+    config = _config("reward_model.head={text: response, normalize: true}")
+    scoring = build_scoring_model(config, kind="reward", seed=0)
+    responses = [p.chosen for p in world_pairs[:4]]
+    with embedding_cache(tmp_path / "c"):
+        a = scoring.embed(["a prompt"] * 4, responses)
+        counter = _Counter(scoring)
+        b = scoring.embed(["another prompt"] * 4, responses)
+        assert counter.rows == 0  # one entry per response, whatever the prompt
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        # The response alone, one segment: what sentence-transformers' encode feeds the model.
+        enc = scoring.tokenizer(responses, truncation=True, max_length=scoring.max_length,
+                                padding=True, return_tensors="pt")  # fmt: skip
+        with torch.no_grad():
+            direct = torch.nn.functional.normalize(
+                scoring.model.embed(enc["input_ids"], enc["attention_mask"]), dim=-1
+            )
+        torch.testing.assert_close(a, direct, rtol=1e-5, atol=1e-5)
+        # The same texts as (empty prompt, response) pairs are another identity: a miss.
+        pair_mode = build_scoring_model(_config(), kind="reward", seed=0)
+        pair_counter = _Counter(pair_mode)
+        pair_mode.embed([""] * 4, responses)
+        assert pair_counter.rows == 4
+    with pytest.raises(ConfigError, match=r"reward_model.head.text"):
+        load_config(None, [*HEAD, "reward_model.head={text: prompt}"])
+
+
+def test_normalised_head_scores_each_text_alone_and_survives_save_and_load(world_pairs, tmp_path):
+    """``head.normalize`` is a fixed per-text map (no statistic of the data, so nothing beyond the
+    DP head is learnt from it): a text's score does not depend on the texts scored beside it, the
+    head reads unit vectors, and the saved directory records it for raw-text scoring."""
+    config = _config("reward_model.head={text: response, normalize: true}",
+                     "reward_model.privacy.target_epsilon=null")  # fmt: skip
+    result = train_reward_model(world_pairs, config=config, seed=0, progress=False)
+    prompts, chosen = [p.prompt for p in world_pairs], [p.chosen for p in world_pairs]
+    scores = result.model.score(prompts, chosen)
+    alone = torch.cat(
+        [result.model.score([p], [c]) for p, c in zip(prompts[:5], chosen[:5], strict=True)]
+    )
+    torch.testing.assert_close(alone, scores[:5], rtol=1e-5, atol=1e-5)
+    norms = result.model.embed(prompts, chosen).norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    save_training_output(result, tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "model" / "scalar_model.json").read_text())
+    assert (meta["embed_text"], meta["normalize"]) == ("response", True)
+    reloaded = load_scoring_model(tmp_path / "out" / "model")
+    torch.testing.assert_close(reloaded.score(prompts, chosen), scores, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the plain forward over tokens, as a user without safealign computes
+        forward = reloaded.model(**reloaded.encode(prompts, chosen))
+    torch.testing.assert_close(forward, scores, rtol=1e-5, atol=1e-5)

@@ -111,6 +111,8 @@ def test_the_export_holds_only_weights_a_public_tokenizer_and_a_card(tmp_path):
         (["reward_model.backbone=tiny"], "not a decoder"),
         (["reward_model.pooling=mean"], "pooling is 'mean'"),
         (["reward_model.lora=null", "reward_model.head={layers: mlp, hidden_size: 4}"], "MLP"),
+        (["reward_model.lora=null", "reward_model.head={normalize: true}"], "head.normalize"),
+        (["reward_model.lora=null", "reward_model.head={text: response}"], "head.text"),
     ],
 )
 def test_models_without_an_exact_equivalent_are_refused(tmp_path, overrides, reason):
