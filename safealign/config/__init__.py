@@ -27,6 +27,12 @@ from safealign.config.model import (
     TrainConfig,
     model_config_problems,
 )
+from safealign.config.policy import (
+    BUILTIN_POLICY_MODELS,  # noqa: F401
+    DistillConfig,
+    SamplerConfig,
+    SftConfig,
+)
 from safealign.config.root import AuditConfig, BudgetConfig, Config, GroupsConfig, PolicyConfig
 from safealign.config.safety import (
     MIN_STUDENT_T_N,  # noqa: F401
@@ -39,6 +45,7 @@ __all__ = [
     "BudgetConfig",
     "Config",
     "DataConfig",
+    "DistillConfig",
     "GroupsConfig",
     "HeadConfig",
     "LoraConfig",
@@ -46,6 +53,8 @@ __all__ = [
     "PolicyConfig",
     "PrivacyConfig",
     "SafetyConfig",
+    "SamplerConfig",
+    "SftConfig",
     "SyntheticConfig",
     "TrainConfig",
     "config_from_dict",

@@ -11,22 +11,15 @@ from safealign._typed import doc, to_plain
 from safealign.config._rules import _at_least, _open_unit, _positive, _seed_range
 from safealign.config.data import DataConfig
 from safealign.config.model import FEATURE_BACKBONE, ModelConfig, model_config_problems
+from safealign.config.policy import PolicyConfig, policy_config_problems
 from safealign.config.safety import SafetyConfig, safety_config_problems
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    method: Literal["tilting", "reinforce_lagrangian"] = field(
-        default="tilting", metadata=doc("Best-of-K tilting over candidates, or on-policy LM training.")
-    )
-    beta: float = field(default=0.1, metadata=doc("KL regularisation strength β.", _positive))
-    num_candidates: int = field(default=16, metadata=doc("Candidates sampled per prompt (K).", _at_least(2)))
 
 
 @dataclass(frozen=True)
 class GroupsConfig:
     mode: Literal["none", "given", "em"] = field(
-        default="none", metadata=doc("No groups, groups from the data's 'group' field, or learned by EM.")
+        default="none",
+        metadata=doc("No groups, groups from the data's 'group' field, or learned by EM."),
     )
     num_groups: int = field(default=2, metadata=doc("Clusters for EM.", _at_least(1)))
     normalize: Literal["reference", "regret"] = field(
@@ -40,7 +33,10 @@ class GroupsConfig:
     )
     em_max_iters: int = field(
         default=5,
-        metadata=doc("EM iterations, each a DP release; always all of them unless em_stop_early.", _at_least(1)),
+        metadata=doc(
+            "EM iterations, each a DP release; always all of them unless em_stop_early.",
+            _at_least(1),
+        ),
     )
     em_stop_early: bool = field(
         default=False,
@@ -71,11 +67,15 @@ class GroupsConfig:
 @dataclass(frozen=True)
 class BudgetConfig:
     epsilon: float = field(
-        default=8.0, metadata=doc("Lifetime ε budget of the people in the data (all runs on them).", _positive)
+        default=8.0,
+        metadata=doc("Lifetime ε budget of the people in the data (all runs on them).", _positive),
     )
     delta: float = field(
         default=1e-5,
-        metadata=doc("Lifetime δ budget; must be below 1/n for the n privacy units (checked before training).", _open_unit),
+        metadata=doc(
+            "Lifetime δ budget; must be below 1/n for the n privacy units (checked before training).",
+            _open_unit,
+        ),
     )
     ledger: str | None = field(
         default=None,
@@ -113,7 +113,9 @@ class Config:
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))
     cost_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Cost model."))
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata=doc("Policy optimisation."))
-    safety: SafetyConfig = field(default_factory=SafetyConfig, metadata=doc("Safety certification."))
+    safety: SafetyConfig = field(
+        default_factory=SafetyConfig, metadata=doc("Safety certification.")
+    )
     groups: GroupsConfig = field(default_factory=GroupsConfig, metadata=doc("User groups."))
     budget: BudgetConfig = field(default_factory=BudgetConfig, metadata=doc("Privacy budget."))
     audit: AuditConfig = field(default_factory=AuditConfig, metadata=doc("Audit report."))
@@ -134,6 +136,7 @@ def _cross_checks(cfg: Config) -> list[str]:
             "training data; their sum must be < 1"
         )
     problems.extend(f"safety.{p}" for p in safety_config_problems(cfg.safety))
+    problems.extend(policy_config_problems(cfg.policy, data_source=d.source))
     for name in ("reward_model", "cost_model"):
         model = getattr(cfg, name)
         problems.extend(model_config_problems(model, key=name))
