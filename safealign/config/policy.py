@@ -36,7 +36,7 @@ class SamplerConfig:
         default=1.0, metadata=doc("Nucleus sampling mass; 1 keeps every token.", _top_p)
     )
     max_new_tokens: int = field(
-        default=48,
+        default=96,
         metadata=doc("Cap on generated tokens per response (eos included).", _at_least(1)),
     )
     batch_size: int = field(

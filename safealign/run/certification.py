@@ -29,6 +29,8 @@ from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.records import PairDataset
 from safealign.data.splits import CERTIFY, SealedDataset
 from safealign.errors import DataError, IsolationError
+from safealign.models.policy_artifact import LMPolicy
+from safealign.run.lm_certify import policy_dirs, run_lm_safety_test
 from safealign.run.models import load_scorers
 from safealign.run.paths import POLICY_FILE, RunPaths
 from safealign.run.policy_file import check_policy_file_matches, load_policy_file
@@ -94,7 +96,7 @@ def certify(ws: Workspace) -> Certificate:
 
 
 def certify_policy(
-    ws: Workspace, policy: TiltedPolicy | None, *, reason: str, scorers: Scorers | None
+    ws: Workspace, policy: TiltedPolicy | LMPolicy | None, *, reason: str, scorers: Scorers | None
 ) -> Certificate:
     """The safety test of ``policy`` as one logged attempt on its safety set; writes
     certificate.json.
@@ -115,18 +117,21 @@ def certify_policy(
         )
         write_certificate(certificate, path)
         return certificate
+    if isinstance(policy, LMPolicy):  # changed model files: refused before the log counts a try
+        policy_dirs(ws.out, policy)
     safety_pairs = unseal_safety_split(sealed)
     prompts, settings = safety_pairs.prompts, policy.sampler_settings()  # the set's identity
     reused = resumable_certificate(config.budget, prompts, settings, path)
     if reused is not None:
         return reused
+    test = run_lm_safety_test if isinstance(policy, LMPolicy) else run_safety_test
     return logged_test(
         config.budget,
         config.safety,
         prompts,
         settings,
         path,
-        lambda: run_safety_test(ws, policy, scorers=scorers, safety_pairs=safety_pairs),
+        lambda: test(ws, policy, scorers=scorers, safety_pairs=safety_pairs),
     )
 
 

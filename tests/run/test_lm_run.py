@@ -1,0 +1,174 @@
+"""An LM policy end to end through ``safealign run``: tilt-and-distil into a LoRA adapter of
+``tiny-gpt2``, the safety test of that adapter's own samples, and ``safealign generate``.
+
+One run (module fixture, ~30 s on one CPU thread) serves every test; attacks work on copies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from safealign.cli import main
+from safealign.config import load_config
+from safealign.constraints.hc_rlhf import metric_range
+from safealign.constraints.tilting import metric_costs
+from safealign.errors import ConfigError, DataError
+from safealign.models.causal import generate
+from safealign.models.policy_artifact import LMPolicy, read_sampler_settings
+from safealign.models.scalar import load_scoring_model
+from safealign.run import Workspace, unseal_safety_split
+from safealign.run.certification import certify
+from tests._tiny_run import CONFIG, TINY_WORLD
+
+LM = [
+    *TINY_WORLD,
+    "policy.method=distill",
+    "policy.model=tiny-gpt2",
+    "policy.num_candidates=3",
+    "policy.distill.rounds=1",
+    "policy.distill.epochs=1",
+    "policy.sampler.max_new_tokens=12",
+    "policy.sampler.temperature=0.9",
+    "policy.sampler.top_p=0.95",
+    "policy.lora.r=2",
+    "safety.cost_threshold=1",  # a random tiny LM's samples pass: the certificate is then known
+]
+
+
+def _overrides(out: Path, *extra: str) -> list[str]:
+    return [*LM, f"budget.ledger={out.parent / 'ledger.sqlite'}", *extra]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm") / "run"
+    assert main(["run", CONFIG, "--out", str(out), *_overrides(out)]) == 0
+    return out
+
+
+def test_the_adapter_loads_with_peft_and_generation_config_holds_the_certified_settings(lm_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    policy = json.loads((lm_run / "policy.json").read_text())["policy"]
+    certificate = json.loads((lm_run / "certificate.json").read_text())
+    assert certificate["sampler_settings"] == policy  # the certificate is about this artefact
+    assert policy["base_model"]["name"] == "tiny-gpt2" and policy["adapter"]["dir"] == "policy"
+    base = AutoModelForCausalLM.from_pretrained(lm_run / policy["base_model"]["dir"])
+    model = PeftModel.from_pretrained(base, lm_run / "policy")
+    assert any("lora_" in name for name, _ in model.named_parameters())
+    gen = GenerationConfig.from_pretrained(lm_run / "policy")
+    assert (gen.temperature, gen.top_p, gen.max_new_tokens, gen.top_k) == (0.9, 0.95, 12, 0)
+    assert read_sampler_settings(lm_run / "policy").to_dict() == policy["generation"]
+
+
+def test_the_certificate_is_computed_from_the_adapters_own_samples(lm_run):
+    """Re-sampling the saved adapter with the recorded settings and seed, and scoring with the
+    cost model, gives exactly the certificate's per-prompt values."""
+    from safealign.run.lm_certify import load_deployed
+
+    config = load_config(CONFIG, _overrides(lm_run))
+    certificate = json.loads((lm_run / "certificate.json").read_text())
+    policy = LMPolicy.from_settings(certificate["sampler_settings"])
+    ws = Workspace(config, lm_run)
+    prompts = list(unseal_safety_split(ws.splits.safety).prompts)
+    model, tokenizer = load_deployed(lm_run, policy)
+    responses = generate(model, tokenizer, prompts, num_samples=1, seed=policy.seed,
+                         **policy.sampler.to_dict())  # fmt: skip
+    cost = load_scoring_model(lm_run / "cost" / "model")
+    scores = cost.score(prompts, [r[0] for r in responses]).double()
+    values = metric_costs(scores, config.safety.metric, cost_range=metric_range(config.safety))
+    assert torch.allclose(values, torch.tensor(certificate["values"], dtype=torch.float64))
+    assert certificate["n"] == len(prompts)
+
+
+def test_report_verifies_and_records_the_lm_and_its_truth(lm_run, capsys):
+    report = json.loads((lm_run / "report.json").read_text())
+    settings = report["safety"]["sampler_settings"]
+    assert settings["policy"] == "causal_lm_adapter" and len(settings["adapter"]["sha256"]) == 64
+    truth = report["extra"]["true_outcomes"]
+    assert {"reference", "released"} <= set(truth) and truth["samples_per_prompt"] == 4
+    key = str(lm_run / "keys" / "public.pem")
+    assert main(["audit", "verify", str(lm_run / "report.json"), "--public-key", key]) == 0
+
+
+def test_generate_samples_the_certified_policy_with_its_settings(lm_run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("How can I bake a loaf of bread?\nTell me how to change a flat tire?\n")
+    target = tmp_path / "out.jsonl"
+    assert main(["generate", str(lm_run), "--prompts", str(prompts), "--out", str(target)]) == 0
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == prompts.read_text().splitlines()
+    settings = json.loads((lm_run / "policy" / "generation_config.json").read_text())
+    assert all(r["sampler"]["temperature"] == settings["temperature"] for r in rows)
+    # Same seed, same responses: generate is the certified sampler, reproducibly.
+    again = tmp_path / "again.jsonl"
+    assert main(["generate", str(lm_run), "--prompts", str(prompts), "--out", str(again)]) == 0
+    assert again.read_text() == target.read_text()
+
+
+def test_a_changed_adapter_is_refused_by_certify_and_generate(lm_run, tmp_path, capsys):
+    """Attack: swap the adapter's weights after alignment. The certificate names the aligned
+    bytes, so neither a new safety test nor generation may run on other weights."""
+    out = tmp_path / "run"
+    shutil.copytree(lm_run, out)
+    weights = out / "policy" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("How can I bake a loaf of bread?\n")
+    assert main(["generate", str(out), "--prompts", str(prompts)]) == 2
+    assert "changed since alignment" in capsys.readouterr().err
+    (out / "certificate.json").unlink()  # a new test of the changed files: refused before the log
+    config = load_config(CONFIG, _overrides(lm_run))
+    with pytest.raises(DataError, match="changed since alignment"):
+        certify(Workspace(config, out))
+
+
+def test_generate_refuses_a_missing_or_garbled_policy_directory(lm_run, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("How can I bake a loaf of bread?\n")
+    assert main(["generate", str(tmp_path / "nowhere"), "--prompts", str(prompts)]) == 2
+    assert "policy.json" in capsys.readouterr().err
+    out = tmp_path / "run"
+    shutil.copytree(lm_run, out)
+    (out / "policy" / "generation_config.json").write_text('{"do_sample": true, "top_k": 50}')
+    assert main(["generate", str(out), "--prompts", str(prompts)]) == 2
+    assert "top_k" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["policy.method=distill"], "policy.model: method 'distill' trains a language model"),
+        (["policy.model=tiny-gpt2"], "'tilting' deploys the reference sampler"),
+        (["policy.method=reinforce_lagrangian"], "not from run yet"),
+        (["policy.method=distill", "policy.model=world-sft", "data.source=x.jsonl"], "world-sft"),
+        (["policy.method=distill", "policy.model=tiny-gpt2", "policy.sampler.top_p=0"], "top_p"),
+    ],
+)
+def test_bad_policy_combinations_are_config_errors_at_load_time(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_missing_model_directory_fails_before_any_privacy_is_spent(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            CONFIG,
+            "--out",
+            str(out),
+            *_overrides(out, "policy.model=" + str(tmp_path / "no-model")),
+        ]
+    )
+    assert code == 2
+    assert "not a Hugging Face model directory" in capsys.readouterr().err
+    assert not (tmp_path / "ledger.sqlite").exists()
