@@ -172,3 +172,60 @@ def test_a_missing_model_directory_fails_before_any_privacy_is_spent(tmp_path, c
     assert code == 2
     assert "not a Hugging Face model directory" in capsys.readouterr().err
     assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_a_second_run_resumes_from_the_cached_samples_and_adapters(lm_run, capsys):
+    """Nothing is sampled, trained, charged or tested again: the cached candidates, the round's
+    adapter and the logged certificate are reused, and the released adapter is byte-identical."""
+    from safealign.privacy.ledger import PrivacyLedger
+
+    cache = lm_run / "lm" / "round-0" / "candidates.json"
+    before = {p: p.stat().st_mtime_ns for p in (cache, lm_run / "certificate.json")}
+    policy = json.loads((lm_run / "policy.json").read_text())["policy"]
+    ledger = PrivacyLedger(lm_run.parent / "ledger.sqlite")
+    releases = [r.id for s in ledger.summary() for r in s.releases]
+    assert main(["run", CONFIG, "--out", str(lm_run), *_overrides(lm_run)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert json.loads((lm_run / "policy.json").read_text())["policy"] == policy
+    assert [r.id for s in ledger.summary() for r in s.releases] == releases
+    assert main(["certify", CONFIG, "--out", str(lm_run), *_overrides(lm_run)]) == 0
+
+
+def test_every_file_of_an_lm_run_is_classified_by_the_release_inventory(lm_run):
+    from safealign.audits.inventory import NOT_RELEASED, released_file, unclassified_fields
+
+    problems = []
+    for path in sorted(p for p in lm_run.rglob("*") if p.is_file()):
+        relative = path.relative_to(lm_run).as_posix()
+        if any(Path(relative).match(p) or relative == p for p in NOT_RELEASED):
+            continue
+        released = released_file(relative)
+        if released is None:
+            problems.append(f"{relative}: no entry in the release inventory")
+        elif released.json:
+            unknown = unclassified_fields(json.loads(path.read_text()), released)
+            problems += [f"{relative}: {field}" for field in unknown]
+    assert problems == []
+    assert released_file("policy/adapter_model.safetensors").name == "policy LM adapter"
+
+
+def test_world_sft_trains_on_fresh_public_prompts_only_and_deterministically():
+    """Attack: the SFT base must not have seen a prompt of the private dataset (nor, so, of its
+    sealed safety split). Its prompts are a fresh world's, minus every prompt of the run's world."""
+    from safealign.data.synthetic import SyntheticWorld
+    from safealign.run.lm_base import sft_texts, train_world_sft
+
+    config = load_config(CONFIG, [*LM, "policy.model=world-sft", "policy.sft.num_prompts=12",
+                                  "policy.sft.epochs=1", "policy.sft.n_embd=16",
+                                  "policy.sft.responses_per_prompt=2"])  # fmt: skip
+    world = SyntheticWorld(config.data.synthetic, seed=config.seed)
+    prompts, responses = sft_texts(config, world)
+    assert len(prompts) == 12 and not set(prompts) & set(world.prompts)
+    assert all(len(row) == 2 for row in responses)
+    assert sft_texts(config, world) == (prompts, responses)
+    first, _ = train_world_sft(config, world)
+    second, _ = train_world_sft(config, world)
+    for (name, a), (_, b) in zip(
+        first.state_dict().items(), second.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
