@@ -107,9 +107,16 @@ class PolicyConfig:
     sft: SftConfig = field(default_factory=SftConfig, metadata=doc("The built-in world-sft model."))
 
 
-def policy_config_problems(policy: PolicyConfig, *, data_source: str) -> list[str]:
-    """Constraints within ``policy`` and with the data source, checked at load time."""
+def policy_config_problems(
+    policy: PolicyConfig, *, data_source: str, safety_unit: str = "response"
+) -> list[str]:
+    """Constraints within ``policy`` and with the data source and safety unit, at load time."""
     problems = []
+    if policy.method == "distill" and safety_unit != "response":
+        problems.append(
+            f"safety.unit: {safety_unit!r} averages a resampler's K candidates per prompt; an LM "
+            "policy (method distill) is tested on one sampled response per prompt: use 'response'"
+        )
     if policy.method == "distill" and policy.model is None:
         problems.append(
             "policy.model: method 'distill' trains a language model; set policy.model to "

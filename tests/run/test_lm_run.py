@@ -23,7 +23,10 @@ from safealign.models.policy_artifact import LMPolicy, read_sampler_settings
 from safealign.models.scalar import load_scoring_model
 from safealign.run import Workspace, unseal_safety_split
 from safealign.run.certification import certify
-from tests._tiny_run import CONFIG, TINY_WORLD
+from tests._tiny_run import TINY_WORLD
+
+#: The shipped example (world-sft) at the tiny world's size, with the built-in tiny-gpt2 as base.
+CONFIG = str(Path(__file__).resolve().parents[2] / "examples" / "lm_world.yaml")
 
 LM = [
     *TINY_WORLD,
@@ -151,6 +154,10 @@ def test_generate_refuses_a_missing_or_garbled_policy_directory(lm_run, tmp_path
         (["policy.method=reinforce_lagrangian"], "not from run yet"),
         (["policy.method=distill", "policy.model=world-sft", "data.source=x.jsonl"], "world-sft"),
         (["policy.method=distill", "policy.model=tiny-gpt2", "policy.sampler.top_p=0"], "top_p"),
+        (
+            ["policy.method=distill", "policy.model=tiny-gpt2", "safety.unit=prompt_expectation"],
+            "one sampled response per prompt",
+        ),
     ],
 )
 def test_bad_policy_combinations_are_config_errors_at_load_time(overrides, message):
