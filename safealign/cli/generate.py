@@ -12,7 +12,7 @@ from safealign.cli.common import EXIT_OK
 def cmd_generate(args: argparse.Namespace) -> int:
     """Print (or write with ``--out``) one JSONL line per prompt: prompt, response, sampler."""
     from safealign._atomic import atomic_write_text
-    from safealign.run.generation import generate_responses, read_prompts
+    from safealign.run import generate_responses, read_prompts
 
     rows = generate_responses(
         args.run_dir, read_prompts(args.prompts), seed=args.seed,

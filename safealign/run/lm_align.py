@@ -86,6 +86,7 @@ def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
                 _load_adapter(model, folder / ADAPTER_DIR)  # resumed: this round already ran
                 continue
             q = _weights(ws, cands, aligned)
+            say(progress, _round_line(ws, index, cands, aligned, q))
             d = pc.distill
             distill(model, tokenizer, cands.prompts, cands.responses, q, lr=d.lr, epochs=d.epochs,
                     batch_size=d.batch_size, seed=_derive(config.seed, 0xD15, index))  # fmt: skip
@@ -197,6 +198,18 @@ def _weights(ws: Workspace, cands: Candidates, aligned: AlignResult) -> torch.Te
     cheapest = metric <= metric.min(-1, keepdim=True).values
     return torch.softmax(
         torch.where(cheapest, scored.rewards / ws.config.policy.beta, -math.inf), -1
+    )
+
+
+def _round_line(ws: Workspace, index: int, cands: Candidates, aligned: AlignResult, q) -> str:
+    """One progress line per round: the LM's mean metric, the tilt's lambda and its metric."""
+    scored = score_candidates(cands, aligned.scorers)
+    safety = ws.config.safety
+    metric = metric_costs(scored.costs, safety.metric, cost_range=metric_range(safety))
+    lam = aligned.selection.lambda_
+    return (
+        f"      round {index + 1}: the LM's samples {safety.metric} {float(metric.mean()):.3f}; "
+        f"tilt lambda {'inf' if lam is None else f'{lam:.3g}'} -> {float((q * metric).sum(-1).mean()):.3f}"
     )
 
 
