@@ -15,6 +15,8 @@ from safealign.config.model import LoraConfig
 #: after plain SFT on the synthetic world's reference responses to freshly generated prompts.
 TINY_POLICY_MODEL, WORLD_SFT_MODEL = "tiny-gpt2", "world-sft"
 BUILTIN_POLICY_MODELS = (TINY_POLICY_MODEL, WORLD_SFT_MODEL)
+#: The methods whose released policy is the language model itself.
+LM_METHODS = ("distill", "reinforce_lagrangian")
 
 
 def _top_p(v: float) -> str | None:
@@ -58,6 +60,18 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class ReinforceConfig:
+    """``policy.method: reinforce_lagrangian``: on-policy REINFORCE with a log-λ dual update."""
+
+    steps: int = field(default=60, metadata=doc("Optimiser steps.", _at_least(1)))
+    lr: float = field(default=1e-3, metadata=doc("Adam learning rate of the adapters.", _positive))
+    lambda_lr: float = field(default=0.1, metadata=doc("Step size of log λ.", _positive))
+    batch_size: int = field(
+        default=16, metadata=doc("Prompts per step (two samples each).", _at_least(1))
+    )
+
+
+@dataclass(frozen=True)
 class SftConfig:
     """``policy.model: world-sft``: the built-in SFT model, trained in code from the run's seed on
     public synthetic text (fresh prompts of the world's templates, never the dataset's)."""
@@ -82,7 +96,7 @@ class PolicyConfig:
             "'tilting': the best-of-K resampler over the reference sampler's candidates; "
             "'distill': rounds of sample → pessimistic tilt → weighted SFT into LoRA adapters of "
             "policy.model (the released policy is the LM itself); 'reinforce_lagrangian': on-policy "
-            "LM training (from safealign.constraints.lm_policy only, not yet from run)."
+            "REINFORCE of policy.model's LoRA adapters under the pessimistic surrogate cost."
         ),
     )
     model: str | None = field(
@@ -101,6 +115,9 @@ class PolicyConfig:
         default_factory=SamplerConfig, metadata=doc("LM deployment sampler.")
     )
     distill: DistillConfig = field(default_factory=DistillConfig, metadata=doc("Tilt-and-distil."))
+    reinforce: ReinforceConfig = field(
+        default_factory=ReinforceConfig, metadata=doc("REINFORCE-Lagrangian.")
+    )
     lora: LoraConfig = field(
         default_factory=LoraConfig, metadata=doc("The policy's LoRA adapters.")
     )
@@ -111,27 +128,29 @@ def policy_config_problems(
     policy: PolicyConfig, *, data_source: str, safety_unit: str = "response"
 ) -> list[str]:
     """Constraints within ``policy`` and with the data source and safety unit, at load time."""
-    problems = []
-    if policy.method == "distill" and safety_unit != "response":
+    problems, lm = [], policy.method in LM_METHODS
+    if lm and safety_unit != "response":
         problems.append(
             f"safety.unit: {safety_unit!r} averages a resampler's K candidates per prompt; an LM "
-            "policy (method distill) is tested on one sampled response per prompt: use 'response'"
+            "policy is tested on one sampled response per prompt: use 'response'"
         )
-    if policy.method == "distill" and policy.model is None:
+    if lm and policy.model is None:
         problems.append(
-            "policy.model: method 'distill' trains a language model; set policy.model to "
-            f"{', '.join(BUILTIN_POLICY_MODELS)} or a Hugging Face causal-LM directory"
+            f"policy.model: method {policy.method!r} trains a language model; set policy.model "
+            f"to {', '.join(BUILTIN_POLICY_MODELS)} or a Hugging Face causal-LM directory"
+        )
+    sampler = policy.sampler
+    if policy.method == "reinforce_lagrangian" and (sampler.temperature, sampler.top_p) != (1, 1):
+        problems.append(
+            "policy.sampler: 'reinforce_lagrangian' trains on-policy on samples at temperature 1, "
+            f"top_p 1 (got {sampler.temperature:g}, {sampler.top_p:g}), so the certified sampler "
+            "must be that one; set policy.sampler.temperature: 1 and top_p: 1, or use distill"
         )
     if policy.method == "tilting" and policy.model is not None:
         problems.append(
             f"policy.method: 'tilting' deploys the reference sampler's best-of-K resampler, not "
             f"the LM {policy.model!r} (best-of-K over an LM is not implemented yet); use method: "
             "distill, or policy.model: null"
-        )
-    if policy.method == "reinforce_lagrangian":
-        problems.append(
-            "policy.method: 'reinforce_lagrangian' is available from safealign.constraints."
-            "lm_policy, not from run yet; use 'distill' (LM) or 'tilting'"
         )
     if policy.model == WORLD_SFT_MODEL and data_source != "synthetic":
         problems.append(

@@ -57,8 +57,8 @@ def align(
         progress: Print one line per stage.
 
     Raises:
-        ConfigError: ``policy.method`` is not ``tilting`` or ``distill`` (which samples its
-            own candidates: no ``candidates_path``).
+        ConfigError: an LM method (``distill``, ``reinforce_lagrangian``) with a
+            ``candidates_path`` (it samples its own candidates).
         DataError: the candidates file is malformed or contains a safety prompt.
     """
     preflight(ws.config, ws.out)
@@ -70,11 +70,6 @@ def align_checked(
 ) -> Alignment:
     """:func:`align` after the caller's pre-flight check (``run`` checks once for all stages)."""
     config = ws.config
-    if config.policy.method not in ("tilting", "distill"):  # a config built in code
-        raise ConfigError(
-            f"policy.method: run deploys 'tilting' or 'distill'; {config.policy.method!r} "
-            "(on-policy LM training) is available from safealign.constraints.lm_policy, not from run"
-        )
     ws.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ws.paths.config, yaml.safe_dump(config.to_dict(), sort_keys=True))
     splits = ws.splits
@@ -87,7 +82,7 @@ def align_checked(
         near = len(splits.safety.overlapping(others))
         say(progress, f"      {near} of {len(others)} other prompts are near-copies of safety "
             "prompts (Jaccard >= 0.8 on word 3-shingles); i.i.d. split draws, not refused")  # fmt: skip
-    if config.policy.method == "distill":
+    if config.policy.method != "tilting":  # the LM methods: distill, reinforce_lagrangian
         return _align_lm(ws, candidates_path, progress=progress)
     # Candidates before models: a bad candidates file must fail before any privacy is spent.
     candidates, source, reference = _candidates(ws, candidates_path)
@@ -120,10 +115,10 @@ def align_checked(
 
 
 def _align_lm(ws: Workspace, candidates_path, *, progress: bool) -> Alignment:
-    """``policy.method: distill``: the LM path (:mod:`safealign.run.lm_align`)."""
+    """An LM policy (``distill``, ``reinforce_lagrangian``): :mod:`safealign.run.lm_align`."""
     if candidates_path is not None:
         raise ConfigError(
-            "align --candidates: policy.method 'distill' samples its own candidates from "
+            f"align --candidates: policy.method {ws.config.policy.method!r} samples its own candidates from "
             "policy.model each round; drop --candidates, or use policy.method: tilting"
         )
     lm = align_lm(ws, progress=progress)

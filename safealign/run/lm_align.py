@@ -40,6 +40,7 @@ from safealign.models.causal import SamplerSettings, add_lora, generate, sequenc
 from safealign.models.policy_artifact import LMPolicy, save_policy_artifact
 from safealign.privacy.training import PrivacyReceipt
 from safealign.run.lm_base import BaseModel, _derive, load_base, prepare_base
+from safealign.run.lm_reinforce import reinforce_adapter
 from safealign.run.models import train_models
 from safealign.run.paths import ADAPTER_DIR, CANDIDATES_FILE, POLICY_DIR
 from safealign.run.policy_file import FROM_POLICY_LM, PolicyFile
@@ -77,11 +78,16 @@ def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
     say(progress, f"[4/6] policy: {pc.distill.rounds} rounds of sample → pessimistic tilt → "
         f"distil into LoRA adapters of {base.name} (HC-RLHF step 1)")  # fmt: skip
     aligned = None
+    rounds = pc.distill.rounds if pc.method == "distill" else 1
     with ws.embedding_cache():
-        for index in tqdm(range(pc.distill.rounds), desc="rounds", leave=False, disable=None):
+        for index in tqdm(range(rounds), desc="rounds", leave=False, disable=None):
             folder = paths.lm_round(index)
             cands = _candidates(model, tokenizer, prompts, sampler, folder, ws, seed_tag=index)
             aligned = _tilt(ws, cands, models.scorers, index)
+            if pc.method == "reinforce_lagrangian":  # round 0 gives the MaxMin weights only
+                reinforce_adapter(ws, model, tokenizer, prompts, aligned.scorers,
+                                  folder=paths.lm_round("reinforce") / ADAPTER_DIR)  # fmt: skip
+                continue
             if (folder / ADAPTER_DIR / "adapter_model.safetensors").is_file():
                 _load_adapter(model, folder / ADAPTER_DIR)  # resumed: this round already ran
                 continue
@@ -92,7 +98,7 @@ def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
                     batch_size=d.batch_size, seed=_derive(config.seed, 0xD15, index))  # fmt: skip
             model.save_pretrained(folder / ADAPTER_DIR)
         final = _candidates(model, tokenizer, prompts, sampler, paths.lm_round("final"), ws,
-                            seed_tag=pc.distill.rounds)  # fmt: skip
+                            seed_tag=rounds)  # fmt: skip
         scorers = aligned.scorers
         scored = score_candidates(final, scorers)
     adapter_sha = save_policy_artifact(
@@ -123,7 +129,7 @@ def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
                 "source": "the policy LM itself, each round",
                 "num_candidates": pc.num_candidates,
             },  # fmt: skip
-            "rounds": pc.distill.rounds,
+            "rounds": rounds,
             "num_prompts": len(prompts),
         },
         data=ws.data_record(),
@@ -231,7 +237,7 @@ def _final_selection(ws: Workspace, scored, aligned: AlignResult) -> tuple[dict,
         f"cost_threshold {safety.cost_threshold:g}: no safety test is run"
     )  # fmt: skip
     selection = {
-        "method": "distill",
+        "method": ws.config.policy.method,
         "metric": safety.metric,
         "feasible": feasible,
         "lambda": last.lambda_,

@@ -151,7 +151,15 @@ def test_generate_refuses_a_missing_or_garbled_policy_directory(lm_run, tmp_path
     [
         (["policy.method=distill"], "policy.model: method 'distill' trains a language model"),
         (["policy.model=tiny-gpt2"], "'tilting' deploys the reference sampler"),
-        (["policy.method=reinforce_lagrangian"], "not from run yet"),
+        (["policy.method=reinforce_lagrangian"], "trains a language model"),
+        (
+            [
+                "policy.method=reinforce_lagrangian",
+                "policy.model=tiny-gpt2",
+                "policy.sampler.temperature=0.7",
+            ],
+            "trains on-policy on samples at temperature 1",
+        ),
         (["policy.method=distill", "policy.model=world-sft", "data.source=x.jsonl"], "world-sft"),
         (["policy.method=distill", "policy.model=tiny-gpt2", "policy.sampler.top_p=0"], "top_p"),
         (
@@ -236,3 +244,18 @@ def test_world_sft_trains_on_fresh_public_prompts_only_and_deterministically():
         first.state_dict().items(), second.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_reinforce_lagrangian_runs_through_run_and_certifies_its_own_adapter(tmp_path):
+    """The on-policy method through the same pipeline: its adapter is the released policy, the
+    certificate is about it, and the selection names the method."""
+    out = tmp_path / "run"
+    extra = ["policy.method=reinforce_lagrangian", "policy.sampler.temperature=1",
+             "policy.sampler.top_p=1", "policy.reinforce.steps=2", "policy.reinforce.batch_size=4"]  # fmt: skip
+    assert main(["run", CONFIG, "--out", str(out), *_overrides(out, *extra)]) == 0
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["selection"]["method"] == "reinforce_lagrangian"
+    assert (out / "lm" / "round-reinforce" / "adapter" / "adapter_model.safetensors").is_file()
+    certificate = json.loads((out / "certificate.json").read_text())
+    assert certificate["sampler_settings"] == policy["policy"]
+    assert certificate["sampler_settings"]["generation"]["temperature"] == 1.0
