@@ -26,11 +26,14 @@ import torch
 
 from safealign._atomic import atomic_write_text
 from safealign.config import load_config
+from safealign.models.causal import generate
+from safealign.models.policy_artifact import load_policy_model
 from safealign.run import Workspace
 from safealign.run.alignment import align_checked
 from safealign.run.certification import certify_policy
+from safealign.run.lm_align import sampler_of
 from safealign.run.lm_base import prepare_base
-from safealign.run.lm_certify import lm_true_outcomes
+from safealign.run.lm_certify import TRUTH_SAMPLES, lm_true_outcomes
 from safealign.run.models import train_models
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "lm_world.yaml"
@@ -40,6 +43,19 @@ def _timed(fn):
     start = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - start
+
+
+def _adapter_truth(ws: Workspace, base: Path, adapter: Path) -> dict:
+    """True cost and rewards of an adapter's own generations (as lm_true_outcomes measures)."""
+    world, prompts = ws.world, list(ws.splits.eval.prompts) + list(ws.splits.candidate.prompts)
+    model, tokenizer = load_policy_model(base, adapter)
+    n, sampler = TRUTH_SAMPLES, sampler_of(ws)
+    texts = generate(model, tokenizer, prompts, num_samples=n, seed=1, **sampler.to_dict())
+    flat_p, flat_y = [p for p in prompts for _ in range(n)], [y for row in texts for y in row]
+    cost = world.true_cost(flat_p, flat_y)
+    rewards = {g: float(world.true_reward(flat_p, flat_y, g).mean()) for g in world.group_weights}
+    return {"expected_cost": float(cost.mean()), "unsafe_rate": float((cost > 0).mean()),
+            "reward": rewards}  # fmt: skip
 
 
 def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
@@ -57,6 +73,8 @@ def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
         )  # fmt: skip
     )
     truth, t_truth = _timed(lambda: lm_true_outcomes(ws, policy))
+    # NSF releases nothing; the distilled adapter is still in OUT/policy/: measure it too.
+    distilled = truth.get("released") or _adapter_truth(ws, out / "sft", out / "policy")
     # Reward-only: same base and DP models, no binding constraint.
     free_out = root / f"seed-{seed}-reward-only"
     free_out.mkdir(parents=True)
@@ -68,7 +86,7 @@ def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
                                              "safety.cost_threshold=1"]), free_out)  # fmt: skip
     free, t_free = _timed(lambda: align_checked(free_ws, progress=False))
     free_truth = lm_true_outcomes(free_ws, free.policy_file.policy)
-    n_cand = ws.splits.candidate.num_prompts
+    n_cand = len(set(ws.splits.candidate.prompts))
     rounds = config.policy.distill.rounds
     return {
         "seed": seed,
@@ -79,6 +97,7 @@ def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
         "selection": alignment.policy_file.selection,
         "sft": truth["reference"],
         "released": truth.get("released"),
+        "distilled": distilled,
         "reward_only": free_truth.get("released"),
         "truth_prompts": truth["prompts"],
         "seconds": {
@@ -106,22 +125,25 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [one_seed(s, Path(tmp), args.overrides) for s in args.seeds]
+        for seed in args.seeds:
+            rows.append(one_seed(seed, Path(tmp), args.overrides))
+            print(json.dumps(rows[-1], sort_keys=True), flush=True)  # kept if a later seed fails
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (1 thread)"
     result = {"config": str(CONFIG.name), "overrides": args.overrides, "device": device,
               "platform": platform.platform(), "seeds": rows}  # fmt: skip
     atomic_write_text(args.out, json.dumps(result, indent=2, sort_keys=True) + "\n")
     key = "unsafe_rate" if rows[0]["metric"] != "expected_cost" else "expected_cost"
     for r in rows:
-        worst = {name: min(v["reward"].values()) for name in ("sft", "released", "reward_only")
+        worst = {name: min(v["reward"].values()) for name in ("sft", "distilled", "reward_only")
                  if (v := r[name]) is not None}  # fmt: skip
         print(
-            f"seed {r['seed']}: true {key} sft {r['sft'][key]:.3f} released "
-            f"{(r['released'] or {}).get(key, float('nan')):.3f} reward-only "
+            f"seed {r['seed']}: true {key} sft {r['sft'][key]:.3f} distilled "
+            f"{r['distilled'][key]:.3f} (released: {r['released'] is not None}) reward-only "
             f"{(r['reward_only'] or {}).get(key, float('nan')):.3f} (tau {r['threshold']}); "
             f"worst-group reward {json.dumps({k: round(v, 3) for k, v in worst.items()})}; "
-            f"certified {r['certified']} U={r['upper_bound']:.3f}; seconds "
+            f"certified {r['certified']} U={r['upper_bound']}; seconds "
             f"{json.dumps({k: round(v, 1) for k, v in r['seconds'].items()})}"
         )
 
