@@ -1,4 +1,5 @@
-"""The align stage for a language-model policy (``policy.method: distill``).
+"""The align stage for a language-model policy (``policy.method: distill``; the on-policy
+``reinforce_lagrangian`` shares everything here but its training, :mod:`.lm_reinforce`).
 
 Rounds of HC-RLHF tilting distilled into the LM (DESIGN.md, "Optimisers for step 1"): each round
 samples K responses per candidate prompt from the *current* LM with the deployment sampler,
@@ -39,7 +40,13 @@ from safealign.constraints.tilting import metric_costs
 from safealign.models.causal import SamplerSettings, add_lora, generate, sequence_logprobs
 from safealign.models.policy_artifact import LMPolicy, save_policy_artifact
 from safealign.privacy.training import PrivacyReceipt
-from safealign.run.lm_base import BaseModel, _derive, load_base, prepare_base
+from safealign.run.lm_base import (
+    BaseModel,
+    _derive,
+    load_adapter_weights,
+    load_base,
+    prepare_base,
+)
 from safealign.run.lm_reinforce import reinforce_adapter
 from safealign.run.models import train_models
 from safealign.run.paths import ADAPTER_DIR, CANDIDATES_FILE, POLICY_DIR
@@ -66,8 +73,9 @@ def sampler_of(ws: Workspace) -> SamplerSettings:
 
 
 def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
-    """Tilt-and-distil rounds into LoRA adapters of ``policy.model``; writes ``policy/`` and
-    the policy file content (the caller writes ``policy.json``)."""
+    """Tilt-and-distil rounds (or REINFORCE-Lagrangian, :mod:`~safealign.run.lm_reinforce`) into
+    LoRA adapters of ``policy.model``; writes ``policy/`` and returns the policy file content
+    (the caller writes ``policy.json``)."""
     config, paths = ws.config, ws.paths
     pc = config.policy
     base = prepare_base(ws, progress=progress)  # public data only: before any privacy is spent
@@ -75,8 +83,12 @@ def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
     model, tokenizer = load_base(base, seed=config.seed)
     model = add_lora(model, pc.lora, seed=config.seed)
     sampler, prompts = sampler_of(ws), list(ws.splits.candidate.prompts)
-    say(progress, f"[4/6] policy: {pc.distill.rounds} rounds of sample → pessimistic tilt → "
-        f"distil into LoRA adapters of {base.name} (HC-RLHF step 1)")  # fmt: skip
+    how = (
+        f"{pc.distill.rounds} rounds of sample → pessimistic tilt → distil"
+        if pc.method == "distill"
+        else f"{pc.reinforce.steps} REINFORCE-Lagrangian steps"
+    )
+    say(progress, f"[4/6] policy: {how} into LoRA adapters of {base.name} (HC-RLHF step 1)")
     aligned = None
     rounds = pc.distill.rounds if pc.method == "distill" else 1
     with ws.embedding_cache():
@@ -89,7 +101,7 @@ def align_lm(ws: Workspace, *, progress: bool = True) -> LMAlignment:
                                   folder=paths.lm_round("reinforce") / ADAPTER_DIR)  # fmt: skip
                 continue
             if (folder / ADAPTER_DIR / "adapter_model.safetensors").is_file():
-                _load_adapter(model, folder / ADAPTER_DIR)  # resumed: this round already ran
+                load_adapter_weights(model, folder / ADAPTER_DIR)  # resumed: this round already ran
                 continue
             q = _weights(ws, cands, aligned)
             say(progress, _round_line(ws, index, cands, aligned, q))
@@ -262,16 +274,6 @@ def _group_rewards(ws: Workspace, scored, scorers: Scorers) -> dict[str, float] 
     normalized = normalize_group_rewards(scored.group_rewards, mode=ws.config.groups.normalize,
                                          beta=ws.config.policy.beta, log_p=scored.log_p)  # fmt: skip
     return {g: float(normalized[i].mean()) for i, g in enumerate(scorers.group_rewards)}
-
-
-def _load_adapter(model, folder: Path) -> None:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = load_file(str(folder / "adapter_model.safetensors"))
-    set_peft_model_state_dict(
-        model, {k: v.to(next(model.parameters()).device) for k, v in state.items()}
-    )
 
 
 def _plain(value):

@@ -89,6 +89,17 @@ def load_base(base: BaseModel, *, seed: int) -> tuple[nn.Module, PreTrainedToken
     return model.to(policy_device()), tokenizer
 
 
+def load_adapter_weights(model: nn.Module, folder: Path) -> None:
+    """Load a saved round's LoRA weights into ``model`` (a peft model), on its device."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    set_peft_model_state_dict(
+        model, {k: v.to(next(model.parameters()).device) for k, v in state.items()}
+    )
+
+
 def sft_texts(config: Config, world: SyntheticWorld) -> tuple[list[str], list[list[str]]]:
     """Public SFT data: fresh world prompts (none of ``world``'s) and reference responses."""
     sft = config.policy.sft

@@ -19,7 +19,7 @@ from safealign.constraints.bounds import pessimism_k
 from safealign.constraints.hc_rlhf import metric_range
 from safealign.constraints.lm_policy import reinforce_lagrangian
 from safealign.constraints.tilting import metric_costs
-from safealign.run.lm_base import _derive
+from safealign.run.lm_base import _derive, load_adapter_weights
 from safealign.run.workspace import Workspace
 
 
@@ -27,10 +27,8 @@ def reinforce_adapter(
     ws: Workspace, model, tokenizer, prompts: list[str], scorers: Scorers, *, folder: Path
 ) -> None:
     """Train ``model``'s adapters in place, or load them from ``folder`` when a run resumes."""
-    from safealign.run.lm_align import _load_adapter
-
     if (folder / "adapter_model.safetensors").is_file():
-        _load_adapter(model, folder)
+        load_adapter_weights(model, folder)
         return
     config = ws.config
     safety, rc = config.safety, config.policy.reinforce

@@ -1,7 +1,8 @@
 """An LM policy end to end through ``safealign run``: tilt-and-distil into a LoRA adapter of
 ``tiny-gpt2``, the safety test of that adapter's own samples, and ``safealign generate``.
 
-One run (module fixture, ~30 s on one CPU thread) serves every test; attacks work on copies.
+One run (module fixture, ~35 s on one CPU thread) serves every test; attacks work on copies.
+The tests that use it, and the reinforce_lagrangian run, are marked ``integration``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def lm_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.integration
 def test_the_adapter_loads_with_peft_and_generation_config_holds_the_certified_settings(lm_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, GenerationConfig
@@ -70,6 +72,7 @@ def test_the_adapter_loads_with_peft_and_generation_config_holds_the_certified_s
     assert read_sampler_settings(lm_run / "policy").to_dict() == policy["generation"]
 
 
+@pytest.mark.integration
 def test_the_certificate_is_computed_from_the_adapters_own_samples(lm_run):
     """Re-sampling the saved adapter with the recorded settings and seed, and scoring with the
     cost model, gives exactly the certificate's per-prompt values."""
@@ -90,6 +93,7 @@ def test_the_certificate_is_computed_from_the_adapters_own_samples(lm_run):
     assert certificate["n"] == len(prompts)
 
 
+@pytest.mark.integration
 def test_report_verifies_and_records_the_lm_and_its_truth(lm_run, capsys):
     report = json.loads((lm_run / "report.json").read_text())
     settings = report["safety"]["sampler_settings"]
@@ -100,6 +104,7 @@ def test_report_verifies_and_records_the_lm_and_its_truth(lm_run, capsys):
     assert main(["audit", "verify", str(lm_run / "report.json"), "--public-key", key]) == 0
 
 
+@pytest.mark.integration
 def test_generate_samples_the_certified_policy_with_its_settings(lm_run, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("How can I bake a loaf of bread?\nTell me how to change a flat tire?\n")
@@ -115,6 +120,7 @@ def test_generate_samples_the_certified_policy_with_its_settings(lm_run, tmp_pat
     assert again.read_text() == target.read_text()
 
 
+@pytest.mark.integration
 def test_a_changed_adapter_is_refused_by_certify_and_generate(lm_run, tmp_path, capsys):
     """Attack: swap the adapter's weights after alignment. The certificate names the aligned
     bytes, so neither a new safety test nor generation may run on other weights."""
@@ -134,6 +140,7 @@ def test_a_changed_adapter_is_refused_by_certify_and_generate(lm_run, tmp_path, 
         certify(Workspace(config, out))
 
 
+@pytest.mark.integration
 def test_generate_refuses_a_missing_or_garbled_policy_directory(lm_run, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("How can I bake a loaf of bread?\n")
@@ -189,6 +196,7 @@ def test_a_missing_model_directory_fails_before_any_privacy_is_spent(tmp_path, c
     assert not (tmp_path / "ledger.sqlite").exists()
 
 
+@pytest.mark.integration
 def test_a_second_run_resumes_from_the_cached_samples_and_adapters(lm_run, capsys):
     """Nothing is sampled, trained, charged or tested again: the cached candidates, the round's
     adapter and the logged certificate are reused, and the released adapter is byte-identical."""
@@ -206,6 +214,7 @@ def test_a_second_run_resumes_from_the_cached_samples_and_adapters(lm_run, capsy
     assert main(["certify", CONFIG, "--out", str(lm_run), *_overrides(lm_run)]) == 0
 
 
+@pytest.mark.integration
 def test_every_file_of_an_lm_run_is_classified_by_the_release_inventory(lm_run):
     from safealign.audits.inventory import NOT_RELEASED, released_file, unclassified_fields
 
@@ -246,6 +255,7 @@ def test_world_sft_trains_on_fresh_public_prompts_only_and_deterministically():
         assert torch.equal(a, b), name
 
 
+@pytest.mark.integration
 def test_reinforce_lagrangian_runs_through_run_and_certifies_its_own_adapter(tmp_path):
     """The on-policy method through the same pipeline: its adapter is the released policy, the
     certificate is about it, and the selection names the method."""
