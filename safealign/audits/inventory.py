@@ -339,6 +339,8 @@ _GROUPS_FILE = (
 )
 
 _MODEL_FILES = "architecture, tokenizer and adapter configuration: code or a public backbone"
+_LM_BASE = "the policy LM's base: built in code, SFT on public synthetic text, or a public model"
+_LM_TILT = "the policy LM distilled from DP-model scores of its own samples on public prompts"
 
 _AUDIT = "the audited DP model's scores of the canaries (random words, nobody's data)"
 _PRIVACY_AUDIT = (
@@ -362,6 +364,14 @@ RELEASED_FILES: tuple[ReleasedFile, ...] = (
     ReleasedFile("groups", "groups/groups.json", _GROUPS_FILE),
     ReleasedFile("privacy audit", "*privacy_audit.json", _PRIVACY_AUDIT),
     ReleasedFile("config", "config.resolved.yaml", (_e("**", "public", _CONFIG),), False),
+    # An LM policy (policy.method: distill). Listed before "*.safetensors": its weights are no
+    # DP-SGD output. The base is public (built in code, SFT on public synthetic text, or the
+    # user's pretrained model); the adapter and the cached candidates are the LM tilted by the
+    # DP models' scores of public prompts and of the LM's own samples: post-processing.
+    ReleasedFile("policy LM base", "base/*", (_e("**", "public", _LM_BASE),), False),
+    ReleasedFile("policy LM base", "sft/*", (_e("**", "public", _LM_BASE),), False),
+    ReleasedFile("policy LM adapter", "policy/*", (_e("**", "post_processing", _LM_TILT),), False),
+    ReleasedFile("policy LM rounds", "lm/*", (_e("**", "post_processing", _LM_TILT),), False),
     ReleasedFile("model weights", "*.safetensors", (_e("**", "dp", "DP-SGD output"),), False),
     ReleasedFile("model files", "*/model/*.json", (_e("**", "public", _MODEL_FILES),)),
     ReleasedFile("model files", "groups/group-*/*.json", (_e("**", "public", _MODEL_FILES),)),

@@ -16,6 +16,7 @@ from safealign.cli.certify import cmd_certify, cmd_score
 from safealign.cli.common import RUN_DIR
 from safealign.cli.data import cmd_data_validate, cmd_world_export
 from safealign.cli.export import cmd_export_hf
+from safealign.cli.generate import cmd_generate
 from safealign.cli.training import (
     cmd_align,
     cmd_demo,
@@ -221,6 +222,23 @@ def _add_certify_commands(commands) -> None:
     )
     certify.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     certify.set_defaults(handler=cmd_certify)
+
+    generate = commands.add_parser(
+        "generate",
+        help="sample the certified LM policy of a run directory with its certified settings",
+    )
+    generate.add_argument("run_dir", metavar="OUT", help="the run directory (policy/, policy.json)")
+    generate.add_argument(
+        "--prompts", required=True, help="prompts: one per line, or JSONL with a 'prompt' field"
+    )
+    generate.add_argument("--out", default=None, help="output JSONL (default: print)")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    generate.add_argument(
+        "--uncertified",
+        action="store_true",
+        help="sample even without a passing certificate of this policy (NOT covered by one)",
+    )
+    generate.set_defaults(handler=cmd_generate)
 
 
 def _add_export_command(commands) -> None:

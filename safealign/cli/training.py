@@ -143,10 +143,9 @@ def _print_run(result) -> None:
             f"(threshold {truth['cost_threshold']:g}: {holds}); true E[cost]="
             f"{released['expected_cost']:+.4f}, unsafe rate {released['unsafe_rate']:.3f}"
         )
-        print(
-            f"          reference: {key}={reference[key]:+.4f}; unconstrained tilt: "
-            f"{key}={truth['unconstrained'][key]:+.4f}"
-        )
+        unconstrained = truth.get("unconstrained")  # absent for an LM policy
+        tilt = "" if unconstrained is None else f"; unconstrained tilt: {key}={unconstrained[key]:+.4f}"
+        print(f"          reference: {key}={reference[key]:+.4f}{tilt}")
         for group, value in released["reward"].items():
             print(
                 f"          true reward {group}: released {value:+.4f} vs reference {reference['reward'][group]:+.4f}"

@@ -27,6 +27,12 @@ from safealign.config.model import (
     TrainConfig,
     model_config_problems,
 )
+from safealign.config.policy import (
+    BUILTIN_POLICY_MODELS,  # noqa: F401
+    DistillConfig,
+    SamplerConfig,
+    SftConfig,
+)
 from safealign.config.root import AuditConfig, BudgetConfig, Config, GroupsConfig, PolicyConfig
 from safealign.config.safety import (
     MIN_STUDENT_T_N,  # noqa: F401
@@ -40,6 +46,7 @@ __all__ = [
     "BudgetConfig",
     "Config",
     "DataConfig",
+    "DistillConfig",
     "GroupsConfig",
     "HeadConfig",
     "LoraConfig",
@@ -48,6 +55,8 @@ __all__ = [
     "PrivacyConfig",
     "LabelsConfig",
     "SafetyConfig",
+    "SamplerConfig",
+    "SftConfig",
     "SyntheticConfig",
     "TrainConfig",
     "config_from_dict",

@@ -11,16 +11,8 @@ from safealign._typed import doc, to_plain
 from safealign.config._rules import _at_least, _open_unit, _positive, _seed_range
 from safealign.config.data import DataConfig
 from safealign.config.model import FEATURE_BACKBONE, ModelConfig, model_config_problems
+from safealign.config.policy import PolicyConfig, policy_config_problems
 from safealign.config.safety import SafetyConfig, safety_config_problems
-
-
-@dataclass(frozen=True)
-class PolicyConfig:
-    method: Literal["tilting", "reinforce_lagrangian"] = field(
-        default="tilting", metadata=doc("Best-of-K tilting over candidates, or on-policy LM training.")
-    )
-    beta: float = field(default=0.1, metadata=doc("KL regularisation strength β.", _positive))
-    num_candidates: int = field(default=16, metadata=doc("Candidates sampled per prompt (K).", _at_least(2)))
 
 
 @dataclass(frozen=True)
@@ -135,6 +127,14 @@ def _cross_checks(cfg: Config) -> list[str]:
             "training data; their sum must be < 1"
         )
     problems.extend(f"safety.{p}" for p in safety_config_problems(cfg.safety))
+    problems.extend(
+        policy_config_problems(
+            cfg.policy,
+            data_source=d.source,
+            safety_unit=cfg.safety.unit,
+            labelled=cfg.safety.labels is not None,
+        )
+    )
     for name in ("reward_model", "cost_model"):
         model = getattr(cfg, name)
         problems.extend(model_config_problems(model, key=name))

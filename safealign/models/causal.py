@@ -20,6 +20,7 @@ sample is drawn through a :class:`SamplerSettings` that results record.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -156,6 +157,18 @@ def load_causal_lm(name: str, *, seed: int) -> tuple[nn.Module, PreTrainedTokeni
     return model, tokenizer
 
 
+def policy_device() -> torch.device:
+    """Where policies train and sample: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on a GPU that supports it (weights stay float32), else nothing."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def add_lora(model: nn.Module, lora: LoraConfig, *, seed: int) -> nn.Module:
     """Wrap ``model`` with peft LoRA adapters; only the adapters stay trainable.
 
@@ -205,7 +218,8 @@ def sequence_logprobs(
     ids, attention, is_response = _encode_pairs(tokenizer, prompts, responses)
     device = next(model.parameters()).device
     ids, attention, is_response = ids.to(device), attention.to(device), is_response.to(device)
-    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    with _autocast(device):
+        logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
     # Token t is predicted from the logits at position t - 1.
     token_logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     return (token_logp * is_response[:, 1:]).sum(-1)
@@ -250,7 +264,7 @@ def generate(
     # fork_rng: sampling draws from torch's global generators; the caller's streams stay untouched.
     device = next(model.parameters()).device
     cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+    with torch.random.fork_rng(devices=cuda), torch.no_grad(), _autocast(device):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])

@@ -10,6 +10,8 @@ DESIGN.md:
   (:mod:`~safealign.run.alignment`);
 * :func:`certify`: HC-RLHF step 2, the one logged safety test, writes ``certificate.json``
   (:mod:`~safealign.run.certification`, the only code that unseals the safety split);
+* :func:`generate_responses`: samples of a certified LM policy with its certified settings
+  (:mod:`~safealign.run.generation`; the LM path itself is :mod:`~safealign.run.lm_align`);
 * :func:`report`: the signed audit report (:mod:`~safealign.run.reporting`);
 * :func:`audit_privacy`: the one-run empirical privacy audit (:mod:`~safealign.run.privacy_audit`).
 
@@ -18,6 +20,7 @@ File names live in :mod:`~safealign.run.paths`; ``policy.json`` in :mod:`~safeal
 
 from safealign.run.alignment import Alignment, align
 from safealign.run.certification import certify, certify_policy, unseal_safety_split
+from safealign.run.generation import generate_responses, read_prompts
 from safealign.run.models import TrainedModels, train_model, train_models
 from safealign.run.paths import RunPaths
 from safealign.run.preflight import preflight
@@ -40,7 +43,9 @@ __all__ = [
     "certify",
     "certify_policy",
     "demo_config",
+    "generate_responses",
     "preflight",
+    "read_prompts",
     "report",
     "run",
     "train_model",

@@ -18,6 +18,7 @@ from safealign.constraints.candidates import Candidates, load_alignment_candidat
 from safealign.errors import ConfigError
 from safealign.privacy.training import PrivacyReceipt
 from safealign.run.certification import archive_certificate
+from safealign.run.lm_align import align_lm
 from safealign.run.models import train_models
 from safealign.run.policy_file import (
     FROM_FILE,
@@ -56,7 +57,8 @@ def align(
         progress: Print one line per stage.
 
     Raises:
-        ConfigError: ``policy.method`` is not ``tilting``.
+        ConfigError: an LM method (``distill``, ``reinforce_lagrangian``) with a
+            ``candidates_path`` (it samples its own candidates).
         DataError: the candidates file is malformed or contains a safety prompt.
     """
     preflight(ws.config, ws.out)
@@ -68,11 +70,6 @@ def align_checked(
 ) -> Alignment:
     """:func:`align` after the caller's pre-flight check (``run`` checks once for all stages)."""
     config = ws.config
-    if config.policy.method != "tilting":
-        raise ConfigError(
-            f"policy.method: the pipeline deploys the tilted best-of-K policy; {config.policy.method!r} "
-            "(on-policy LM training) is available from safealign.constraints.lm_policy, not from run"
-        )
     ws.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ws.paths.config, yaml.safe_dump(config.to_dict(), sort_keys=True))
     splits = ws.splits
@@ -85,6 +82,8 @@ def align_checked(
         near = len(splits.safety.overlapping(others))
         say(progress, f"      {near} of {len(others)} other prompts are near-copies of safety "
             "prompts (Jaccard >= 0.8 on word 3-shingles); i.i.d. split draws, not refused")  # fmt: skip
+    if config.policy.method != "tilting":  # the LM methods: distill, reinforce_lagrangian
+        return _align_lm(ws, candidates_path, progress=progress)
     # Candidates before models: a bad candidates file must fail before any privacy is spent.
     candidates, source, reference = _candidates(ws, candidates_path)
     models = train_models(ws, progress=progress)
@@ -113,6 +112,20 @@ def align_checked(
     policy = aligned.selection.policy
     archive_certificate(ws.paths, None if policy is None else policy.sampler_settings())
     return Alignment(policy_file, ws.paths.policy, aligned, models.receipts)
+
+
+def _align_lm(ws: Workspace, candidates_path, *, progress: bool) -> Alignment:
+    """An LM policy (``distill``, ``reinforce_lagrangian``): :mod:`safealign.run.lm_align`."""
+    if candidates_path is not None:
+        raise ConfigError(
+            f"align --candidates: policy.method {ws.config.policy.method!r} samples its own candidates from "
+            "policy.model each round; drop --candidates, or use policy.method: tilting"
+        )
+    lm = align_lm(ws, progress=progress)
+    write_policy_file(lm.policy_file, ws.paths.policy)
+    policy = lm.policy_file.policy
+    archive_certificate(ws.paths, None if policy is None else policy.sampler_settings())
+    return Alignment(lm.policy_file, ws.paths.policy, lm.aligned, lm.receipts)
 
 
 def _candidates(ws: Workspace, path: str | Path | None) -> tuple[Candidates, dict, dict]:

@@ -9,6 +9,7 @@ log's attempt count), and hands the records to the cost-model scoring of fresh s
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -29,6 +30,8 @@ from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.records import PairDataset
 from safealign.data.splits import CERTIFY, SealedDataset
 from safealign.errors import ConfigError, DataError, IsolationError
+from safealign.models.policy_artifact import LMPolicy
+from safealign.run.lm_certify import policy_dirs, run_lm_safety_test
 from safealign.run.models import load_scorers
 from safealign.run.paths import POLICY_FILE, RunPaths
 from safealign.run.policy_file import check_policy_file_matches, load_policy_file
@@ -107,7 +110,7 @@ def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate
 
 def certify_policy(
     ws: Workspace,
-    policy: TiltedPolicy | None,
+    policy: TiltedPolicy | LMPolicy | None,
     *,
     reason: str,
     scorers: Scorers | None,
@@ -137,6 +140,8 @@ def certify_policy(
         )
         write_certificate(certificate, path)
         return certificate
+    if isinstance(policy, LMPolicy):  # changed model files: refused before the log counts a try
+        policy_dirs(ws.out, policy)
     safety_pairs = unseal_safety_split(sealed)
     prompts, settings = safety_pairs.prompts, policy.sampler_settings()  # the set's identity
     reused = resumable_certificate(config.budget, prompts, settings, path)
@@ -147,15 +152,17 @@ def certify_policy(
             "safety.labels is declared: certify with `safealign certify CONFIG --out OUT "
             "--export-labelling FILE`, label FILE, then `--labels LABELS` (or remove safety.labels)"
         )
+    if isinstance(policy, LMPolicy):
+        test = run_lm_safety_test  # labelled LM certificates are refused at load (config.policy)
+    else:
+        test = functools.partial(run_safety_test, labelling=labelling)
     return logged_test(
         config.budget,
         config.safety,
         prompts,
         settings,
         path,
-        lambda: run_safety_test(
-            ws, policy, scorers=scorers, safety_pairs=safety_pairs, labelling=labelling
-        ),
+        lambda: test(ws, policy, scorers=scorers, safety_pairs=safety_pairs),
     )
 
 

@@ -13,6 +13,9 @@ A run directory holds one run's artefacts (``safealign run``, or ``align`` then 
     report.json, report.html, report.md    the signed audit report and its renderings
     safety_responses.jsonl    the safety test's sampled responses, kept for labelling
                               (``certify --export-labelling``): PRIVATE, never released
+    base/ or sft/             a built-in policy LM's base model (tiny-gpt2 / world-sft), HF format
+    lm/round-R/               an LM policy's cached candidates and adapter after round R (resume)
+    policy/                   the released LM policy: PEFT adapter, tokenizer, generation_config.json
     embeddings/               frozen-backbone embeddings of the run's texts: PRIVATE (computed
                               from the training data), never in the report; delete before sharing
 
@@ -41,6 +44,8 @@ KEYS_DIR = "keys"
 PRIVACY_AUDIT_FILE = "privacy_audit.json"
 EMBEDDINGS_DIR = "embeddings"
 SAFETY_RESPONSES_FILE = "safety_responses.jsonl"
+LM_BASE_DIR, SFT_DIR, LM_ROUNDS_DIR, POLICY_DIR = "base", "sft", "lm", "policy"
+CANDIDATES_FILE, ADAPTER_DIR = "candidates.json", "adapter"
 #: The signed report and its renderings: never pinned in the report's own artifact manifest.
 REPORT_FILES = frozenset(FORMATS.values())
 
@@ -96,6 +101,25 @@ class RunPaths:
     def safety_responses(self) -> Path:
         """The safety test's response texts, kept for labelling (private; run.labelling)."""
         return self.root / SAFETY_RESPONSES_FILE
+
+    @property
+    def lm_base(self) -> Path:
+        """The built-in ``tiny-gpt2`` policy base, saved once (HF model directory)."""
+        return self.root / LM_BASE_DIR
+
+    @property
+    def sft(self) -> Path:
+        """The built-in ``world-sft`` policy base, trained once (HF model directory)."""
+        return self.root / SFT_DIR
+
+    def lm_round(self, index: int | str) -> Path:
+        """Round ``index`` of LM alignment (``final`` for the released LM's evaluation)."""
+        return self.root / LM_ROUNDS_DIR / f"round-{index}"
+
+    @property
+    def policy_dir(self) -> Path:
+        """The released LM policy: a PEFT adapter directory with its generation_config.json."""
+        return self.root / POLICY_DIR
 
     @property
     def embeddings(self) -> Path:

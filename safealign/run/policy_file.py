@@ -3,8 +3,9 @@
 ``safealign align`` writes it; ``safealign certify`` (without ``--responses``) reads it back and
 runs HC-RLHF's safety test on exactly that policy. It holds:
 
-- ``policy``: the selected tilted policy's ``sampler_settings()`` (the deployment settings the
-  certificate will cover), or ``null`` when no policy met the pessimistic bound (``reason`` says why);
+- ``policy``: the selected policy's ``sampler_settings()`` (the deployment settings the
+  certificate will cover: a tilted best-of-K resampler, or a causal LM's base, adapter and sampler,
+  each named by SHA-256), or ``null`` when no policy met the pessimistic bound (``reason`` says why);
 - ``selection``: HC-RLHF step 1's numbers (lambda, the pessimistic bound, k, n_b, n_s, ...);
 - ``groups``: the MaxMin dual weights and each group's expected (normalised) reward, if any;
 - ``models``: the cost and reward model directories used, relative to the run directory;
@@ -30,9 +31,13 @@ from safealign.constraints.align import AlignResult
 from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
+from safealign.models.policy_artifact import POLICY_KIND as LM_POLICY_KIND
+from safealign.models.policy_artifact import LMPolicy
 
 FILE_KIND, FILE_VERSION = "safealign.aligned_policy", 1
 FROM_REFERENCE, FROM_FILE = "reference_sampler", "file"
+#: Candidates drawn from the policy LM itself, each round (``policy.method: distill``).
+FROM_POLICY_LM = "policy_lm"
 
 _SELECTION_FIELDS = (
     "method",
@@ -80,7 +85,7 @@ class ModelDirs:
 class PolicyFile:
     """The content of ``policy.json`` (see the module docstring for each part)."""
 
-    policy: TiltedPolicy | None
+    policy: TiltedPolicy | LMPolicy | None
     reason: str
     selection: dict[str, Any]
     safety: dict[str, Any]
@@ -260,10 +265,15 @@ def _numbers(read: _Reader, obj: dict, field: str) -> dict[str, float]:
     return {name: float(value) for name, value in obj.items()}
 
 
-def _policy(read: _Reader, obj: dict) -> TiltedPolicy | None:
+def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | None:
     settings = read.get(obj, "policy", dict, optional=True)
     if settings is None:
         return None
+    if settings.get("policy") == LM_POLICY_KIND:
+        try:
+            return LMPolicy.from_settings(settings)
+        except ConfigError as exc:
+            raise read.bad("policy", "; ".join(exc.problems)) from None
     if settings.get("policy") != POLICY_KIND:
         raise read.bad("policy.policy", f"is {settings.get('policy')!r}, expected {POLICY_KIND!r}")
     for name in ("beta", "lambda", "num_candidates", "metric", "reference_sampler", "seed"):
@@ -309,11 +319,12 @@ def _candidates(read: _Reader, obj: dict) -> dict:
     if source == FROM_FILE:
         read.get(obj, "path", str, where="candidates")
         read.get(obj, "sha256", str, where="candidates")
-    elif source == FROM_REFERENCE:
+    elif source in (FROM_REFERENCE, FROM_POLICY_LM):
         read.get(obj, "reference_sampler", dict, where="candidates")
     else:
         raise read.bad(
-            "candidates.source", f"is {source!r}, expected {FROM_REFERENCE!r} or {FROM_FILE!r}"
+            "candidates.source",
+            f"is {source!r}, expected {FROM_REFERENCE!r}, {FROM_POLICY_LM!r} or {FROM_FILE!r}",
         )
     return obj
 
@@ -375,7 +386,8 @@ def check_policy_file_matches(
             "fractions changed), so its safety prompts are not the ones the policy was selected for"
         )
     policy = policy_file.policy
-    if policy is not None and dict(policy.reference_sampler) != _plain(reference_sampler):
+    tilted = isinstance(policy, TiltedPolicy)  # an LM policy samples itself, not the sampler
+    if tilted and dict(policy.reference_sampler) != _plain(reference_sampler):
         problems.append(
             f"reference sampler: the policy was selected on candidates from "
             f"{dict(policy.reference_sampler)}, the config's reference sampler is "

@@ -13,6 +13,7 @@ from safealign.data.io import check_readable
 from safealign.errors import DataError
 from safealign.privacy.identity import default_ledger_path
 from safealign.privacy.release import LEGACY_LEDGER, open_ledger
+from safealign.run.lm_base import check_policy_model
 
 
 def preflight(
@@ -38,6 +39,7 @@ def preflight(
         check_readable(config.data.source)
     if signs and config.audit.signing_key is not None:
         load_private_key(config.audit.signing_key)
+    check_policy_model(config)  # an LM policy's base directory, before anything is spent
     _check_writable_dir(Path(out_dir))
     if any(getattr(config, f"{kind}_model").privacy.target_epsilon is not None for kind in trains):
         _check_ledger(config.budget)

@@ -39,14 +39,14 @@ def run(config: Config, out_dir: str | Path, *, progress: bool = True) -> RunRes
     ws = Workspace(config, out_dir)
     alignment = align_checked(ws, progress=progress)
     say(progress, "[5/6] safety test on the sealed safety prompts (HC-RLHF step 2)")
-    selection = alignment.aligned.selection
+    policy_file = alignment.policy_file  # the released policy: best-of-K or an LM's adapter
     certify_stage = certify_policy
     if config.safety.labels is not None and ws.world is not None:  # the world labels (demo)
         certify_stage = certify_with_world_labels
     certificate = certify_stage(
-        ws, selection.policy, reason=selection.reason, scorers=alignment.aligned.scorers
+        ws, policy_file.policy, reason=policy_file.reason, scorers=alignment.aligned.scorers
     )
-    truth = true_outcomes(ws, alignment.aligned)
+    truth = true_outcomes(ws, alignment.aligned, policy=policy_file.policy)
     say(progress, "[6/6] signed audit report")
     signed = report(
         ws,

@@ -11,16 +11,20 @@ import torch
 
 from safealign.constraints.align import AlignResult, score_candidates
 from safealign.constraints.tilting import TiltedPolicy
+from safealign.run.lm_certify import lm_true_outcomes
 from safealign.run.workspace import Workspace
 
 
-def true_outcomes(ws: Workspace, aligned: AlignResult) -> dict | None:
+def true_outcomes(ws: Workspace, aligned: AlignResult, *, policy=None) -> dict | None:
     """The released policy's TRUE expected cost and rewards (synthetic world only, else None),
     on fresh reference candidates for the eval and candidate prompts (never the sealed safety
-    prompts)."""
+    prompts); for an LM policy (``policy.model`` set), on its own generations
+    (:func:`~safealign.run.lm_certify.lm_true_outcomes`, ``policy`` the released LMPolicy)."""
     world, splits, sampler, config = ws.world, ws.splits, ws.sampler, ws.config
     if world is None:
         return None
+    if config.policy.model is not None:
+        return lm_true_outcomes(ws, policy)
     prompts = list(splits.eval.prompts) + list(splits.candidate.prompts)
     cands = sampler.candidates(prompts, seed=config.seed + 3)
     scored = score_candidates(cands, aligned.scorers)
