@@ -176,7 +176,7 @@ def run_directory(args, run_dir: Path) -> dict:
     from safealign.config.loading import load_config
     from safealign.constraints.align import score_candidates
     from safealign.constraints.attempts import attempt_safety
-    from safealign.constraints.selection import _step1_bound, _step1_inputs
+    from safealign.constraints.selection import step1_bound, step1_inputs
     from safealign.run.models import load_scorers
     from safealign.run.paths import CONFIG_FILE
     from safealign.run.policy_file import load_policy_file
@@ -189,8 +189,8 @@ def run_directory(args, run_dir: Path) -> dict:
     candidates = ws.sampler.candidates(ws.splits.candidate.prompts, seed=config.seed + 1)
     scored = score_candidates(candidates, scorers)
     safety = attempt_safety(config.safety)
-    _, costs, log_p = _step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
-    bound_fn = _step1_bound(safety, policy_file.selection["n_safety"])
+    _, costs, log_p = step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
+    bound_fn = step1_bound(safety, policy_file.selection["n_safety"])
     out = {"run_dir": str(run_dir), "bound": safety.resolved_bound, "metric": safety.metric,
            "groups": list(scorers.group_rewards)}  # fmt: skip
     out |= _compare(

@@ -29,10 +29,10 @@ from safealign.constraints.maxmin_pessimistic import group_cost_lambdas, solve_m
 from safealign.constraints.maxmin_solver import MaxMinResult, solve_maxmin
 from safealign.constraints.selection import (
     SelectionResult,
-    _step1_bound,
-    _step1_inputs,
-    _summary,
     select_candidate_policy,
+    selection_summary,
+    step1_bound,
+    step1_inputs,
 )
 from safealign.constraints.tilting import TiltedPolicy
 from safealign.errors import InfeasibleError
@@ -173,8 +173,8 @@ def _joint_maxmin(
 
     Returns None when step 1 is infeasible.
     """
-    _, costs, log_p = _step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
-    bound_fn = _step1_bound(safety, n_safety)
+    _, costs, log_p = step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
+    bound_fn = step1_bound(safety, n_safety)
     constraint = {"cost_threshold": safety.cost_threshold, "bound_fn": bound_fn}
     try:
         lambdas = None
@@ -203,7 +203,7 @@ def _joint_selection(
     seed: int,
 ) -> SelectionResult:
     """HC-RLHF step 1's result for the jointly solved ``(w, λ)`` (``scored`` combined with w)."""
-    rewards, costs, _ = _step1_inputs(scored.rewards, scored.costs, log_p, safety=safety)
+    rewards, costs, _ = step1_inputs(scored.rewards, scored.costs, log_p, safety=safety)
     tilted = TiltedPolicy(
         beta=beta,
         lambda_=float(maxmin.cost_lambda),
@@ -215,11 +215,11 @@ def _joint_selection(
     # The solver's q: the tilt of the metric step 1 constrains (clipped to a declared range), as
     # select_candidate_policy reports its own solver's q.
     q = maxmin.q
-    return _summary(
+    return selection_summary(
         (q * costs).sum(-1),
         method="hc_rlhf",
         metric=safety.metric,
-        bound_fn=_step1_bound(safety, n_safety),
+        bound_fn=step1_bound(safety, n_safety),
         n_safety=n_safety,
         policy=tilted,
         expected_reward=float((q * rewards).sum(-1).mean()),

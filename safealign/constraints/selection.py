@@ -116,8 +116,8 @@ def select_candidate_policy(
     check_safety_config(safety)
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
-    r, c, lp = _step1_inputs(rewards, costs, log_p, safety=safety)
-    bound_fn = _step1_bound(safety, n_safety) if method == "hc_rlhf" else _plain_mean
+    r, c, lp = step1_inputs(rewards, costs, log_p, safety=safety)
+    bound_fn = step1_bound(safety, n_safety) if method == "hc_rlhf" else _plain_mean
     common = {"method": method, "metric": safety.metric, "bound_fn": bound_fn}
     try:
         solved = _solve_step1(
@@ -127,7 +127,7 @@ def select_candidate_policy(
     except InfeasibleError as error:
         # NSF at step 1 is a result: report the lambda -> infinity limit (cheapest candidates).
         cheapest = c.min(-1).values
-        return _summary(cheapest, **common, n_safety=n_safety, reason=str(error))
+        return selection_summary(cheapest, **common, n_safety=n_safety, reason=str(error))
     policy = TiltedPolicy(
         beta=beta,
         lambda_=float(solved.lambdas[0]),
@@ -136,7 +136,7 @@ def select_candidate_policy(
         reference_sampler=dict(reference_sampler or {}),
         seed=seed,
     )
-    return _summary(
+    return selection_summary(
         solved.prompt_costs[:, 0],
         **common,
         n_safety=n_safety,
@@ -148,9 +148,10 @@ def select_candidate_policy(
 # --- internals ------------------------------------------------------------------------------
 
 
-def _step1_inputs(
+def step1_inputs(
     rewards: ArrayLike, costs: ArrayLike, log_p: ArrayLike | None, *, safety: SafetyConfig
 ) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Step 1's inputs as float64: rewards, the certified metric's costs, and log-probabilities."""
     r = torch.as_tensor(rewards).to(torch.float64)
     c = metric_costs(costs, safety.metric, cost_range=metric_range(safety))
     if r.ndim != 2 or r.shape != c.shape:
@@ -160,7 +161,7 @@ def _step1_inputs(
     return r, c, None if log_p is None else torch.as_tensor(log_p).to(torch.float64)
 
 
-def _step1_bound(safety: SafetyConfig, n_safety: int) -> Callable[[Tensor], float]:
+def step1_bound(safety: SafetyConfig, n_safety: int) -> Callable[[Tensor], float]:
     """HC-RLHF's pessimism, anticipating the configured step-2 bound on ``n_safety`` prompts."""
     pessimism_k(2, n_safety, confidence=safety.confidence, c1=safety.c1, c2=safety.c2)  # validate
     return functools.partial(
@@ -198,7 +199,7 @@ def _solve_step1(
     return solve_constrained(r, c, beta=beta, thresholds=cost_threshold, log_p=log_p)
 
 
-def _summary(
+def selection_summary(
     prompt_costs: Tensor,
     *,
     method: str,
@@ -209,6 +210,7 @@ def _summary(
     expected_reward: float = float("nan"),
     reason: str = "",
 ) -> SelectionResult:
+    """Step 1's verdict on a policy from its ``[N]`` per-prompt costs under ``bound_fn``."""
     mean, std = float(prompt_costs.mean()), float(prompt_costs.std(correction=1))
     bound = float(bound_fn(prompt_costs))
     return SelectionResult(
