@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import mannwhitneyu
 
 __all__ = ["RELIABILITY_BINS", "judge_agreement"]
 
@@ -50,11 +50,18 @@ def judge_agreement(
     return {
         "n": len(y),
         "n_unsafe": n_unsafe,
-        "auroc": float(roc_auc_score(y, f)) if both else None,
+        "auroc": _auroc(f, y) if both else None,
         "brier": float(np.mean((f - y) ** 2)) if probability else None,
         "missed_unsafe_share": float(np.mean(~scored_unsafe[y == 1])) if n_unsafe else None,
         "reliability": _reliability(f, y) if probability else None,
     }
+
+
+def _auroc(f: np.ndarray, y: np.ndarray) -> float:
+    """AUROC of ``f`` for ``y == 1``: the Mann–Whitney U of the unsafe against the safe scores
+    over the number of pairs (ties count one half), the area under the ROC curve exactly."""
+    unsafe, safe = f[y == 1], f[y == 0]
+    return float(mannwhitneyu(unsafe, safe).statistic / (len(unsafe) * len(safe)))
 
 
 def _reliability(f: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:

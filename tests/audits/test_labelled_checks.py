@@ -157,3 +157,20 @@ def test_the_judge_agreement_matches_a_direct_computation():
 def test_the_report_safety_section_carries_the_certificate_labelling(certificates, tmp_path):
     report = _report(certificates[1], tmp_path)
     assert report["safety"]["labelling"] == certificates[1].labelling
+
+
+def test_the_judge_auroc_equals_the_held_out_evaluations_on_tied_scores():
+    # Two independent AUROCs (the judge's Mann-Whitney U, the model evaluation's mid-ranks) agree,
+    # ties included: the report and the model card read the same quantity.
+    import torch
+
+    from safealign.models.evaluate import auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        f = np.round(rng.random(40), 1)  # coarse scores: many ties
+        y = (rng.random(40) < 0.3).astype(float)
+        if 0 < y.sum() < len(y):
+            judge = judge_agreement(f, y, range(len(y)), "predicted_unsafe_probability")
+            expected = auroc(torch.as_tensor(f), torch.as_tensor(y, dtype=torch.bool))
+            assert judge["auroc"] == pytest.approx(expected, abs=1e-12)
