@@ -68,6 +68,16 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
     return Table(("field", "value"), tuple((k, fmt(v)) for k, v in rows))
 
 
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as dotted rows (``sampler.temperature``), so a table cell never holds a
+    mapping's Python text."""
+    rows = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        rows.extend(_flatten(value, f"{name}.") if isinstance(value, dict) else [(name, value)])
+    return rows
+
+
 def report_document(report: dict[str, Any]) -> tuple[Section, ...]:
     """The sections of a report's rendering, summary first.
 
@@ -187,7 +197,7 @@ def _safety(safety: dict[str, Any] | None) -> Section:
     sampler = safety.get("sampler_settings") or {}
     if sampler:
         blocks.append(Para("Deployment sampler settings used for the safety test:"))
-        blocks.append(_kv(sorted(sampler.items())))
+        blocks.append(_kv(sorted(_flatten(sampler))))
     blocks.append(Figure("cost", "Costs on the safety prompts: mean, upper bound and threshold."))
     blocks.extend(_labelling(safety.get("labelling")))
     assumptions = tuple(safety.get("assumptions") or ())

@@ -102,6 +102,9 @@ def test_report_verifies_and_records_the_lm_and_its_truth(lm_run, capsys):
     assert {"reference", "released"} <= set(truth) and truth["samples_per_prompt"] == 4
     key = str(lm_run / "keys" / "public.pem")
     assert main(["audit", "verify", str(lm_run / "report.json"), "--public-key", key]) == 0
+    # The reviewer reads the nested settings as dotted fields, not as a mapping's Python text.
+    markdown = (lm_run / "report.md").read_text()
+    assert "| generation.temperature | 0.9 |" in markdown and "{'" not in markdown
 
 
 @pytest.mark.integration
