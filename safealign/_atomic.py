@@ -2,7 +2,10 @@
 
 Every file safealign writes itself goes through here: receipts, ``policy.json``, certificates,
 reports and their renderings, model heads and ``scalar_model.json``, training checkpoints, keys,
-exports. Three kinds of file are written by others, each crash-safe in its own way:
+exports. Directories written whole (an LM policy's adapter, a built-in base model, an exported
+classifier) are filled in a staging directory beside the target and renamed into place
+(:func:`atomic_directory`). Three kinds of file are written by others, each crash-safe in its own
+way:
 
 * a Hugging Face backbone's files (``save_pretrained``): not atomic, so a model directory counts
   as written only once the receipt beside it exists (``privacy.training.save_training_output``
@@ -16,7 +19,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _DEFAULT_FILE_MODE = 0o666  # what open() asks for; the process umask then removes bits.
@@ -97,6 +104,30 @@ def atomic_write_text(
         ``path`` as a :class:`~pathlib.Path`.
     """
     return atomic_write_bytes(path, text.encode(encoding), mode=mode)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh staging directory beside ``path`` to fill; on success it replaces ``path``.
+
+    A crash or error leaves the old ``path`` (or none) and removes the staging directory, so a
+    reader never sees half of a directory. An existing ``path`` is removed just before the rename.
+
+    Yields:
+        The staging directory (same file system as ``path``, so the rename is atomic).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        yield staging
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _fsync_directory(target.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

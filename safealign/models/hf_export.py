@@ -43,16 +43,13 @@ a model directory does not record how it was trained (its ``receipt.json`` does)
 from __future__ import annotations
 
 import copy
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from safealign._atomic import atomic_write_text
+from safealign._atomic import atomic_directory, atomic_write_text
 from safealign.errors import ConfigError
 from safealign.models.backbones import model_type
 from safealign.models.features import FeatureBackbone
@@ -146,18 +143,10 @@ def export_sequence_classifier(model: ScoringModel | str | Path, out: str | Path
     classifier = build_sequence_classifier(scoring)
     check_equivalent(scoring, classifier)
     tokenizer = _export_tokenizer(scoring)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as staging:  # ``out`` is absent or an empty directory
         classifier.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         atomic_write_text(staging / "README.md", _model_card(scoring))
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -22,9 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
+from safealign._atomic import atomic_directory
 from safealign.errors import ConfigError, DataError
 from safealign.models.causal import SamplerSettings, load_causal_lm
 
@@ -204,17 +202,9 @@ def read_sampler_settings(directory: str | Path) -> SamplerSettings:
 def save_model_dir(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path) -> Path:
     """``save_pretrained`` of ``model`` and ``tokenizer`` into ``directory``, all or nothing: they
     are written into a temp directory beside it, which is then renamed into place."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_directory(directory) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
     return directory
 
 
@@ -232,19 +222,10 @@ def save_policy_artifact(
         The adapter's :func:`tree_sha256` (over :data:`ADAPTER_FILES`).
     """
     model.peft_config["default"].base_model_name_or_path = base_name_or_path
-    tmp_parent = directory.parent
-    tmp_parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=tmp_parent, prefix=f".{directory.name}-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        generation_config(sampler, tokenizer).save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic_directory(directory) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        generation_config(sampler, tokenizer).save_pretrained(staging)
     return tree_sha256(directory, ADAPTER_FILES)
 
 

@@ -164,6 +164,22 @@ def test_atomic_write_failure_keeps_old_content(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
 
 
+def test_atomic_directory_replaces_whole_or_keeps_the_old_one(tmp_path: Path) -> None:
+    from safealign._atomic import atomic_directory
+
+    target = tmp_path / "policy"
+    with atomic_directory(target) as staging:
+        (staging / "a.json").write_text("old")
+    with pytest.raises(RuntimeError, match="crash"), atomic_directory(target) as staging:
+        (staging / "a.json").write_text("half")
+        raise RuntimeError("crash while writing")
+    assert [p.name for p in target.iterdir()] == ["a.json"] and (target / "a.json").read_text() == "old"
+    with atomic_directory(target) as staging:
+        (staging / "b.json").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["b.json"]  # replaced whole, nothing merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]  # no staging left
+
+
 def test_atomic_write_modes(tmp_path: Path) -> None:
     old_umask = os.umask(0o022)
     try:
