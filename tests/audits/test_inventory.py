@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from safealign.audits.inventory import (
-    NOT_RELEASED,
     RELEASED_FILES,
     classify,
     outside_guarantee,
@@ -23,6 +22,7 @@ from safealign.config import load_config
 from safealign.data.source import load_source, make_splits
 from safealign.privacy.ledger import PrivacyLedger
 from safealign.run import run
+from tests._inventory import unclassified_run_files
 from tests._tiny_run import CONFIG, TINY_WORLD
 
 # The fastest whole run (tests/_tiny_run.py), with EM and a small count noise
@@ -55,17 +55,7 @@ def _files(out: Path):
 @pytest.mark.integration
 def test_every_released_field_of_a_run_directory_is_classified(em_run):
     _, result = em_run
-    problems = []
-    for path, relative in _files(result.out_dir):
-        if any(Path(relative).match(p) or relative == p for p in NOT_RELEASED):
-            continue
-        released = released_file(relative)
-        if released is None:
-            problems.append(f"{relative}: no entry in the release inventory")
-        elif released.json:
-            unknown = unclassified_fields(json.loads(path.read_text()), released)
-            problems += [f"{relative}: {field}" for field in unknown]
-    assert problems == []
+    assert unclassified_run_files(result.out_dir) == []
 
 
 def test_an_unclassified_field_fails_the_inventory():

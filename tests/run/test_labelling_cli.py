@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from safealign.audits.inventory import NOT_RELEASED, released_file, unclassified_fields
+from safealign.audits.inventory import NOT_RELEASED, released_file
 from safealign.cli import main
 from safealign.constraints.attempts import CertificationLog
+from tests._inventory import unclassified_run_files
 from tests._tiny_run import CONFIG, TINY_WORLD
 
 LABELS = "safety.labels={size: 10, decide: rectified}"
@@ -126,17 +127,7 @@ def test_export_then_labels_certifies_end_to_end(run_dir, tmp_path, capsys):
 
 def _assert_every_released_field_is_classified(out: Path) -> None:
     """The release inventory classifies the labelled run's files; the responses stay private."""
-    problems = []
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        relative = path.relative_to(out).as_posix()
-        if any(Path(relative).match(p) or relative == p for p in NOT_RELEASED):
-            continue
-        released = released_file(relative)
-        if released is None:
-            problems.append(f"{relative}: not in the release inventory")
-        elif released.json:
-            problems += unclassified_fields(json.loads(path.read_text()), released)
-    assert problems == []
+    assert unclassified_run_files(out) == []
     assert released_file("safety_responses.jsonl") is None
     assert "safety_responses.jsonl" in NOT_RELEASED
 

@@ -24,6 +24,7 @@ from safealign.models.policy_artifact import LMPolicy, read_sampler_settings
 from safealign.models.scalar import load_scoring_model
 from safealign.run import Workspace, unseal_safety_split
 from safealign.run.certification import certify
+from tests._inventory import unclassified_run_files
 from tests._tiny_run import TINY_WORLD
 
 #: The shipped example (world-sft) at the tiny world's size, with the built-in tiny-gpt2 as base.
@@ -223,20 +224,9 @@ def test_a_second_run_resumes_from_the_cached_samples_and_adapters(lm_run, capsy
 
 @pytest.mark.integration
 def test_every_file_of_an_lm_run_is_classified_by_the_release_inventory(lm_run):
-    from safealign.audits.inventory import NOT_RELEASED, released_file, unclassified_fields
+    from safealign.audits.inventory import released_file
 
-    problems = []
-    for path in sorted(p for p in lm_run.rglob("*") if p.is_file()):
-        relative = path.relative_to(lm_run).as_posix()
-        if any(Path(relative).match(p) or relative == p for p in NOT_RELEASED):
-            continue
-        released = released_file(relative)
-        if released is None:
-            problems.append(f"{relative}: no entry in the release inventory")
-        elif released.json:
-            unknown = unclassified_fields(json.loads(path.read_text()), released)
-            problems += [f"{relative}: {field}" for field in unknown]
-    assert problems == []
+    assert unclassified_run_files(lm_run) == []
     assert released_file("policy/adapter_model.safetensors").name == "policy LM adapter"
 
 
