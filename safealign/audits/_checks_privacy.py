@@ -102,4 +102,3 @@ def _privacy_budget(report: dict[str, Any]) -> list[Problem]:
                     )
                 )
     return problems
-

@@ -119,7 +119,12 @@ def _closed_form_bound(safety: dict[str, Any]) -> float | None:
         ValueError: The statistics cannot give the named bound (no range for Hoeffding, a mean
             that is not a rate of ``n`` outcomes for Clopper–Pearson).
     """
-    bound, mean, n, confidence = safety.get("bound"), safety["mean"], safety["n"], safety["confidence"]
+    bound, mean, n, confidence = (
+        safety.get("bound"),
+        safety["mean"],
+        safety["n"],
+        safety["confidence"],
+    )
     if bound == "student_t" and safety.get("std") is not None and n >= 2:
         # HC-RLHF safety test: U = mean + t_{1-δ}(n-1) · s / √n (Bessel s).
         return mean + float(stats.t.ppf(confidence, n - 1)) * safety["std"] / math.sqrt(n)
@@ -127,7 +132,9 @@ def _closed_form_bound(safety: dict[str, Any]) -> float | None:
         given = safety.get("value_range")
         low, high = given if isinstance(given, list) and len(given) == 2 else (None, None)
         if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
-            raise ValueError(f"a hoeffding bound needs value_range [a, b], got {safety.get('value_range')!r}")
+            raise ValueError(
+                f"a hoeffding bound needs value_range [a, b], got {safety.get('value_range')!r}"
+            )
         return mean + (high - low) * math.sqrt(math.log(1.0 / (1.0 - confidence)) / (2 * n))
     if bound == "clopper_pearson":
         unsafe = round(mean * n)
@@ -192,4 +199,3 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
                 )
             )
     return problems
-

@@ -67,4 +67,3 @@ _ATTEMPTS = (
 
 def _e(path: str, kind: Kind, reason: str) -> Entry:
     return Entry(path, kind, reason)
-

@@ -29,11 +29,13 @@ _LABELS = (
 )
 
 
-
 def _labelling(p: str) -> tuple[Entry, ...]:
     """A labelled certificate's ``labelling`` block (:mod:`safealign.run.labelling`)."""
     return (
-        *(_e(f"{p}{k}", "public", _CONFIG) for k in ("size", "decide", "weight", "method", "prediction_share")),
+        *(
+            _e(f"{p}{k}", "public", _CONFIG)
+            for k in ("size", "decide", "weight", "method", "prediction_share")
+        ),
         _e(f"{p}status", "public", _TEXT),
         _e(f"{p}target", "public", _CONFIG),
         _e(f"{p}decided_by", "public", _CONFIG),
@@ -79,7 +81,11 @@ def certificate_entries(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}attempts.number", "public", _ATTEMPTS),
         _e(f"{p}attempts.safety_set", "public", _COMMITMENT),
         _e(f"{p}attempts.log[].number", "public", _ATTEMPTS),
-        _e(f"{p}attempts.log[].policy", "public", "SHA-256 of a tested policy's settings: configuration"),
+        _e(
+            f"{p}attempts.log[].policy",
+            "public",
+            "SHA-256 of a tested policy's settings: configuration",
+        ),
         _e(f"{p}attempts.log[].bound", "public", _CONFIG),
         _e(f"{p}attempts.log[].confidence", "public", _CONFIG),
         _e(f"{p}attempts.log[].started_at", "public", _ATTEMPTS),
@@ -94,8 +100,11 @@ def certificate_entries(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}groups.reward_normalization", "public", _CONFIG),
         _e(f"{p}groups.simultaneous", "public", _TEXT),
         _e(f"{p}groups.note", "public", _TEXT),
-        _e(f"{p}groups.groups.*.n", "public", "safety prompts counting for a group: n_s or a "
-           "subset of the public safety split"),  # fmt: skip
+        _e(
+            f"{p}groups.groups.*.n",
+            "public",
+            "safety prompts counting for a group: n_s or a subset of the public safety split",
+        ),
         _e(f"{p}groups.groups.*.prompts", "public", _CONFIG),
         _e(f"{p}groups.groups.*.reason", "public", _TEXT),
         _e(f"{p}groups.groups.*.cost_mean", "post_processing", _SAFETY),
@@ -103,5 +112,3 @@ def certificate_entries(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}groups.groups.*.reward_mean", "post_processing", _SAFETY),
         _e(f"{p}groups.groups.*.reward_lower_bound", "post_processing", _SAFETY),
     )
-
-

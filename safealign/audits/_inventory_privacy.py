@@ -34,14 +34,21 @@ def receipt_entries(prefix: str, *, metrics: bool = True) -> tuple[Entry, ...]:
         *(
             (
                 _e(f"{p}metrics.eval/*", "not_covered", _EVAL),
-                _e(f"{p}metrics.train/calibration_shift", "dp",
-                   "the cost model's level, fitted by DP-SGD steps counted in the receipt"),
-            )  # fmt: skip
+                _e(
+                    f"{p}metrics.train/calibration_shift",
+                    "dp",
+                    "the cost model's level, fitted by DP-SGD steps counted in the receipt",
+                ),
+            )
             if metrics
             else (
-                _e(f"{p}metrics", "public", "always {}: a group's or an EM cluster's held-out "
-                   "metrics depend on other users' assignments (release_receipts drops them)"),
-            )  # fmt: skip
+                _e(
+                    f"{p}metrics",
+                    "public",
+                    "always {}: a group's or an EM cluster's held-out "
+                    "metrics depend on other users' assignments (release_receipts drops them)",
+                ),
+            )
         ),
     )
 
@@ -69,13 +76,35 @@ def privacy_entries() -> tuple[Entry, ...]:
         _e(f"{p}ledger.naive_epsilon", "public", _SCHEDULE),
         _e(f"{p}ledger.accountant", "public", _CONFIG),
         _e(f"{p}ledger.fallback_reason", "public", _SCHEDULE),
-        _e(f"{p}ledger.num_releases", "public",
-           "releases charged: fixed by the configuration (EM runs em_max_iters iterations "
-           "unless em_stop_early is opted in, then listed as outside the guarantee)"),  # fmt: skip
-        *(_e(mech + k, "public", _CONFIG) for k in ("kind", "private", "max_grad_norm",
-          "privacy_unit", "backbone", "accountant", "receipt_target_delta")),  # fmt: skip
-        *(_e(mech + k, "public", _SCHEDULE) for k in ("noise_multiplier", "sample_rate", "steps",
-          "epsilon", "receipt_epsilon", "accountant_fallback")),  # fmt: skip
+        _e(
+            f"{p}ledger.num_releases",
+            "public",
+            "releases charged: fixed by the configuration (EM runs em_max_iters iterations "
+            "unless em_stop_early is opted in, then listed as outside the guarantee)",
+        ),
+        *(
+            _e(mech + k, "public", _CONFIG)
+            for k in (
+                "kind",
+                "private",
+                "max_grad_norm",
+                "privacy_unit",
+                "backbone",
+                "accountant",
+                "receipt_target_delta",
+            )
+        ),
+        *(
+            _e(mech + k, "public", _SCHEDULE)
+            for k in (
+                "noise_multiplier",
+                "sample_rate",
+                "steps",
+                "epsilon",
+                "receipt_epsilon",
+                "accountant_fallback",
+            )
+        ),
         _e(mech + "num_units", "public", _SIZE_N),
         _e(mech + "num_pairs", "public", _SIZE_N),
         _e(mech + "dataset_fingerprint", "public", _COMMITMENT),

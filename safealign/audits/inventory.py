@@ -81,10 +81,16 @@ def _groups_section() -> tuple[Entry, ...]:
         _e(g + "reward_ci[]", "post_processing", _MODELS_ON_PUBLIC),
         _e(g + "cost_upper_bound", "post_processing", _SAFETY),
         _e(g + "reward_lower_bound", "post_processing", _SAFETY),
-        *(_e(g + "safety_test." + k, e.kind, e.reason) for k, e in (
-            ("n", _e("", "public", _N_SAFETY)), ("prompts", _e("", "public", _CONFIG)),
-            ("reason", _e("", "public", _TEXT)), ("cost_mean", _e("", "post_processing", _SAFETY)),
-            ("reward_mean", _e("", "post_processing", _SAFETY)))),  # fmt: skip
+        *(
+            _e(g + "safety_test." + k, e.kind, e.reason)
+            for k, e in (
+                ("n", _e("", "public", _N_SAFETY)),
+                ("prompts", _e("", "public", _CONFIG)),
+                ("reason", _e("", "public", _TEXT)),
+                ("cost_mean", _e("", "post_processing", _SAFETY)),
+                ("reward_mean", _e("", "post_processing", _SAFETY)),
+            )
+        ),
     )
 
 
@@ -105,8 +111,11 @@ _REPORT = (
     _e("config.**", "public", _CONFIG),
     _e("config_sha256", "public", _CONFIG),
     _e("environment.**", "public", _VERSION),
-    _e("extra.true_outcomes.**", "post_processing",
-       "the synthetic world's truth (code, nobody's data) applied to the released policy"),
+    _e(
+        "extra.true_outcomes.**",
+        "post_processing",
+        "the synthetic world's truth (code, nobody's data) applied to the released policy",
+    ),
     _e("extra.privacy_utility[].epsilon", "public", _SCHEDULE),
     _e("extra.privacy_utility[].accuracy", "not_covered", _EVAL),
     _e("renderings[].path", "public", "names of the report's renderings: code"),
@@ -143,6 +152,7 @@ NOT_RELEASED = (
     "*.embedding-cache.safetensors",  # frozen-backbone embeddings of private text (models/embeddings)
     "safety_responses.jsonl",  # the safety test's response texts, kept for labelling (run/labelling)
 )
+
 
 def released_file(relative_path: str) -> ReleasedFile | None:
     """The inventory entry of a run-directory file (first matching pattern), or None."""

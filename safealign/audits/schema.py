@@ -94,4 +94,3 @@ def upgrade_v1(report: Any) -> tuple[Any, list[Problem]]:
         return upgraded, [problem]
     upgraded["safety"] = safety
     return upgraded, []
-

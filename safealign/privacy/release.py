@@ -267,7 +267,9 @@ def _saved_state(resume: Resume | None) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PrivacyError(f"{resume.path}: unreadable run state ({exc})") from None
     if binding != resume.binding:
-        changed = sorted(k for k in {*binding, *resume.binding} if binding.get(k) != resume.binding.get(k))
+        changed = sorted(
+            k for k in {*binding, *resume.binding} if binding.get(k) != resume.binding.get(k)
+        )
         raise ConfigError(
             f"{resume.path.parent} holds an interrupted run (ledger release #{ident}) made with "
             f"another {' and '.join(changed)}; it is left as it is (its spend stays charged). "
