@@ -279,18 +279,41 @@ def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | None:
     for name in ("beta", "lambda", "num_candidates", "metric", "reference_sampler", "seed"):
         read.get(settings, name, object, where="policy")
     try:
-        return TiltedPolicy(
+        policy = TiltedPolicy(
             beta=settings["beta"],
             lambda_=settings["lambda"],
             num_candidates=settings["num_candidates"],
             metric=settings["metric"],
             reference_sampler=read.get(settings, "reference_sampler", dict, where="policy"),
             seed=settings["seed"],
+            cost_range=settings.get("cost_range"),
         )
     except ConfigError as exc:
         raise read.bad(
             "policy", f"is not a valid tilted policy: {'; '.join(exc.problems)}"
         ) from None
+    _check_tilt_range(read, policy, obj.get("safety"))
+    return policy
+
+
+def _check_tilt_range(read: _Reader, policy: TiltedPolicy, safety: object) -> None:
+    """The tilt must penalise the cost step 1 bounded: clipped to ``safety.cost_range`` if set.
+
+    A policy.json written before the deployed tilt clipped (no ``policy.cost_range``) was
+    selected on clipped costs but would deploy an unclipped tilt: refused, align again.
+    """
+    declared = safety.get("cost_range") if isinstance(safety, dict) else None
+    if policy.metric != "expected_cost":
+        return
+    expected = None if declared is None else tuple(float(v) for v in declared)
+    if policy.cost_range != expected:
+        raise read.bad(
+            "policy.cost_range",
+            f"is {None if policy.cost_range is None else list(policy.cost_range)} but "
+            f"safety.cost_range is {declared}: the deployed tilt must penalise the cost step 1 "
+            "bounded (policy files written before safealign recorded it tilt on unclipped "
+            "costs); align again (alignment spends no privacy budget)",
+        )
 
 
 def _models(read: _Reader, obj: dict, *, group_names) -> ModelDirs:
