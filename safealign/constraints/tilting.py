@@ -65,6 +65,22 @@ def metric_costs(
     return values if cost_range is None else values.clamp(*(float(v) for v in cost_range))
 
 
+def cost_range_mismatch(policy: TiltedPolicy, safety: object) -> str | None:
+    """Why ``policy`` does not tilt on the cost step 1 bounded under the ``safety`` section (plain
+    data, as ``policy.json`` records it), or None: with ``expected_cost`` its range must be
+    ``safety.cost_range``. Files written before the tilt clipped record none: align again."""
+    declared = safety.get("cost_range") if isinstance(safety, dict) else None
+    expected = None if declared is None else tuple(float(v) for v in declared)
+    if policy.metric != "expected_cost" or policy.cost_range == expected:
+        return None
+    given = None if policy.cost_range is None else list(policy.cost_range)
+    return (
+        f"is {given} but safety.cost_range is {declared}: the deployed tilt must penalise the "
+        "cost step 1 bounded (policy files of earlier safealign versions tilt on unclipped "
+        "costs); align again (alignment spends no privacy budget)"
+    )
+
+
 def prompt_expectations(values: Tensor, weights: Tensor) -> Tensor:
     """``sum_k weights[i, k] * values[i, k]``, ``[n]``: each prompt's expected metric.
 

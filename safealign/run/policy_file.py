@@ -28,7 +28,7 @@ from typing import Any
 
 from safealign._atomic import atomic_write_text
 from safealign.constraints.align import AlignResult
-from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
+from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy, cost_range_mismatch
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
 from safealign.models.policy_artifact import POLICY_KIND as LM_POLICY_KIND
@@ -292,28 +292,10 @@ def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | None:
         raise read.bad(
             "policy", f"is not a valid tilted policy: {'; '.join(exc.problems)}"
         ) from None
-    _check_tilt_range(read, policy, obj.get("safety"))
+    problem = cost_range_mismatch(policy, obj.get("safety"))
+    if problem:
+        raise read.bad("policy.cost_range", problem)
     return policy
-
-
-def _check_tilt_range(read: _Reader, policy: TiltedPolicy, safety: object) -> None:
-    """The tilt must penalise the cost step 1 bounded: clipped to ``safety.cost_range`` if set.
-
-    A policy.json written before the deployed tilt clipped (no ``policy.cost_range``) was
-    selected on clipped costs but would deploy an unclipped tilt: refused, align again.
-    """
-    declared = safety.get("cost_range") if isinstance(safety, dict) else None
-    if policy.metric != "expected_cost":
-        return
-    expected = None if declared is None else tuple(float(v) for v in declared)
-    if policy.cost_range != expected:
-        raise read.bad(
-            "policy.cost_range",
-            f"is {None if policy.cost_range is None else list(policy.cost_range)} but "
-            f"safety.cost_range is {declared}: the deployed tilt must penalise the cost step 1 "
-            "bounded (policy files written before safealign recorded it tilt on unclipped "
-            "costs); align again (alignment spends no privacy budget)",
-        )
 
 
 def _models(read: _Reader, obj: dict, *, group_names) -> ModelDirs:
