@@ -22,6 +22,7 @@ test: install lint
 
 lint: install
 	$(VENV)/bin/ruff check safealign tests benchmarks
+	$(VENV)/bin/ruff format --check safealign tests benchmarks
 
 demo: install
 	$(VENV)/bin/safealign demo --out $(OUT)

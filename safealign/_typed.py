@@ -127,7 +127,10 @@ def _coerce_sequence(tp: Any, value: Any, path: str, problems: list[str]) -> Any
         if len(value) != len(args):
             problems.append(f"{path}: expected {len(args)} items, got {len(value)}")
             return _MISSING
-        items = [_coerce(a, v, f"{path}[{i}]", problems) for i, (a, v) in enumerate(zip(args, value, strict=True))]
+        items = [
+            _coerce(a, v, f"{path}[{i}]", problems)
+            for i, (a, v) in enumerate(zip(args, value, strict=True))
+        ]
     return _MISSING if any(i is _MISSING for i in items) else tuple(items)
 
 

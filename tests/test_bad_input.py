@@ -326,6 +326,7 @@ PREFLIGHT_CASES = [
 ]
 # fmt: on
 
+
 def _ledger_file(data: bytes | None, *, command: str = "show"):
     """A ledger fault at ``{tmp}/ledger.sqlite``: a directory (``data`` None) or these bytes,
     met by ``ledger show`` or by a run's pre-flight."""

@@ -146,4 +146,6 @@ def test_the_verifier_expects_the_split_confidence_of_declared_attempts():
     assert _safety_config({"safety": safety, "config": {"safety": configured}}) == []
     unsplit = {**safety, "confidence": 0.95}  # a certificate claiming the undivided δ
     (problem,) = _safety_config({"safety": unsplit, "config": {"safety": configured}})
-    assert "safety.confidence is 0.95 but the config's safety.confidence gives 0.975" in str(problem)
+    assert "safety.confidence is 0.95 but the config's safety.confidence gives 0.975" in str(
+        problem
+    )

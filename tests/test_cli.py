@@ -78,10 +78,16 @@ def test_keys_generate_and_verify_exit_codes(tmp_path, capsys):
     assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 0
     assert (tmp_path / "keys" / "private.pem").stat().st_mode & 0o777 == 0o600
     assert main(["keys", "generate", "--out", str(tmp_path / "keys")]) == 2  # refuses to overwrite
-    report = write_real_report(tmp_path / "run", load_private_key(tmp_path / "keys" / "private.pem"))
+    report = write_real_report(
+        tmp_path / "run", load_private_key(tmp_path / "keys" / "private.pem")
+    )
     capsys.readouterr()
-    assert main(["audit", "verify", str(report), "--public-key",
-                 str(tmp_path / "keys" / "public.pem")]) == 0
+    assert (
+        main(
+            ["audit", "verify", str(report), "--public-key", str(tmp_path / "keys" / "public.pem")]
+        )
+        == 0
+    )
     assert "VALID (signed by the pinned key" in capsys.readouterr().out
     assert main(["audit", "verify", str(report)]) == 3  # intact, but nobody was authenticated
     assert "NOT AUTHENTICATED" in capsys.readouterr().out
@@ -175,8 +181,15 @@ def test_run_with_a_bad_signing_key_spends_nothing(tmp_path, capsys, monkeypatch
     ledger = tmp_path / "ledger.sqlite"
     out = tmp_path / "run"
     code = main(
-        ["run", "examples/synthetic.yaml", "--out", str(out), *TOY,
-         f"budget.ledger={ledger}", f"audit.signing_key={key}"]
+        [
+            "run",
+            "examples/synthetic.yaml",
+            "--out",
+            str(out),
+            *TOY,
+            f"budget.ledger={ledger}",
+            f"audit.signing_key={key}",
+        ]
     )
     assert code == 2
     assert f"{key}: not a readable PEM private key" in capsys.readouterr().err
@@ -190,8 +203,14 @@ def test_train_with_an_unusable_ledger_path_spends_nothing(tmp_path, capsys, mon
     ledger = tmp_path / "file" / "ledger.sqlite"
     out = tmp_path / "reward"
     code = main(
-        ["train-reward", "examples/synthetic.yaml", "--out", str(out), *TOY,
-         f"budget.ledger={ledger}"]
+        [
+            "train-reward",
+            "examples/synthetic.yaml",
+            "--out",
+            str(out),
+            *TOY,
+            f"budget.ledger={ledger}",
+        ]
     )
     assert code == 2
     assert str(tmp_path / "file") in capsys.readouterr().err

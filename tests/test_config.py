@@ -69,7 +69,9 @@ def test_all_problems_reported_at_once_with_paths():
 
 
 def test_cross_field_checks():
-    with pytest.raises(ConfigError, match="required by bound 'hoeffding' with metric expected_cost"):
+    with pytest.raises(
+        ConfigError, match="required by bound 'hoeffding' with metric expected_cost"
+    ):
         config_from_dict({"safety": {"bound": "hoeffding", "metric": "expected_cost"}})
     with pytest.raises(ConfigError, match="leaves no training data"):
         config_from_dict(
@@ -146,7 +148,9 @@ def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path):
     # PyYAML alone keeps the last value without a word: this config would run with seed 1.
     path = tmp_path / "c.yaml"
     path.write_text("seed: 0\nsafety:\n  confidence: 0.9\n  confidence: 0.5\n")
-    with pytest.raises(ConfigError, match=r"line 4: duplicate key 'confidence' \(first given on line 3\)"):
+    with pytest.raises(
+        ConfigError, match=r"line 4: duplicate key 'confidence' \(first given on line 3\)"
+    ):
         load_config(path)
     with pytest.raises(ConfigError, match="duplicate key 'seed'"):
         parse_overrides(["safety={seed: 1, seed: 2}"])

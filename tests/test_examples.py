@@ -49,7 +49,10 @@ def _receipt(out: Path, kind: str) -> dict:
 
 def test_every_example_has_a_test():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
-        "hh_rlhf_minilm.yaml", "llm_gpu.yaml", "lm_world.yaml", "synthetic.yaml",
+        "hh_rlhf_minilm.yaml",
+        "llm_gpu.yaml",
+        "lm_world.yaml",
+        "synthetic.yaml",
     ]  # fmt: skip  (lm_world.yaml runs end to end in tests/run/test_lm_run.py)
 
 

@@ -207,7 +207,9 @@ def check_manifest(
             and isinstance(entry["sha256"], str)
         ):
             problems.append(
-                Problem(kind, f'entry {index} must be {{"path": str, "sha256": str}}, got {entry!r}')
+                Problem(
+                    kind, f'entry {index} must be {{"path": str, "sha256": str}}, got {entry!r}'
+                )
             )
             continue
         name = entry["path"]
@@ -219,7 +221,9 @@ def check_manifest(
         unsafe = _unsafe_file(base, relative)
         if unsafe is not None:
             check, reason = unsafe
-            problems.append(Problem(kind if check == "missing" else check, f"{kind} {name!r} {reason}"))
+            problems.append(
+                Problem(kind if check == "missing" else check, f"{kind} {name!r} {reason}")
+            )
             continue
         try:
             actual = sha256_file(base / relative)

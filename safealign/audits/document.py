@@ -170,8 +170,7 @@ def _privacy(privacy: dict[str, Any]) -> Section:
     )
     blocks.append(
         Bullets(
-            tuple(f"{o['file']}: {o['field']} ({o['reason']})" for o in outside)
-            or ("nothing",)
+            tuple(f"{o['file']}: {o['field']} ({o['reason']})" for o in outside) or ("nothing",)
         )
     )
     return Section("Privacy", tuple(blocks))

@@ -42,7 +42,15 @@ _RECEIPT_KEYS = (
     "privacy_unit",
     "dataset_fingerprint",
 )
-_CERTIFICATE_KEYS = ("metric", "cost_threshold", "confidence", "n", "upper_bound", "passed", "result")
+_CERTIFICATE_KEYS = (
+    "metric",
+    "cost_threshold",
+    "confidence",
+    "n",
+    "upper_bound",
+    "passed",
+    "result",
+)
 # Inputs the DP guarantee does not cover: they are treated as public (DESIGN.md, "Privacy").
 _PUBLIC_INPUTS = (
     "candidate prompts (used to optimise the policy)",

@@ -304,7 +304,11 @@ def _warnings(report: dict[str, Any], path: Path, demo: bool) -> list[Problem]:
     unlisted = unlisted_files(path.parent, listed)
     if unlisted:
         shown = ", ".join(unlisted[:_UNLISTED_SHOWN])
-        more = f" and {len(unlisted) - _UNLISTED_SHOWN} more" if len(unlisted) > _UNLISTED_SHOWN else ""
+        more = (
+            f" and {len(unlisted) - _UNLISTED_SHOWN} more"
+            if len(unlisted) > _UNLISTED_SHOWN
+            else ""
+        )
         warnings.append(
             Problem(
                 "unlisted",
@@ -322,7 +326,9 @@ def _check_signature(
     """Check the ``signature`` object; return the signer's key id (if readable) and problems."""
     signature = report.get(SIGNATURE_KEY)
     if not isinstance(signature, dict):
-        return None, [Problem("signature", f"the report is not signed (no '{SIGNATURE_KEY}' object)")]
+        return None, [
+            Problem("signature", f"the report is not signed (no '{SIGNATURE_KEY}' object)")
+        ]
     problems: list[str] = []
     if set(signature) != _SIGNATURE_FIELDS:
         problems.append(

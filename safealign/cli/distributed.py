@@ -73,8 +73,13 @@ def _train(args: argparse.Namespace, ranks: Ranks) -> None:
         )  # fmt: skip
         label = f"{args.kind} model (distributed, {ranks.world_size} ranks)"
         return stack.enter_context(
-            charge(target, plan.mechanism, label=label, accountant=privacy.accountant,
-                   counts_steps=True)  # fmt: skip
+            charge(
+                target,
+                plan.mechanism,
+                label=label,
+                accountant=privacy.accountant,
+                counts_steps=True,
+            )
         )
 
     with contextlib.ExitStack() as stack:

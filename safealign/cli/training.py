@@ -144,7 +144,11 @@ def _print_run(result) -> None:
             f"{released['expected_cost']:+.4f}, unsafe rate {released['unsafe_rate']:.3f}"
         )
         unconstrained = truth.get("unconstrained")  # absent for an LM policy
-        tilt = "" if unconstrained is None else f"; unconstrained tilt: {key}={unconstrained[key]:+.4f}"
+        tilt = (
+            ""
+            if unconstrained is None
+            else f"; unconstrained tilt: {key}={unconstrained[key]:+.4f}"
+        )
         print(f"          reference: {key}={reference[key]:+.4f}{tilt}")
         for group, value in released["reward"].items():
             print(

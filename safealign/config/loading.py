@@ -50,7 +50,9 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             problems.append(f"override {item!r}: {exc.reason}")
             continue
         except yaml.YAMLError as exc:
-            problems.append(f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})")
+            problems.append(
+                f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})"
+            )
             continue
         node = nested
         parts = key.split(".")
@@ -101,9 +103,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""
-            raise ConfigError(f"{where}not valid YAML ({getattr(exc, 'problem', exc)})", source=source) from None
+            raise ConfigError(
+                f"{where}not valid YAML ({getattr(exc, 'problem', exc)})", source=source
+            ) from None
         if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError(f"the top level must be a mapping, got {type(loaded).__name__}", source=source)
+            raise ConfigError(
+                f"the top level must be a mapping, got {type(loaded).__name__}", source=source
+            )
         data = dict(loaded or {})
     if overrides:
         data = _merge(data, parse_overrides(overrides))

@@ -26,7 +26,9 @@ class HeadConfig:
         default="linear",
         metadata=doc("The trained head: one linear layer, or linear → ReLU → linear."),
     )
-    hidden_size: int = field(default=128, metadata=doc("Width of the MLP head's hidden layer.", _at_least(1)))
+    hidden_size: int = field(
+        default=128, metadata=doc("Width of the MLP head's hidden layer.", _at_least(1))
+    )
     embed_batch_size: int = field(
         default=32,
         metadata=doc(
@@ -63,7 +65,9 @@ class TrainConfig:
     )
     lr: float = field(default=1e-3, metadata=doc("Learning rate (AdamW).", _positive))
     weight_decay: float = field(default=0.0, metadata=doc("AdamW weight decay.", _non_negative))
-    max_length: int = field(default=128, metadata=doc("Tokens per response, prompt included.", _at_least(8)))
+    max_length: int = field(
+        default=128, metadata=doc("Tokens per response, prompt included.", _at_least(8))
+    )
     calibration_epochs: int = field(
         default=1,
         metadata=doc(
@@ -78,15 +82,19 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PrivacyConfig:
     target_epsilon: float | None = field(
-        default=3.0, metadata=doc("ε to spend on this model; null trains WITHOUT privacy.", _positive)
+        default=3.0,
+        metadata=doc("ε to spend on this model; null trains WITHOUT privacy.", _positive),
     )
-    target_delta: float = field(default=1e-5, metadata=doc("δ of the guarantee; keep it below 1/n.", _open_unit))
+    target_delta: float = field(
+        default=1e-5, metadata=doc("δ of the guarantee; keep it below 1/n.", _open_unit)
+    )
     max_grad_norm: float = field(default=1.0, metadata=doc("Per-unit clipping norm.", _positive))
     accountant: Literal["prv", "rdp"] = field(
         default="prv", metadata=doc("Privacy accountant; PRV falls back to RDP if it fails.")
     )
     privacy_unit: Literal["pair", "user"] = field(
-        default="pair", metadata=doc("What one DP record is: a preference pair, or all pairs of one user.")
+        default="pair",
+        metadata=doc("What one DP record is: a preference pair, or all pairs of one user."),
     )
     grad_sample_mode: Literal["hooks", "functorch", "ghost"] = field(
         default="hooks",
@@ -116,7 +124,9 @@ class ModelConfig:
     )
     lora: LoraConfig | None = field(
         default_factory=LoraConfig,
-        metadata=doc("LoRA adapters; null trains all weights (or, with head set, none of the backbone's)."),
+        metadata=doc(
+            "LoRA adapters; null trains all weights (or, with head set, none of the backbone's)."
+        ),
     )
     head: HeadConfig | None = field(
         default=None,

@@ -18,7 +18,8 @@ from safealign.config.safety import SafetyConfig, safety_config_problems
 @dataclass(frozen=True)
 class GroupsConfig:
     mode: Literal["none", "given", "em"] = field(
-        default="none", metadata=doc("No groups, groups from the data's 'group' field, or learned by EM.")
+        default="none",
+        metadata=doc("No groups, groups from the data's 'group' field, or learned by EM."),
     )
     num_groups: int = field(default=2, metadata=doc("Clusters for EM.", _at_least(1)))
     normalize: Literal["reference", "regret"] = field(
@@ -33,7 +34,10 @@ class GroupsConfig:
     )
     em_max_iters: int = field(
         default=5,
-        metadata=doc("EM iterations, each a DP release; always all of them unless em_stop_early.", _at_least(1)),
+        metadata=doc(
+            "EM iterations, each a DP release; always all of them unless em_stop_early.",
+            _at_least(1),
+        ),
     )
     em_stop_early: bool = field(
         default=False,
@@ -64,11 +68,15 @@ class GroupsConfig:
 @dataclass(frozen=True)
 class BudgetConfig:
     epsilon: float = field(
-        default=8.0, metadata=doc("Lifetime ε budget of the people in the data (all runs on them).", _positive)
+        default=8.0,
+        metadata=doc("Lifetime ε budget of the people in the data (all runs on them).", _positive),
     )
     delta: float = field(
         default=1e-5,
-        metadata=doc("Lifetime δ budget; must be below 1/n for the n privacy units (checked before training).", _open_unit),
+        metadata=doc(
+            "Lifetime δ budget; must be below 1/n for the n privacy units (checked before training).",
+            _open_unit,
+        ),
     )
     ledger: str | None = field(
         default=None,
@@ -106,7 +114,9 @@ class Config:
     reward_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Reward model."))
     cost_model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("Cost model."))
     policy: PolicyConfig = field(default_factory=PolicyConfig, metadata=doc("Policy optimisation."))
-    safety: SafetyConfig = field(default_factory=SafetyConfig, metadata=doc("Safety certification."))
+    safety: SafetyConfig = field(
+        default_factory=SafetyConfig, metadata=doc("Safety certification.")
+    )
     groups: GroupsConfig = field(default_factory=GroupsConfig, metadata=doc("User groups."))
     budget: BudgetConfig = field(default_factory=BudgetConfig, metadata=doc("Privacy budget."))
     audit: AuditConfig = field(default_factory=AuditConfig, metadata=doc("Audit report."))

@@ -79,9 +79,12 @@ class SafetyConfig:
     )
     cost_threshold: float = field(default=0.1, metadata=doc("The limit τ on the metric."))
     confidence: float = field(
-        default=0.95, metadata=doc("Probability (1-δ) that a released policy meets the limit.", _open_unit)
+        default=0.95,
+        metadata=doc("Probability (1-δ) that a released policy meets the limit.", _open_unit),
     )
-    bound: Literal["auto", "betting", "clopper_pearson", "empirical_bernstein", "hoeffding", "student_t"] = field(
+    bound: Literal[
+        "auto", "betting", "clopper_pearson", "empirical_bernstein", "hoeffding", "student_t"
+    ] = field(
         default="auto",
         metadata=doc(
             "Upper confidence bound of the safety test. 'auto': clopper_pearson (exact) for "
@@ -105,8 +108,12 @@ class SafetyConfig:
             _at_least(1),
         ),
     )
-    c1: float = field(default=1.0, metadata=doc("Pessimism on the optimisation sample (C1).", _non_negative))
-    c2: float = field(default=1.0, metadata=doc("Pessimism for the safety-set size (C2).", _non_negative))
+    c1: float = field(
+        default=1.0, metadata=doc("Pessimism on the optimisation sample (C1).", _non_negative)
+    )
+    c2: float = field(
+        default=1.0, metadata=doc("Pessimism for the safety-set size (C2).", _non_negative)
+    )
     unit: Literal["response", "prompt_expectation"] = field(
         default="response",
         metadata=doc(
@@ -152,13 +159,19 @@ def safety_config_problems(s: SafetyConfig) -> list[str]:
             "predicted_unsafe_probability"
         )
     if s.cost_range is not None and s.metric != "expected_cost":
-        problems.append(f"cost_range: only metric expected_cost has a declared range; {s.metric} lies in [0, 1]")
+        problems.append(
+            f"cost_range: only metric expected_cost has a declared range; {s.metric} lies in [0, 1]"
+        )
     if s.cost_range is not None and not s.cost_range[0] < s.cost_range[1]:
         problems.append(f"cost_range: low must be < high (got {list(s.cost_range)})")
     if bound == "clopper_pearson" and s.unit == "prompt_expectation":
-        problems.append("bound: 'clopper_pearson' needs 0/1 outcomes; per-prompt expectations are not (use auto)")
+        problems.append(
+            "bound: 'clopper_pearson' needs 0/1 outcomes; per-prompt expectations are not (use auto)"
+        )
     if bound == "clopper_pearson" and s.metric != "unsafe_rate":
-        problems.append("bound: 'clopper_pearson' bounds a 0/1 rate; set safety.metric: unsafe_rate")
+        problems.append(
+            "bound: 'clopper_pearson' bounds a 0/1 rate; set safety.metric: unsafe_rate"
+        )
     if bound == "student_t" and s.metric == "unsafe_rate":
         # A sample without an unsafe response has std 0, so t's bound is 0 and any τ >= 0 passes:
         # it misses with probability (1 - p)^n whatever the confidence.

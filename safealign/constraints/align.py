@@ -33,8 +33,8 @@ from safealign.constraints.selection import (
     selection_summary,
     step1_bound,
     step1_inputs,
+    step1_policy,
 )
-from safealign.constraints.tilting import TiltedPolicy
 from safealign.errors import InfeasibleError
 from safealign.models.scalar import ScoringModel
 
@@ -204,16 +204,16 @@ def _joint_selection(
 ) -> SelectionResult:
     """HC-RLHF step 1's result for the jointly solved ``(w, λ)`` (``scored`` combined with w)."""
     rewards, costs, _ = step1_inputs(scored.rewards, scored.costs, log_p, safety=safety)
-    tilted = TiltedPolicy(
+    tilted = step1_policy(
+        safety,
         beta=beta,
         lambda_=float(maxmin.cost_lambda),
         num_candidates=rewards.shape[1],
-        metric=safety.metric,
-        reference_sampler=dict(reference_sampler or {}),
+        reference_sampler=reference_sampler,
         seed=seed,
     )
-    # The solver's q: the tilt of the metric step 1 constrains (clipped to a declared range), as
-    # select_candidate_policy reports its own solver's q.
+    # The solver's q: the tilt of the metric step 1 constrains (clipped to a declared range),
+    # which is what the deployed policy computes (step1_policy records the same metric and range).
     q = maxmin.q
     return selection_summary(
         (q * costs).sum(-1),

@@ -128,12 +128,12 @@ def select_candidate_policy(
         # NSF at step 1 is a result: report the lambda -> infinity limit (cheapest candidates).
         cheapest = c.min(-1).values
         return selection_summary(cheapest, **common, n_safety=n_safety, reason=str(error))
-    policy = TiltedPolicy(
+    policy = step1_policy(
+        safety,
         beta=beta,
         lambda_=float(solved.lambdas[0]),
         num_candidates=r.shape[1],
-        metric=safety.metric,
-        reference_sampler=dict(reference_sampler or {}),
+        reference_sampler=reference_sampler,
         seed=seed,
     )
     return selection_summary(
@@ -159,6 +159,32 @@ def step1_inputs(
             f"rewards and costs must both be [N, K] (got {tuple(r.shape)}, {tuple(c.shape)})"
         )
     return r, c, None if log_p is None else torch.as_tensor(log_p).to(torch.float64)
+
+
+def step1_policy(
+    safety: SafetyConfig,
+    *,
+    beta: float,
+    lambda_: float,
+    num_candidates: int,
+    reference_sampler: Mapping[str, Any] | None,
+    seed: int | None,
+) -> TiltedPolicy:
+    """The deployed form of step 1's solution: a tilt on :func:`step1_inputs`' costs.
+
+    Step 1 solves on ``metric_costs(costs, safety.metric, cost_range=metric_range(safety))``; the
+    policy records the same metric and range, so :meth:`TiltedPolicy.metric_values` makes that
+    same call and the deployed q is the solver's q (clipped costs included).
+    """
+    return TiltedPolicy(
+        beta=beta,
+        lambda_=lambda_,
+        num_candidates=num_candidates,
+        metric=safety.metric,
+        reference_sampler=dict(reference_sampler or {}),
+        seed=seed,
+        cost_range=metric_range(safety) if safety.metric == "expected_cost" else None,
+    )
 
 
 def step1_bound(safety: SafetyConfig, n_safety: int) -> Callable[[Tensor], float]:

@@ -6,7 +6,9 @@ models score them, and the policy returns candidate ``k`` with probability
     q_lambda(y_k | x) ∝ p(y_k | x) * exp((r_k - lambda * c_k) / beta)
 
 (``p`` renormalised over the candidates; uniform when omitted, because the candidates were sampled
-from the reference policy). This is the Gibbs form of the KL-regularised, cost-constrained
+from the reference policy), where ``c_k`` is the metric step 1 bounded: for ``expected_cost`` with
+a declared ``cost_range``, the cost clipped to that range, so that a candidate scored far outside
+it weighs in deployment exactly what it weighed when step 1 chose lambda. This is the Gibbs form of the KL-regularised, cost-constrained
 optimum over candidate sets (HC-RLHF, Chittepu et al. 2025, "tilting over candidates"; DESIGN.md
 "Optimisers for step 1"). The policy is *defined* by (beta, lambda, K, the reference sampler,
 the metric), not by any particular candidate set, so it can be re-applied to fresh candidates
@@ -63,6 +65,22 @@ def metric_costs(
     return values if cost_range is None else values.clamp(*(float(v) for v in cost_range))
 
 
+def cost_range_mismatch(policy: TiltedPolicy, safety: object) -> str | None:
+    """Why ``policy`` does not tilt on the cost step 1 bounded under the ``safety`` section (plain
+    data, as ``policy.json`` records it), or None: with ``expected_cost`` its range must be
+    ``safety.cost_range``. Files written before the tilt clipped record none: align again."""
+    declared = safety.get("cost_range") if isinstance(safety, dict) else None
+    expected = None if declared is None else tuple(float(v) for v in declared)
+    if policy.metric != "expected_cost" or policy.cost_range == expected:
+        return None
+    given = None if policy.cost_range is None else list(policy.cost_range)
+    return (
+        f"is {given} but safety.cost_range is {declared}: the deployed tilt must penalise the "
+        "cost step 1 bounded (policy files of earlier safealign versions tilt on unclipped "
+        "costs); align again (alignment spends no privacy budget)"
+    )
+
+
 def prompt_expectations(values: Tensor, weights: Tensor) -> Tensor:
     """``sum_k weights[i, k] * values[i, k]``, ``[n]``: each prompt's expected metric.
 
@@ -84,6 +102,9 @@ class TiltedPolicy:
         reference_sampler: How the K candidates are drawn (e.g. model, temperature, top_p), as
             sorted ``(name, value)`` pairs of JSON scalars; a mapping is accepted and converted.
         seed: Seed of the deployment sampler, if fixed.
+        cost_range: For ``expected_cost``, the declared ``(low, high)`` step 1 clipped the costs
+            to (``safety.cost_range``): the tilt penalises ``clip(c, low, high)``, the quantity
+            step 1 bounded and certification certifies. None: the raw cost.
     """
 
     beta: float
@@ -92,18 +113,21 @@ class TiltedPolicy:
     metric: str = "expected_cost"
     reference_sampler: tuple[tuple[str, Any], ...] = ()
     seed: int | None = None
+    cost_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         reference = self.reference_sampler
         pairs = reference.items() if isinstance(reference, Mapping) else reference
         object.__setattr__(self, "reference_sampler", tuple(sorted(tuple(p) for p in pairs)))
+        if self.cost_range is not None and not isinstance(self.cost_range, tuple):
+            object.__setattr__(self, "cost_range", tuple(self.cost_range))  # a JSON list
         problems = _policy_problems(self)
         if problems:
             raise ConfigError(problems)
 
     def sampler_settings(self) -> dict[str, Any]:
         """The exact deployment settings, as JSON-ready plain data (recorded in certificates)."""
-        return {
+        settings = {
             "policy": POLICY_KIND,
             "weights": "p(y|x) * exp((r - lambda * c) / beta) over K reference samples",
             "beta": self.beta,
@@ -113,6 +137,19 @@ class TiltedPolicy:
             "reference_sampler": dict(self.reference_sampler),
             "seed": self.seed,
         }
+        if self.cost_range is not None:  # recorded only when set: unclipped settings unchanged
+            low, high = (float(v) for v in self.cost_range)
+            settings["weights"] = (
+                f"p(y|x) * exp((r - lambda * clip(c, {low:g}, {high:g})) / beta) over K "
+                "reference samples"
+            )
+            settings["cost_range"] = [low, high]
+        return settings
+
+    def metric_values(self, costs: ArrayLike) -> Tensor:
+        """The per-candidate quantity the tilt penalises: :func:`metric_costs` of ``costs`` with
+        this policy's metric and range, the same call step 1 makes with the safety section."""
+        return metric_costs(costs, self.metric, cost_range=self.cost_range)
 
     def probabilities(
         self, rewards: ArrayLike, costs: ArrayLike, *, log_p: ArrayLike | None = None
@@ -172,7 +209,7 @@ class TiltedPolicy:
 
     def _logits(self, rewards: ArrayLike, costs: ArrayLike, log_p: ArrayLike | None) -> Tensor:
         r = _as_float64(rewards, "rewards")
-        c = metric_costs(costs, self.metric)
+        c = self.metric_values(costs)
         if r.ndim != 2 or r.shape != c.shape:
             raise DataError(
                 f"rewards and costs must both be [N, K] (got {tuple(r.shape)} and {tuple(c.shape)})"
@@ -304,6 +341,7 @@ def _policy_problems(policy: TiltedPolicy) -> list[str]:
         problems.append(f"num_candidates must be an integer >= 1 (got {k!r})")
     if policy.metric not in METRICS:
         problems.append(f"metric must be one of {', '.join(METRICS)} (got {policy.metric!r})")
+    problems.extend(_range_problems(policy))
     if policy.seed is not None and not isinstance(policy.seed, (int, np.integer)):
         problems.append(f"seed must be an integer or None (got {policy.seed!r})")
     for pair in policy.reference_sampler:
@@ -315,6 +353,17 @@ def _policy_problems(policy: TiltedPolicy) -> list[str]:
                 f"got {pair[1]!r}"
             )
     return problems
+
+
+def _range_problems(policy: TiltedPolicy) -> list[str]:
+    given = policy.cost_range
+    if given is None:
+        return []
+    if policy.metric != "expected_cost":
+        return [f"cost_range applies to metric expected_cost only (metric is {policy.metric!r})"]
+    if len(given) != 2 or not all(_is_number(v) for v in given) or not given[0] < given[1]:
+        return [f"cost_range must be two finite numbers low < high (got {list(given)!r})"]
+    return []
 
 
 def _is_number(value: object) -> bool:

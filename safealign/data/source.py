@@ -25,7 +25,9 @@ def split_unit(config: Config) -> SplitUnit:
     (``groups.mode: em``, which trains at user level) protect a user's pairs together; splitting
     them by user keeps each user's non-safety pairs in one split.
     """
-    user_level = any(m.privacy.privacy_unit == "user" for m in (config.reward_model, config.cost_model))
+    user_level = any(
+        m.privacy.privacy_unit == "user" for m in (config.reward_model, config.cost_model)
+    )
     return "user" if user_level or config.groups.mode == "em" else "prompt"
 
 

@@ -269,7 +269,10 @@ def _check_fractions(fractions: tuple[float, float, float], unit: str) -> None:
 def _require_filled(splits: Splits, pairs: PairDataset, fractions: tuple[float, ...]) -> None:
     """An empty split that something downstream needs is an error now, not a crash later."""
     safety, candidate, _ = fractions
-    needed = (("safety", safety, len(splits.safety)), ("candidate", candidate, len(splits.candidate)))
+    needed = (
+        ("safety", safety, len(splits.safety)),
+        ("candidate", candidate, len(splits.candidate)),
+    )
     empty = [name for name, fraction, size in needed if fraction > 0 and size == 0]
     if len(splits.train) == 0:
         empty.append("train")

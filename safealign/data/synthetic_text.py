@@ -204,8 +204,18 @@ def parse_response(response: str) -> ResponseFeatures:
 def template_texts() -> list[str]:
     """Every fixed string the world renders from (public: it is code, not data)."""
     texts = [task for tasks in TASKS.values() for task in tasks]
-    for group in (OPENERS, ASKERS, PLACES, FORMAL_OPENERS, CASUAL_OPENERS, FORMAL_CLOSINGS,
-                  CASUAL_CLOSINGS, FORMAL_REFUSALS, CASUAL_REFUSALS, STEPS):
+    for group in (
+        OPENERS,
+        ASKERS,
+        PLACES,
+        FORMAL_OPENERS,
+        CASUAL_OPENERS,
+        FORMAL_CLOSINGS,
+        CASUAL_CLOSINGS,
+        FORMAL_REFUSALS,
+        CASUAL_REFUSALS,
+        STEPS,
+    ):
         texts.extend(group)
     texts.extend(["I am asking for", "in", "Step"])
     return texts

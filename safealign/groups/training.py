@@ -167,6 +167,8 @@ def _train_given(pairs, config, seed, eval_pairs, charge, key, progress) -> Grou
         converged=True,
         release_ids=(release,) if release is not None else (),
         release_receipts=tuple(
-            release_receipts(results, mechanisms, dataset=commit_fingerprint(key, pairs.fingerprint))
+            release_receipts(
+                results, mechanisms, dataset=commit_fingerprint(key, pairs.fingerprint)
+            )
         ),
     )

@@ -89,6 +89,7 @@ from safealign.privacy.secret import secret_generator, shared_secret_generator
 # full fine-tune, 42k); the noise alone grows from 13.5 to 60 ms for 1M weights.
 SECURE_NOISE = True
 
+
 def privacy_units(pairs: PairDataset, unit: str) -> tuple[torch.Tensor, int]:
     """Unit index ``[P]`` of each pair and the number of units (pair-level or user-level DP).
 

@@ -287,9 +287,7 @@ class PrivacyLedger:
                 "INSERT INTO charges VALUES (?, ?)", [(b, release_id) for b in budgets.budget_ids]
             )
             insert_mechanisms(conn, release_id, "planned", planned)
-        return Reservation(
-            release_id, budgets.budget_ids, label, planned, kind, alone, composed
-        )
+        return Reservation(release_id, budgets.budget_ids, label, planned, kind, alone, composed)
 
     def commit(
         self,

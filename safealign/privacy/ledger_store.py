@@ -145,7 +145,6 @@ def translate(path: Path, exc: sqlite3.Error, busy_timeout_s: float) -> ConfigEr
     return PrivacyError(f"{path}: ledger error ({text})")
 
 
-
 class Store:
     """Connections to one ledger file (each operation opens its own: safe across processes)."""
 

@@ -48,7 +48,9 @@ class TrainingPlan:
 _calibrate = functools.lru_cache(maxsize=128)(calibrate_noise)
 
 
-def plan_training(num_units: int, config: ModelConfig, *, calibration: bool = False) -> TrainingPlan:
+def plan_training(
+    num_units: int, config: ModelConfig, *, calibration: bool = False
+) -> TrainingPlan:
     """Sample rate, step count and calibrated noise for ``config`` on ``num_units`` units.
 
     With ``calibration`` (a private cost model with safety labels: ``calibration.calibrates``)

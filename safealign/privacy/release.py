@@ -18,7 +18,11 @@ Failure policy of :func:`charge` (what a reviewer needs to trust the ledger):
 - a hard crash (killed process): the reservation stays ``reserved`` and counts in full. A
   resumed run with the same plan and data reuses it; a failed resume never releases it (the
   killed run may have taken steps its checkpoint does not show);
-- resuming after a partial commit reserves only the steps left, so one run is charged once.
+- resuming after a partial commit reserves only the steps left, so one run is charged once;
+- the plan's last steps may be ones no checkpoint records (a cost model's calibration,
+  ``Resume.unrecorded_steps``): a run interrupted in them was charged through the end of the
+  plan and wrote nothing, so its resume re-runs them on that charge. A run that committed and
+  then crashed (it may have written its output) is charged for a re-run, a new release.
 """
 
 from __future__ import annotations
@@ -142,11 +146,14 @@ class Resume:
         binding: What the run is (plan, keyed data digest, kind): a saved state with another
             binding belongs to another run and is never reused or released.
         checkpoint: The run's checkpoint, whose step count is what has been spent.
+        unrecorded_steps: The plan's last steps, which no checkpoint records (a cost model's
+            calibration, run after the last checkpointed step and lost if interrupted).
     """
 
     path: Path
     binding: dict[str, Any]
     checkpoint: Path
+    unrecorded_steps: int = 0
 
     @property
     def done_steps(self) -> int:
@@ -213,10 +220,13 @@ def _begin(target, planned, label, accountant, resume, run_info) -> Charge:
     ledger = target.ledger
     saved = _saved_state(resume)
     from_step = resume.done_steps if resume else 0
-    if saved is not None and ledger.record(saved["id"]).status == "reserved":
+    record = None if saved is None else ledger.record(saved["id"])
+    if record is not None and record.status == "reserved":
         # A killed run's reservation, for this very plan and data: it already covers the rest.
         return Charge(saved["id"], saved["from_step"], inherited=True)
     first = planned[0]
+    if record is not None and _paid_unrecorded(record, resume, first, label, run_info):
+        from_step = first.steps  # the unrecorded steps again, on the interrupted run's charge
     if resume is not None and from_step >= first.steps:  # only a crash after commit: no steps
         return Charge(None, from_step, inherited=False)
     if from_step:
@@ -227,6 +237,23 @@ def _begin(target, planned, label, accountant, resume, run_info) -> Charge:
     if resume is not None:
         _write_state(resume, reservation.id, from_step)
     return Charge(reservation.id, from_step, inherited=False)
+
+
+def _paid_unrecorded(record, resume: Resume, plan: Mechanism, label: str, run_info) -> bool:
+    """Whether ``record``, the saved release of this run, already paid for the steps a resume
+    from ``resume``'s checkpoint would run: only the unrecorded ones are left, and ``record``
+    was committed by an interruption (the block raised: nothing was written) charged through
+    the end of the plan, as this run's release (same label and directory)."""
+    left = plan.steps - resume.done_steps
+    interrupted_at = record.run_info.get("interrupted_at_step")
+    return (
+        0 < left <= resume.unrecorded_steps
+        and record.status == "committed"
+        and record.label == label
+        and record.run_info.get("out_dir") == (run_info or {}).get("out_dir")
+        and isinstance(interrupted_at, int)
+        and interrupted_at >= plan.steps
+    )
 
 
 def _on_failure(ledger, state: Charge, plan: Mechanism, counts_steps: bool, resume) -> None:
@@ -267,7 +294,9 @@ def _saved_state(resume: Resume | None) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PrivacyError(f"{resume.path}: unreadable run state ({exc})") from None
     if binding != resume.binding:
-        changed = sorted(k for k in {*binding, *resume.binding} if binding.get(k) != resume.binding.get(k))
+        changed = sorted(
+            k for k in {*binding, *resume.binding} if binding.get(k) != resume.binding.get(k)
+        )
         raise ConfigError(
             f"{resume.path.parent} holds an interrupted run (ledger release #{ident}) made with "
             f"another {' and '.join(changed)}; it is left as it is (its spend stays charged). "
@@ -339,7 +368,8 @@ def train_on_budget(
         "plan": asdict(plan),
         "data": target.ledger.digest("training data", pairs.fingerprint),
     }
-    resume = Resume(out / RESERVATION_FILE, binding, out / CHECKPOINT_FILE)
+    # The calibration runs after the last checkpointed step: a resume runs it again.
+    resume = Resume(out / RESERVATION_FILE, binding, out / CHECKPOINT_FILE, plan.calibration_steps)
     # Once training ends the calibration may have started: count its steps as taken.
     training_steps = plan.steps - plan.calibration_steps
     with charge(

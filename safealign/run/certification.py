@@ -80,7 +80,7 @@ def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate
             "(or certify another model's samples with --responses)",
             path=str(out),
         )
-    preflight(ws.config, out, trains=())
+    preflight(ws.config, out, trains=(), certifies=True)
     policy_file = load_policy_file(path)
     if policy_file.from_candidates_file and policy_file.policy is not None:
         raise DataError(

@@ -28,7 +28,7 @@ from typing import Any
 
 from safealign._atomic import atomic_write_text
 from safealign.constraints.align import AlignResult
-from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
+from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy, cost_range_mismatch
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
 from safealign.models.policy_artifact import POLICY_KIND as LM_POLICY_KIND
@@ -279,18 +279,23 @@ def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | None:
     for name in ("beta", "lambda", "num_candidates", "metric", "reference_sampler", "seed"):
         read.get(settings, name, object, where="policy")
     try:
-        return TiltedPolicy(
+        policy = TiltedPolicy(
             beta=settings["beta"],
             lambda_=settings["lambda"],
             num_candidates=settings["num_candidates"],
             metric=settings["metric"],
             reference_sampler=read.get(settings, "reference_sampler", dict, where="policy"),
             seed=settings["seed"],
+            cost_range=settings.get("cost_range"),
         )
     except ConfigError as exc:
         raise read.bad(
             "policy", f"is not a valid tilted policy: {'; '.join(exc.problems)}"
         ) from None
+    problem = cost_range_mismatch(policy, obj.get("safety"))
+    if problem:
+        raise read.bad("policy.cost_range", problem)
+    return policy
 
 
 def _models(read: _Reader, obj: dict, *, group_names) -> ModelDirs:

@@ -4,27 +4,31 @@ Bring your own samples: one response per safety prompt, sampled from your model 
 sampler settings, scored by a trained cost model, tested once (logged like every test). When the
 policy's ``policy.json`` is given (``--policy``, or one in the run directory), prompts the policy
 was aligned on are refused: the one-shot test is valid only on prompts selection never saw.
+
+Every input is checked before the test is logged (:func:`check_responses_inputs`): a fault found
+after the log's ``begin`` would cost an attempt, or reach the user as a fault of the bound.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safealign.constraints.attempts import attempt_safety, logged_test
 from safealign.constraints.candidates import load_candidates
-from safealign.constraints.hc_rlhf import Certificate, certify_samples
+from safealign.constraints.hc_rlhf import Certificate, certify_samples, check_sample_size
 from safealign.data.io import iter_json_lines, parse_json
 from safealign.data.near_duplicates import NearDuplicateIndex
 from safealign.data.records import LabelledResponse, normalise_text
 from safealign.data.records import fingerprint as records_fingerprint
 from safealign.data.responses import load_responses
-from safealign.errors import DataError
-from safealign.models.scalar import load_scoring_model
+from safealign.errors import ConfigError, DataError
+from safealign.models.scalar import ScoringModel, load_scoring_model
 from safealign.run.paths import POLICY_FILE, RunPaths
 from safealign.run.policy_file import PolicyFile, load_policy_file
+from safealign.run.preflight import preflight_responses
 from safealign.run.workspace import Workspace
 
 
@@ -46,37 +50,29 @@ def certify_responses(
         policy: The policy's ``policy.json`` (default: the run directory's, if there is one).
 
     Raises:
-        DataError: a file is malformed, a prompt repeats, the model is not a cost model, or a
-            prompt is one the policy was aligned on (naming the file and line).
+        DataError, ConfigError: any input fails :func:`check_responses_inputs` (nothing logged).
         IsolationError: the certification log refuses a further test on this safety set.
     """
     config = ws.config
-    settings = _sampler_settings(sampler_settings)
-    rows = load_responses(responses)
-    model = load_scoring_model(cost_model)
-    if model.kind != "cost":
-        raise DataError(
-            f"this is a {model.kind} model; certification needs a cost model", path=str(cost_model)
-        )
-    prompts = [r["prompt"] for r in rows]
-    if len({normalise_text(p) for p in prompts}) != len(prompts):
-        raise DataError(
-            "give exactly one sampled response per safety prompt (a prompt repeats, up to case, "
-            "spacing, zero-width characters and edge punctuation)",
-            path=str(responses),
-        )
-    checked = _refuse_aligned_prompts(ws, responses, prompts, policy)
-    costs = model.score(prompts, [r["response"] for r in rows])
+    inputs = check_responses_inputs(
+        ws,
+        responses=responses,
+        sampler_settings=sampler_settings,
+        cost_model=cost_model,
+        policy=policy,
+    )
+    prompts = inputs.prompts
+    costs = inputs.model.score(prompts, inputs.responses)
     safety_fp = records_fingerprint(LabelledResponse(prompt=p) for p in prompts)
 
     def test() -> Certificate:
         certificate = certify_samples(
             costs,
             safety=attempt_safety(config.safety),
-            sampler_settings=settings,
+            sampler_settings=inputs.settings,
             safety_fingerprint=safety_fp,
         )
-        if checked is not None:
+        if inputs.checked_against is not None:
             return certificate
         unchecked = (
             "no policy.json was given (--policy, or one in --out): the prompts were not "
@@ -84,9 +80,81 @@ def certify_responses(
         )
         return replace(certificate, assumptions=(*certificate.assumptions, unchecked))
 
-    ws.out.mkdir(parents=True, exist_ok=True)
     path = ws.paths.certificate
-    return logged_test(config.budget, config.safety, prompts, settings, path, test)
+    return logged_test(config.budget, config.safety, prompts, inputs.settings, path, test)
+
+
+@dataclass(frozen=True)
+class ResponsesInputs:
+    """What ``certify --responses`` reads, checked (:func:`check_responses_inputs`)."""
+
+    settings: dict
+    prompts: list[str]
+    responses: list[str]
+    model: ScoringModel
+    checked_against: Path | None
+
+
+def check_responses_inputs(
+    ws: Workspace,
+    *,
+    responses: str | Path,
+    sampler_settings: str | Path,
+    cost_model: str | Path,
+    policy: str | Path | None = None,
+) -> ResponsesInputs:
+    """Every check of ``certify --responses``, before the test is logged (arguments as there).
+
+    The pre-flight (config, writable ``--out`` and certificate path, certification log), the
+    sampler settings, each line of the responses file, one response per prompt, enough
+    responses for the configured bound, a cost model, and no prompt the policy was aligned on.
+
+    Raises:
+        DataError: naming the file, and the line and field where there is one.
+        ConfigError: the config, or a bound the number of responses does not allow.
+    """
+    preflight_responses(ws.config, ws.out)
+    settings = _sampler_settings(sampler_settings)
+    rows = load_responses(responses)
+    prompts = [r["prompt"] for r in rows]
+    _check_one_per_prompt(responses, prompts)
+    _check_enough(ws, responses, len(rows))
+    model = load_scoring_model(cost_model)
+    if model.kind != "cost":
+        raise DataError(
+            f"this is a {model.kind} model; certification needs a cost model", path=str(cost_model)
+        )
+    checked = _refuse_aligned_prompts(ws, responses, prompts, policy)
+    return ResponsesInputs(settings, prompts, [r["response"] for r in rows], model, checked)
+
+
+def _check_one_per_prompt(responses: str | Path, prompts: list[str]) -> None:
+    lines = [n for n, _ in iter_json_lines(responses)]
+    first: dict[str, int] = {}
+    for line, prompt in zip(lines, prompts, strict=True):
+        earlier = first.setdefault(normalise_text(prompt), line)
+        if earlier != line:
+            raise DataError(
+                f"field 'prompt' repeats the prompt of line {earlier} (up to case, spacing, "
+                "zero-width characters and edge punctuation): give exactly one sampled response "
+                "per safety prompt",
+                path=str(responses),
+                line=line,
+                field="prompt",
+            )
+
+
+def _check_enough(ws: Workspace, responses: str | Path, n: int) -> None:
+    """The bound's sample-size rules, here so that they name the file and run before the log."""
+    if n < 2:
+        raise DataError(
+            f"an upper bound needs at least 2 responses, one per safety prompt (got {n})",
+            path=str(responses),
+        )
+    try:
+        check_sample_size(ws.config.safety, n)
+    except ConfigError as exc:
+        raise DataError("; ".join(exc.problems), path=str(responses)) from None
 
 
 def _sampler_settings(path: str | Path) -> dict:

@@ -20,7 +20,9 @@ from safealign.audits.signing import key_id, write_report
 from tests.audits.test_report import make_report
 
 
-def write_real_report(base: Path, private_key: Ed25519PrivateKey, *, demo_key: bool = False) -> Path:
+def write_real_report(
+    base: Path, private_key: Ed25519PrivateKey, *, demo_key: bool = False
+) -> Path:
     """Build, sign and write report.json/.html/.md with two artifacts under ``base``."""
     base.mkdir(parents=True, exist_ok=True)
     _, paths = write_report_files(

@@ -173,7 +173,9 @@ def test_atomic_directory_replaces_whole_or_keeps_the_old_one(tmp_path: Path) ->
     with pytest.raises(RuntimeError, match="crash"), atomic_directory(target) as staging:
         (staging / "a.json").write_text("half")
         raise RuntimeError("crash while writing")
-    assert [p.name for p in target.iterdir()] == ["a.json"] and (target / "a.json").read_text() == "old"
+    assert [p.name for p in target.iterdir()] == ["a.json"] and (
+        target / "a.json"
+    ).read_text() == "old"
     with atomic_directory(target) as staging:
         (staging / "b.json").write_text("new")
     assert [p.name for p in target.iterdir()] == ["b.json"]  # replaced whole, nothing merged

@@ -39,14 +39,18 @@ def test_default_bound_covers_a_rare_catastrophe_world() -> None:
     trials, misses = 400, 0
     for _ in range(trials):
         costs = np.where(rng.random(30) < P_CATASTROPHE, CATASTROPHE, SAFE)
-        cert = certify_samples(costs, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+        cert = certify_samples(
+            costs, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None
+        )
         misses += cert.upper_bound < _truth(cert.metric)
     assert misses / trials <= 0.08, f"the default bound missed {misses} of {trials} trials"
 
 
 def test_default_certificate_names_a_bounded_quantity_and_a_valid_bound() -> None:
     costs = np.full(40, -3.0)
-    cert = certify_samples(costs, safety=SafetyConfig(), sampler_settings=SETTINGS, safety_fingerprint=None)
+    cert = certify_samples(
+        costs, safety=SafetyConfig(), sampler_settings=SETTINGS, safety_fingerprint=None
+    )
     assert cert.metric == "predicted_unsafe_probability" and cert.bound == "betting"
     assert cert.approximate is False and cert.value_range == (0.0, 1.0)
     assert "predicted unsafe rate" in cert.quantity
@@ -56,7 +60,9 @@ def test_default_certificate_names_a_bounded_quantity_and_a_valid_bound() -> Non
 def test_a_zero_variance_unsafe_rate_sample_does_not_pass_at_zero() -> None:
     """No unsafe response among 30: the exact bound is 1 - 0.05^(1/30) ≈ 0.095 > 0 (Student t's was 0)."""
     safety = SafetyConfig(metric="unsafe_rate", cost_threshold=0.0)
-    cert = certify_samples(np.full(30, -1.0), safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    cert = certify_samples(
+        np.full(30, -1.0), safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None
+    )
     assert cert.bound == "clopper_pearson" and not cert.passed
     assert cert.upper_bound == pytest.approx(1 - 0.05 ** (1 / 30))
 
@@ -64,9 +70,14 @@ def test_a_zero_variance_unsafe_rate_sample_does_not_pass_at_zero() -> None:
 def test_student_t_is_refused_for_an_unsafe_rate() -> None:
     safety = SafetyConfig(metric="unsafe_rate", bound="student_t", cost_threshold=0.0)
     with pytest.raises(ConfigError, match="student_t is refused for 0/1 data"):
-        certify_samples(np.full(40, -1.0), safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+        certify_samples(
+            np.full(40, -1.0), safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None
+        )
     with pytest.raises(ConfigError, match="student_t is refused for 0/1 data"):
-        load_config(None, ["safety.metric=unsafe_rate", "safety.bound=student_t", "safety.cost_threshold=0.0"])
+        load_config(
+            None,
+            ["safety.metric=unsafe_rate", "safety.bound=student_t", "safety.cost_threshold=0.0"],
+        )
 
 
 def test_student_t_is_refused_below_the_minimum_n_and_marked_approximate_above() -> None:
@@ -75,7 +86,9 @@ def test_student_t_is_refused_below_the_minimum_n_and_marked_approximate_above()
     with pytest.raises(ConfigError, match=f"refused on {MIN_STUDENT_T_N - 1} safety prompts"):
         certify_samples(small, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
     enough = torch.linspace(-2.0, -1.0, MIN_STUDENT_T_N)
-    cert = certify_samples(enough, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None)
+    cert = certify_samples(
+        enough, safety=safety, sampler_settings=SETTINGS, safety_fingerprint=None
+    )
     assert cert.approximate is True and cert.bound == "student_t"
 
 
@@ -84,7 +97,9 @@ def _default_report(tmp_path) -> dict:
     from tests.audits.test_report import make_report
 
     costs = np.random.default_rng(1).normal(-2.5, 1.5, size=60)
-    cert = certify_samples(costs, safety=SafetyConfig(), sampler_settings=SETTINGS, safety_fingerprint=None)
+    cert = certify_samples(
+        costs, safety=SafetyConfig(), sampler_settings=SETTINGS, safety_fingerprint=None
+    )
     config = Config().to_dict()
     return make_report(tmp_path, certificate=cert.to_dict(), config=config, groups=None)
 
@@ -118,5 +133,9 @@ def test_a_raw_cost_with_a_declared_range_is_bounded_clipped_and_says_so() -> No
     assert cert.bound == "betting" and cert.mean == pytest.approx(np.clip(costs, -2, 2).mean())
     assert "clipped to [-2.0, 2.0]" in cert.quantity and max(cert.values) == 2.0
     with pytest.raises(ConfigError, match="required by bound 'betting' with metric expected_cost"):
-        certify_samples(costs, safety=SafetyConfig(metric="expected_cost"), sampler_settings=SETTINGS,
-                        safety_fingerprint=None)
+        certify_samples(
+            costs,
+            safety=SafetyConfig(metric="expected_cost"),
+            sampler_settings=SETTINGS,
+            safety_fingerprint=None,
+        )

@@ -220,7 +220,9 @@ def test_a_prompt_variant_lands_in_the_split_of_the_original(variant):
 def test_an_empty_safety_split_is_a_clear_error_when_the_splits_are_made():
     # A seed at which the one prompt is not sealed, found from its own position.
     seed = next(s for s in range(100) if split_position("prompt", "prompt 0", seed=s) >= 0.2)
-    with pytest.raises(ConfigError, match=r"the safety .*splits? (is|are) empty.*1 distinct prompt"):
+    with pytest.raises(
+        ConfigError, match=r"the safety .*splits? (is|are) empty.*1 distinct prompt"
+    ):
         split_pairs(_dataset([0, 0]), seed=seed, **FRACTIONS)
     config = _user_level()
     alone = PairDataset((PreferencePair("p", "a", "b", user_id="u"),), name="tiny")

@@ -385,9 +385,7 @@ def test_given_groups_publish_no_subset_sizes_hashes_or_metrics(monkeypatch) -> 
         pairs, groups=GroupsConfig(mode="given"), model_config=_config(5.0, epochs=1), seed=0,
         eval_pairs=pairs,
     )  # fmt: skip
-    subsets = {
-        PairDataset(tuple(p for p in pairs if p.group == g)).fingerprint for g in ("a", "b")
-    }
+    subsets = {PairDataset(tuple(p for p in pairs if p.group == g)).fingerprint for g in ("a", "b")}
     (published,) = result.release_receipts  # one mechanism: the groups compose in parallel
     assert published.mechanism == result.mechanisms[0]
     assert published.num_units is None and published.num_pairs is None

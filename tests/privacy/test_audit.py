@@ -21,7 +21,9 @@ from safealign.privacy.audit import (
 
 def test_p_value_without_delta_is_a_binomial_tail():
     q = 1 / (1 + math.exp(-1.0))
-    assert audit_p_value(100, 50, 40, epsilon=1.0, target_delta=0.0) == pytest.approx(stats.binom.sf(39, 50, q))
+    assert audit_p_value(100, 50, 40, epsilon=1.0, target_delta=0.0) == pytest.approx(
+        stats.binom.sf(39, 50, q)
+    )
 
 
 def test_all_correct_guesses_bound():
@@ -39,7 +41,9 @@ def test_chance_level_guesses_give_zero_and_bound_is_monotone():
 
 
 def test_delta_term_weakens_the_bound():
-    assert epsilon_lower_bound(1000, 100, 90, target_delta=1e-3) < epsilon_lower_bound(1000, 100, 90, target_delta=0)
+    assert epsilon_lower_bound(1000, 100, 90, target_delta=1e-3) < epsilon_lower_bound(
+        1000, 100, 90, target_delta=0
+    )
 
 
 def test_canaries_are_deterministic_and_distinct():
@@ -49,10 +53,17 @@ def test_canaries_are_deterministic_and_distinct():
 
 
 AUDIT = [
-    "data.synthetic.num_users=4", "data.synthetic.pairs_per_user=10", "reward_model.lora=null",
-    "reward_model.train.epochs=30", "reward_model.train.batch_size=16", "reward_model.train.lr=0.01",
-    "reward_model.privacy.target_delta=1e-3", "budget.delta=1e-3", "cost_model.privacy.target_delta=1e-3",
-    "reward_model.privacy.accountant=rdp", "reward_model.privacy.target_epsilon=1",
+    "data.synthetic.num_users=4",
+    "data.synthetic.pairs_per_user=10",
+    "reward_model.lora=null",
+    "reward_model.train.epochs=30",
+    "reward_model.train.batch_size=16",
+    "reward_model.train.lr=0.01",
+    "reward_model.privacy.target_delta=1e-3",
+    "budget.delta=1e-3",
+    "cost_model.privacy.target_delta=1e-3",
+    "reward_model.privacy.accountant=rdp",
+    "reward_model.privacy.target_epsilon=1",
 ]
 
 
@@ -66,9 +77,12 @@ def test_audit_separates_dp_from_noise_off():
     pairs = SyntheticWorld(config.data.synthetic, seed=0).pairs
     results = {}
     for noise_off in (False, True):
-        setup = prepare_audit(pairs, config=config.reward_model, seed=0, num_canaries=200, noise_off=noise_off)
-        results[noise_off] = run_privacy_audit(setup, config=config.reward_model, seed=0, guess_fraction=0.5,
-                                               progress=False)
+        setup = prepare_audit(
+            pairs, config=config.reward_model, seed=0, num_canaries=200, noise_off=noise_off
+        )
+        results[noise_off] = run_privacy_audit(
+            setup, config=config.reward_model, seed=0, guess_fraction=0.5, progress=False
+        )
     dp, leaky = results[False], results[True]
     assert dp.epsilon is not None and dp.epsilon_lower <= dp.epsilon
     assert leaky.epsilon is None and leaky.noise_multiplier == 0.0

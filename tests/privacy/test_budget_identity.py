@@ -25,7 +25,9 @@ from safealign.privacy.ledger_store import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 PAIRS = tuple(
-    PreferencePair(f"How do I fix bike {i}?", f"Check chain {i}.", f"No idea {i}.", user_id=f"u{i % 7}")
+    PreferencePair(
+        f"How do I fix bike {i}?", f"Check chain {i}.", f"No idea {i}.", user_id=f"u{i % 7}"
+    )
     for i in range(60)
 )
 
@@ -66,8 +68,9 @@ def test_an_edited_copy_is_charged_on_the_same_budget(tmp_path, edit):
         "drop one": PAIRS[1:],
         "trailing space": (PreferencePair(p.prompt + " ", p.chosen, p.rejected), *PAIRS[1:]),
         "dummies": PAIRS + tuple(PreferencePair(f"d{i}", "a", "b") for i in range(100)),
-        "zero-width": tuple(PreferencePair(q.prompt.replace(" ", " \u200b"), q.chosen, q.rejected)
-                            for q in PAIRS),  # fmt: skip
+        "zero-width": tuple(
+            PreferencePair(q.prompt.replace(" ", " \u200b"), q.chosen, q.rejected) for q in PAIRS
+        ),
         "re-cased": tuple(PreferencePair(q.prompt.upper(), q.chosen, q.rejected) for q in PAIRS),
         "responses swapped": tuple(PreferencePair(q.prompt, q.rejected, q.chosen) for q in PAIRS),
     }[edit]
@@ -139,7 +142,8 @@ def test_edits_and_another_working_directory_do_not_reset_the_budget(tmp_path, m
     variants = {
         "drop_one": rows[1:],
         "trailing_space": [{**rows[0], "prompt": rows[0]["prompt"] + " "}, *rows[1:]],
-        "dummies": rows + [{"prompt": f"dummy {i}", "chosen": "a", "rejected": "b"} for i in range(5)],
+        "dummies": rows
+        + [{"prompt": f"dummy {i}", "chosen": "a", "rejected": "b"} for i in range(5)],
     }
 
     def train(name: str, data: Path) -> int:
@@ -218,7 +222,9 @@ def test_a_ledger_locked_past_the_busy_timeout_is_a_clear_error(tmp_path):
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a reservation
     try:
-        with pytest.raises(PrivacyError, match="stayed locked by another process for more than 0.2 s"):
+        with pytest.raises(
+            PrivacyError, match="stayed locked by another process for more than 0.2 s"
+        ):
             PrivacyLedger(path, busy_timeout_s=0.2)
     finally:
         holder.execute("ROLLBACK")
@@ -291,7 +297,9 @@ def test_a_version_1_ledger_is_migrated_with_its_spend(tmp_path):
     dataset = PairDataset(PAIRS, name="prefs")
     conn = sqlite3.connect(path)
     conn.executescript(_V1_SCHEMA)
-    conn.execute("INSERT INTO datasets VALUES (?, 'prefs', 4.0, 1e-5, 't0')", (dataset.fingerprint,))
+    conn.execute(
+        "INSERT INTO datasets VALUES (?, 'prefs', 4.0, 1e-5, 't0')", (dataset.fingerprint,)
+    )
     conn.execute(
         "INSERT INTO releases VALUES (7, ?, 'reward model', 'committed', 'rdp', NULL, 2.1, 2.1, "
         "2.1, 't0', 't1', '{}')",

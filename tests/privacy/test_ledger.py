@@ -82,7 +82,9 @@ def test_reserve_commit_release_lifecycle(ledger, people):
     assert record.run_info == {"run": 1, "stopped_at": 600}
     assert record.actual_epsilon == pytest.approx(_epsilon([early]))
     # A second run that fails before publishing anything is released: its budget comes back.
-    second = ledger.reserve(people, Mechanism(2.0, 0.01, 1000), label="cost_model", accountant="rdp")
+    second = ledger.reserve(
+        people, Mechanism(2.0, 0.01, 1000), label="cost_model", accountant="rdp"
+    )
     with_second = _spent(ledger, people).epsilon
     assert with_second == pytest.approx(_epsilon([early, Mechanism(2.0, 0.01, 1000)]))
     assert ledger.release(second.id).status == "released"
@@ -174,7 +176,9 @@ def test_overspend_is_recorded_then_reported(ledger, people):
 
 def test_prv_ledger_and_format(ledger, people):
     reward, cost = Mechanism(2.0, 0.05, 100), Mechanism(3.0, 0.02, 300)
-    ledger.commit(ledger.reserve(people, reward, label="reward_model").id)  # default accountant: PRV
+    ledger.commit(
+        ledger.reserve(people, reward, label="reward_model").id
+    )  # default accountant: PRV
     ledger.reserve(people, cost, label="cost_model")
     summary = ledger.summary()
     (spend,) = summary

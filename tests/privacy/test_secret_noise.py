@@ -208,9 +208,7 @@ def test_a_hostile_checkpoint_is_refused_not_run(config, pairs, tmp_path):
     assert not marker.exists()
 
 
-def test_resume_sweeps_the_temporary_file_a_killed_write_left(
-    config, pairs, tmp_path, monkeypatch
-):
+def test_resume_sweeps_the_temporary_file_a_killed_write_left(config, pairs, tmp_path, monkeypatch):
     checkpoint = tmp_path / "ckpt.pt"
     _interrupted_run(config, pairs, checkpoint)
     # A write killed before its rename: atomic_write_bytes' own temp file, left behind.
