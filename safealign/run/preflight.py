@@ -10,6 +10,7 @@ from pathlib import Path
 from safealign.audits.signing import load_private_key
 from safealign.config import BudgetConfig, Config, config_from_dict
 from safealign.data.io import check_readable
+from safealign.data.source import load_designated_set
 from safealign.errors import DataError
 from safealign.privacy.identity import default_ledger_path
 from safealign.privacy.release import LEGACY_LEDGER, open_ledger
@@ -39,6 +40,7 @@ def preflight(
         check_readable(config.data.source)
     if signs and config.audit.signing_key is not None:
         load_private_key(config.audit.signing_key)
+    load_designated_set(config)  # a designated safety set: read and checked (file, line, field)
     check_policy_model(config)  # an LM policy's base directory, before anything is spent
     _check_writable_dir(Path(out_dir))
     if any(getattr(config, f"{kind}_model").privacy.target_epsilon is not None for kind in trains):
