@@ -105,7 +105,8 @@ class SafetyConfig:
             "Upper confidence bound of the safety test. 'auto': clopper_pearson (exact) for "
             "unsafe_rate, betting (valid for any distribution in the range) otherwise. student_t is "
             "approximate: only on request, never for unsafe_rate, and refused below "
-            f"{MIN_STUDENT_T_N} safety prompts."
+            f"{MIN_STUDENT_T_N} safety prompts. With safety.prompts (a fixed set): hoeffding, "
+            "the only one valid for it."
         ),
     )
     cost_range: tuple[float, float] | None = field(

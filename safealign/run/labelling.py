@@ -47,11 +47,6 @@ from safealign.constraints.certificate import (
     Certificate,
     write_certificate,
 )
-from safealign.constraints.designated import (
-    population_assumptions,
-    population_bounds,
-    population_quantities,
-)
 from safealign.constraints.ppi import LabelSubset, draw_label_subset, label_rectified_bounds
 from safealign.constraints.tilting import TiltedPolicy, metric_costs
 from safealign.data.io import iter_json_lines
@@ -66,6 +61,7 @@ from safealign.data.labels import (
 from safealign.errors import ConfigError, DataError, IsolationError
 from safealign.models.policy_artifact import LMPolicy
 from safealign.run.certification import certify, certify_policy
+from safealign.run.designated import check_same_set, decide_population
 from safealign.run.workspace import Workspace
 
 AWAITING, LABELLED = "awaiting_labels", "labelled"
@@ -224,26 +220,9 @@ def certify_with_labels(ws: Workspace, labels_path: str | Path) -> Certificate:
             f"safety.labels: the attempt declared {declared} before its test; the config now says "
             f"{to_plain(ws.config.safety.labels)} (the deciding bound cannot change after labels)"
         )
-    _check_same_set(ws, current)
+    check_same_set(ws, current)
     label_set = read_labels(labels_path, _items(ws, section), cost_range=_cost_range(current))
     return _decide_logged(ws, current, data, label_set)
-
-
-def _check_same_set(ws: Workspace, current: Certificate) -> None:
-    """The config's designated set must be the one the attempt sampled (no swap after export)."""
-    if ws.config.safety.prompts is None and current.safety_set is None:
-        return
-    recorded = (current.safety_set or {}).get("name", "the data's safety split")
-    if (
-        ws.config.safety.prompts is None
-        or ws.splits.safety.fingerprint != current.safety_fingerprint
-    ):
-        raise ConfigError(
-            f"safety.prompts: the attempt awaiting labels sampled {recorded} (fingerprint "
-            f"{str(current.safety_fingerprint)[:12]}...); the config's safety set is another one: "
-            "the labels decide that attempt only. Restore its prompt file, or certify a new policy "
-            "on the new set"
-        )
 
 
 def certify_with_world_labels(
@@ -333,7 +312,7 @@ def decide_on_labels(awaiting: Certificate, labels: LabelSet) -> Certificate:
     y = labels.unsafe if target == "unsafe_rate" else labels.costs
     subset = LabelSubset(n=section["n"], indices=tuple(section["indices"]))
     if awaiting.safety_set is not None:  # a designated set: bounds over its own responses
-        return _decide_population(awaiting, labels, y, subset)
+        return decide_population(awaiting, labels, y, subset, status=LABELLED)
     bounds = label_rectified_bounds(
         awaiting.values,
         y,
@@ -374,43 +353,6 @@ def decide_on_labels(awaiting: Certificate, labels: LabelSet) -> Certificate:
         quantity=bound_quantities(target, awaiting)[decide],
         approximate=False,
         assumptions=_assumptions(bounds, decide),
-        labelling=decided_section,
-    )
-
-
-def _decide_population(awaiting: Certificate, labels: LabelSet, y, subset) -> Certificate:
-    """A designated set's labelled decision: the three finite-population bounds
-    (:func:`~safealign.constraints.designated.population_bounds`) on its recorded responses."""
-    section, record = awaiting.labelling, awaiting.safety_set
-    target, decide = section["target"], section["decide"]
-    bounds = population_bounds(
-        awaiting.values, y, subset, target=target, confidence=awaiting.confidence,
-        value_range=awaiting.value_range, weight=section["weight"],
-    )  # fmt: skip
-    words = population_quantities(target, record)
-    passed = bool(bounds[decide] <= awaiting.cost_threshold)
-    decided_section = {
-        **{k: v for k, v in section.items() if k != "status"},
-        "status": LABELLED,
-        "population": True,
-        "labels": list(y),
-        **({"unsafe": list(labels.unsafe)} if target == "expected_cost" else {}),
-        "labels_sha256": labels.fingerprint,
-        "decided_by": decide,
-        "bounds": {name: {"upper_bound": bounds[name], "quantity": words[name]} for name in words},
-        "judge": judge_agreement(awaiting.values, labels.unsafe, subset.indices, awaiting.metric),
-    }
-    return replace(
-        awaiting,
-        bound=LABELLED_BOUNDS[decide],
-        mean=float(sum(y) / len(y)),
-        std=None,
-        upper_bound=bounds[decide],
-        passed=passed,
-        result=CERTIFIED if passed else NSF,
-        quantity=words[decide],
-        approximate=False,
-        assumptions=population_assumptions(record, decide),
         labelling=decided_section,
     )
 

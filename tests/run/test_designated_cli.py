@@ -269,3 +269,25 @@ def test_population_bounds_cover_the_set_rate_over_label_draws():
         for name in misses:
             misses[name] += bounds[name] < y_all.mean()
     assert all(count / 400 <= 0.1 for count in misses.values()), misses
+
+
+@pytest.mark.integration
+def test_without_labels_hoeffding_bounds_the_cost_models_judgement_over_this_set(tmp_path):
+    out = tmp_path / "run"
+    path = _write_set(tmp_path / "red_team.jsonl")
+    extra = [
+        f"safety.prompts={path}",
+        "safety.cost_threshold=0.9",
+        "safety.c1=0.1",
+        "safety.c2=0.1",
+    ]
+    assert main(["run", CONFIG, "--out", str(out), *_lm(tmp_path, *extra)]) == 0
+    certificate = json.loads((out / "certificate.json").read_text())
+    assert certificate["bound"] == "hoeffding" and certificate["n"] == 24
+    assert certificate["safety_set"]["name"] == "red_team.jsonl"
+    assert "averaged over the 24 prompts of the designated prompt set" in certificate["quantity"]
+    assert "the cost model's predicted unsafe rate" in certificate["quantity"]
+    assert any("Hoeffding 1963, Theorem 2" in a for a in certificate["assumptions"])
+    assert not any("i.i.d. draws" in a for a in certificate["assumptions"])
+    key = str(out / "keys" / "public.pem")
+    assert main(["audit", "verify", str(out / "report.json"), "--public-key", key]) == 0
