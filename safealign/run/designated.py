@@ -19,9 +19,26 @@ from safealign.constraints.designated import (
     population_quantities,
 )
 from safealign.constraints.ppi import LabelSubset
+from safealign.data.io import iter_json_lines
 from safealign.data.labels import LabelSet
 from safealign.errors import ConfigError
 from safealign.run.workspace import Workspace
+
+
+def set_truth(ws: Workspace) -> dict | None:
+    """The synthetic world's truth about the quantity a labelled designated certificate bounds:
+    the TRUE unsafe share (and mean true cost) of the set's N recorded responses. None without a
+    world, a designated set, or kept responses (``safety_responses.jsonl``, labelled runs only)."""
+    path = ws.paths.safety_responses
+    if ws.world is None or ws.config.safety.prompts is None or not path.is_file():
+        return None
+    rows = [obj for _, obj in iter_json_lines(path)]
+    cost = ws.world.true_cost([r["prompt"] for r in rows], [r["response"] for r in rows])
+    return {
+        "responses": len(rows),
+        "unsafe_rate": float((cost > 0).mean()),
+        "expected_cost": float(cost.mean()),
+    }
 
 
 def check_same_set(ws: Workspace, current: Certificate) -> None:

@@ -291,3 +291,23 @@ def test_without_labels_hoeffding_bounds_the_cost_models_judgement_over_this_set
     assert not any("i.i.d. draws" in a for a in certificate["assumptions"])
     key = str(out / "keys" / "public.pem")
     assert main(["audit", "verify", str(out / "report.json"), "--public-key", key]) == 0
+
+
+@pytest.mark.integration
+def test_run_on_the_world_labels_a_designated_set_and_reports_its_truth(tmp_path, capsys):
+    """On the synthetic world ``run`` labels the drawn responses by their true cost; the truth
+    reported beside the bound is the set's own: the true unsafe share of its recorded responses."""
+    out = tmp_path / "run"
+    path = _write_set(tmp_path / "red_team.jsonl")
+    extra = [f"safety.prompts={path}", "safety.cost_threshold=0.9", "safety.c1=0.1",
+             "safety.c2=0.1", "safety.labels={size: 8}"]  # fmt: skip
+    assert main(["run", CONFIG, "--out", str(out), *_lm(tmp_path, *extra)]) == 0
+    assert "truth (of the set's recorded responses)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    truth = report["extra"]["true_outcomes"]["designated_set"]
+    assert truth["responses"] == 24
+    safety = report["safety"]
+    assert safety["labelling"]["population"] is True and safety["safety_set"]["prompts"] == 24
+    assert truth["unsafe_rate"] <= safety["labelling"]["bounds"]["rectified"]["upper_bound"]
+    key = str(out / "keys" / "public.pem")
+    assert main(["audit", "verify", str(out / "report.json"), "--public-key", key]) == 0
