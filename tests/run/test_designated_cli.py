@@ -20,6 +20,7 @@ from safealign.config import load_config
 from safealign.constraints.attempts import CertificationLog
 from safealign.constraints.designated import population_bounds
 from safealign.constraints.ppi import LabelSubset
+from safealign.data.safety_sets import load_safety_set
 from safealign.errors import ConfigError
 from safealign.run import Workspace
 from tests._inventory import unclassified_run_files
@@ -148,7 +149,10 @@ def test_retesting_the_same_set_or_an_edited_copy_is_refused(run_dir, tmp_path, 
     _export(run_dir, tmp_path, capsys)
     edited = [*PROMPTS]
     edited[3] = "  " + edited[3].upper().replace(" ", "   ") + " "
+    original = load_safety_set(run_dir.parent / "red_team.jsonl")
     _write_set(run_dir.parent / "red_team.jsonl", edited)
+    copy = load_safety_set(run_dir.parent / "red_team.jsonl")
+    assert copy.sha256 != original.sha256 and copy.fingerprint == original.fingerprint
     other = tmp_path / "other"
     shutil.copytree(run_dir, other)
     for name in ("policy.json", "certificate.json"):
@@ -311,3 +315,16 @@ def test_run_on_the_world_labels_a_designated_set_and_reports_its_truth(tmp_path
     assert truth["unsafe_rate"] <= safety["labelling"]["bounds"]["rectified"]["upper_bound"]
     key = str(out / "keys" / "public.pem")
     assert main(["audit", "verify", str(out / "report.json"), "--public-key", key]) == 0
+
+
+def test_population_bounds_for_costs_and_a_declared_weight_of_zero():
+    rng = np.random.default_rng(0)
+    f = rng.uniform(-1, 1, 40)
+    y = np.clip(f + rng.normal(0, 0.2, 40), -1, 1)
+    every = LabelSubset(n=40, indices=tuple(range(40)))
+    cost = {"target": "expected_cost", "confidence": 0.95, "value_range": (-1.0, 1.0)}
+    exact = population_bounds(f, y, every, weight="tuned", **cost)
+    assert y.mean() <= exact["labels_only"] <= y.mean() + 2 / 2000 * 2  # one cost-grid cell
+    some = LabelSubset(n=40, indices=tuple(range(0, 40, 4)))
+    zero = population_bounds(f, y[list(some.indices)], some, weight=0.0, **cost)
+    assert zero["rectified"] == zero["labels_only"] >= y[list(some.indices)].mean()
