@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from safealign.config import to_plain
@@ -145,6 +146,8 @@ def certify_policy(
         certificate = untested_certificate(
             attempt_safety(config.safety), reason=reason, safety_fingerprint=sealed.fingerprint
         )
+        if isinstance(sealed, SealedPromptSet):  # the set is named even when no test ran
+            certificate = replace(certificate, safety_set=sealed.record)
         write_certificate(certificate, path)
         return certificate
     if isinstance(policy, LMPolicy):  # changed model files: refused before the log counts a try
