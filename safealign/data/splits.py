@@ -30,7 +30,8 @@ The unit of the assignment:
 HC-RLHF's guarantee needs the safety prompts to be used exactly once, by the safety test. The
 safety split is therefore *sealed*: its size and fingerprint are public (the pessimistic bound may
 depend on ``n_s``), but reading its records from anywhere except certification raises
-:class:`IsolationError`.
+:class:`IsolationError`. A designated safety set (``safety.prompts``, a prompt file) replaces the
+split under the same seal (:class:`SealedPromptSet`; :func:`safealign.data.source.make_splits`).
 """
 
 from __future__ import annotations

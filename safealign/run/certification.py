@@ -57,6 +57,10 @@ class Labelling(Protocol):
 def unseal_safety_split(sealed: SealedDataset) -> PairDataset:
     """The safety split's records, for the safety test: the one caller of the unseal primitive.
 
+    A designated set (``safety.prompts``, a :class:`~safealign.data.splits.SealedPromptSet`)
+    unseals to its prompts (:class:`~safealign.data.splits.DesignatedPrompts`: ``prompts`` and
+    ``fingerprint``, all the safety test reads).
+
     Raises:
         IsolationError: ``sealed`` is not a :class:`SealedDataset` (only a sealed split
             guarantees that nothing else read the safety prompts).
