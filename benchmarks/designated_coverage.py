@@ -9,7 +9,8 @@ draws a uniformly random subset of m to label, as ``certify --export-labelling``
 computes at ``delta = 0.05``, through :func:`~safealign.constraints.designated.population_bounds`:
 
 * ``rectified``: the joint test's finite-population bound (the deciding one by default);
-* ``labels_only``: the exact hypergeometric bound on the m labels;
+* ``labels_only``: the exact hypergeometric bound on the m labels (its exact miss probability
+  is computed too: ``labels_only_exact_miss``);
 * ``theta_joint``: for comparison, the joint bound on ``theta`` (the i.i.d. prompt-distribution
   quantity a data split's certificate bounds), which is not the designated set's quantity.
 
@@ -73,7 +74,13 @@ def run_setting(n: int, m: int, rate: float, quality: float, trials: int, seed: 
             misses[name] += values[name] < truth
             widths[name].append(values[name] - truth)
     delta = 1 - CONFIDENCE
+    # The labels-only bound misses exactly when the unsafe count seen has hypergeometric CDF
+    # <= delta under the true count: its exact miss probability, beside the simulated rate.
+    seen = np.arange(m + 1)
+    cdf = stats.hypergeom.cdf(seen, n, int(y.sum()), m)
+    exact = float(stats.hypergeom.pmf(seen, n, int(y.sum()), m)[cdf <= delta].sum())
     return {
+        "labels_only_exact_miss": exact,
         "n": n,
         "m": m,
         "rate": truth,
