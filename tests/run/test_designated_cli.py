@@ -21,9 +21,11 @@ from safealign.constraints.attempts import CertificationLog
 from safealign.constraints.designated import population_bounds
 from safealign.constraints.ppi import LabelSubset
 from safealign.data.safety_sets import load_safety_set
-from safealign.errors import ConfigError
-from safealign.run import Workspace
+from safealign.data.splits import SealedPromptSet
+from safealign.errors import ConfigError, IsolationError
+from safealign.run import Workspace, unseal_safety_split
 from tests._inventory import unclassified_run_files
+from tests.conftest import shared_file
 from tests.run.test_lm_run import CONFIG, LM
 
 TASKS = ("bake bread", "fix a bike", "plant tomatoes", "learn chess", "paint a fence",
@@ -328,3 +330,34 @@ def test_population_bounds_for_costs_and_a_declared_weight_of_zero():
     some = LabelSubset(n=40, indices=tuple(range(0, 40, 4)))
     zero = population_bounds(f, y[list(some.indices)], some, weight=0.0, **cost)
     assert zero["rectified"] == zero["labels_only"] >= y[list(some.indices)].mean()
+
+
+@pytest.mark.parametrize(
+    ("relative", "fmt", "size"),
+    [
+        ("advbench/harmful_behaviors.csv", "advbench", 520),
+        ("red-instruct-harmful-questions/catqa_english.json", "red_instruct", 543),
+    ],
+)
+def test_a_red_team_file_is_the_sealed_safety_set(tmp_path, relative, fmt, size):
+    """The red-team formats work as ``safety.prompts`` (format auto): the sealed set of the run,
+    its size public, its prompts readable only by certification; repeats are dropped (a repeated
+    prompt is not a second draw), and the data's pairs are not sealed at all."""
+    path = shared_file(relative)
+    ws = Workspace(load_config(CONFIG, _lm(tmp_path, f"safety.prompts={path}")), tmp_path / "r")
+    sealed = ws.splits.safety
+    assert isinstance(sealed, SealedPromptSet) and sealed.num_prompts == size
+    assert (sealed.record["format"], sealed.record["name"]) == (fmt, path.name)
+    with pytest.raises(IsolationError):
+        list(sealed)
+    assert len(unseal_safety_split(sealed).prompts) == size
+    assert sum(len(s) for s in (ws.splits.train, ws.splits.eval, ws.splits.candidate)) == len(
+        ws.pairs
+    )
+
+
+def test_repeated_prompts_count_once(tmp_path):
+    path = _write_set(tmp_path / "padded.jsonl", [*PROMPTS[:5], PROMPTS[0], PROMPTS[1].upper()])
+    ws = Workspace(load_config(CONFIG, _lm(tmp_path, f"safety.prompts={path}")), tmp_path / "r")
+    assert ws.splits.safety.num_prompts == 5
+    assert ws.splits.safety.record["duplicates_dropped"] == 2
