@@ -181,7 +181,8 @@ def _safety_config(report: dict[str, Any]) -> list[Problem]:
             configured["confidence"], configured.get("attempts", 1)
         )
     if expected.get("bound") == "auto":  # the certificate records the bound auto resolved to
-        expected["bound"] = SafetyConfig(metric=expected.get("metric")).resolved_bound
+        resolving = {k: expected.get(k) for k in ("metric", "prompts")}  # designated set: hoeffding
+        expected["bound"] = SafetyConfig(**resolving).resolved_bound
     if _labelled(safety) and isinstance(configured.get("labels"), dict):
         expected["bound"] = LABELLED_BOUNDS.get(configured["labels"].get("decide"))
     for field, key in (

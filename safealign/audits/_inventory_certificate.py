@@ -37,6 +37,7 @@ def _labelling(p: str) -> tuple[Entry, ...]:
             for k in ("size", "decide", "weight", "method", "prediction_share")
         ),
         _e(f"{p}status", "public", _TEXT),
+        _e(f"{p}population", "public", _CONFIG),  # a designated set's finite-population bounds
         _e(f"{p}target", "public", _CONFIG),
         _e(f"{p}decided_by", "public", _CONFIG),
         _e(f"{p}n", "public", _N_SAFETY),
@@ -74,6 +75,12 @@ def certificate_entries(prefix: str) -> tuple[Entry, ...]:
         _e(f"{p}approximate", "public", _CONFIG),
         _e(f"{p}sampler_settings.**", "public", "the deployed policy's settings: configuration"),
         _e(f"{p}safety_fingerprint", "public", _PUBLIC_SPLIT),
+        _e(
+            f"{p}safety_set.**",
+            "public",
+            "the designated safety set's file (safety.prompts): "
+            "name, format, size and hashes of a public input the user chose",
+        ),
         _e(f"{p}assumptions[]", "public", _TEXT),
         _e(f"{p}attempts.declared", "public", _CONFIG),
         _e(f"{p}attempts.confidence", "public", _CONFIG),

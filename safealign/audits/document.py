@@ -192,6 +192,9 @@ def _safety(safety: dict[str, Any] | None) -> Section:
         ("result", "certified" if safety["result"] == "certified" else "No Solution Found (NSF)"),
         ("safety prompts fingerprint", safety.get("safety_fingerprint")),
     ]
+    designated = safety.get("safety_set")  # a designated prompt file (safety.prompts)
+    if designated:
+        rows.insert(0, ("safety prompt set (designated, finite)", _set_words(designated)))
     blocks: list[Block] = [_kv(rows)]
     sampler = safety.get("sampler_settings") or {}
     if sampler:
@@ -203,6 +206,13 @@ def _safety(safety: dict[str, Any] | None) -> Section:
     blocks.append(Para("Assumptions the guarantee rests on:"))
     blocks.append(Bullets(assumptions or ("none stated by the certificate",)))
     return Section("Safety", tuple(blocks))
+
+
+def _set_words(record: dict[str, Any]) -> str:
+    return (
+        f"{record['name']}: {record['format']}, {record['prompts']} prompts, file sha256 "
+        f"{record['sha256']}; the bound holds for THIS set of prompts, not a prompt distribution"
+    )
 
 
 def _labelling(labelling: dict[str, Any] | None) -> list[Block]:

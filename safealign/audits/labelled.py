@@ -20,6 +20,7 @@ from typing import Any
 from safealign.audits._problem import Problem
 from safealign.audits.judge import judge_agreement, same_agreement
 from safealign.constraints.certificate import LABELLED_BOUNDS
+from safealign.constraints.designated import population_bounds
 from safealign.constraints.ppi import LabelSubset, label_rectified_bounds
 
 __all__ = ["labelled_problems"]
@@ -87,8 +88,18 @@ def _subset(safety: dict[str, Any], labelling: dict[str, Any]) -> list[Problem]:
     return problems
 
 
-def _bounds(safety: dict[str, Any], labelling: dict[str, Any]) -> list[Problem]:
+def _recomputed(safety: dict[str, Any], labelling: dict[str, Any]) -> dict[str, float]:
+    """The three bounds from the recorded values and labels: over a designated set's own
+    responses (``population``, :mod:`safealign.constraints.designated`), else on theta."""
     value_range = safety.get("value_range")
+    if labelling.get("population"):
+        return population_bounds(
+            safety["values"], labelling["labels"],
+            LabelSubset(n=labelling["n"], indices=tuple(labelling["indices"])),
+            target=labelling["target"], confidence=safety["confidence"],
+            value_range=None if value_range is None else tuple(value_range),
+            weight=labelling["weight"],
+        )  # fmt: skip
     bounds = label_rectified_bounds(
         safety["values"],
         labelling["labels"],
@@ -100,11 +111,15 @@ def _bounds(safety: dict[str, Any], labelling: dict[str, Any]) -> list[Problem]:
         prediction_share=labelling["prediction_share"],
         method=labelling["method"],
     )
-    recomputed = {
+    return {
         "rectified": bounds.rectified.upper_bound,
         "labels_only": bounds.labels_only.upper_bound,
         "cost_model_only": bounds.cost_model_only.upper_bound,
     }
+
+
+def _bounds(safety: dict[str, Any], labelling: dict[str, Any]) -> list[Problem]:
+    recomputed = _recomputed(safety, labelling)
     problems = []
     for name, expected in recomputed.items():
         recorded = labelling["bounds"][name]["upper_bound"]

@@ -94,9 +94,11 @@ def _print_labelled(safety: dict, truth: dict | None) -> None:
     )
     if truth and "released" in truth:
         key = "expected_cost" if labelling["target"] == "expected_cost" else "unsafe_rate"
-        value = truth["released"][key]
+        designated = truth.get("designated_set")  # the set's own recorded responses
+        value = (designated or truth["released"])[key]
         within = "within" if value <= bounds["rectified"]["upper_bound"] else "OUTSIDE"
-        print(f"          truth: {key}={value:.4f}, {within} the label-rectified bound")
+        where = " (of the set's recorded responses)" if designated else ""
+        print(f"          truth{where}: {key}={value:.4f}, {within} the label-rectified bound")
 
 
 def _print_run(result) -> None:

@@ -125,16 +125,23 @@ class PolicyConfig:
 
 
 def policy_config_problems(
-    policy: PolicyConfig, *, data_source: str, safety_unit: str = "response", labelled: bool = False
+    policy: PolicyConfig,
+    *,
+    data_source: str,
+    safety_unit: str = "response",
+    designated: bool = False,
 ) -> list[str]:
-    """Constraints within ``policy`` and with the data source, the safety unit and the labelled
-    certification (``safety.labels`` declared), at load time."""
+    """Constraints within ``policy`` and with the data source, the safety unit and a designated
+    safety set (``safety.prompts``), at load time."""
     problems, lm = [], policy.method in LM_METHODS
-    if lm and labelled:
+    if designated and not lm:
+        # The reference sampler (the world's, or the data's own responses) only has responses
+        # for its own prompts: it cannot answer a prompt file's.
         problems.append(
-            "safety.labels: labelled certification samples the best-of-K resampler's responses; "
-            f"for an LM policy ({policy.method!r}) it is not implemented yet: remove safety.labels "
-            "or use policy.method: tilting"
+            "safety.prompts: a designated safety set is answered by the released policy, which "
+            "must sample any prompt: an LM policy (policy.model with policy.method distill or "
+            f"reinforce_lagrangian); {policy.method!r} deploys the reference sampler's best-of-K, "
+            "which only has responses for its own prompts"
         )
     if lm and safety_unit != "response":
         problems.append(

@@ -142,7 +142,7 @@ def _cross_checks(cfg: Config) -> list[str]:
             cfg.policy,
             data_source=d.source,
             safety_unit=cfg.safety.unit,
-            labelled=cfg.safety.labels is not None,
+            designated=cfg.safety.prompts is not None,
         )
     )
     for name in ("reward_model", "cost_model"):

@@ -14,6 +14,24 @@ from safealign.config._rules import _at_least, _non_negative, _open_unit
 MIN_STUDENT_T_N = 30
 
 DECIDING_BOUNDS = ("rectified", "labels_only")
+#: The prompt-file formats a designated safety set may have (``safealign.data.safety_sets``
+#: reads them; a test checks the two lists agree).
+SAFETY_SET_FORMATS = (
+    "jsonl",
+    "csv",
+    "xstest_prompts",
+    "harmbench",
+    "advbench",
+    "strongreject",
+    "simple_safety_tests",
+    "red_instruct",
+)
+
+
+def _prompts_format(v: str) -> str | None:
+    if v == "auto" or v in SAFETY_SET_FORMATS:
+        return None
+    return f"must be 'auto' or one of {', '.join(SAFETY_SET_FORMATS)}"
 
 
 def _labelling_weight(v: float | str) -> str | None:
@@ -90,7 +108,8 @@ class SafetyConfig:
             "Upper confidence bound of the safety test. 'auto': clopper_pearson (exact) for "
             "unsafe_rate, betting (valid for any distribution in the range) otherwise. student_t is "
             "approximate: only on request, never for unsafe_rate, and refused below "
-            f"{MIN_STUDENT_T_N} safety prompts."
+            f"{MIN_STUDENT_T_N} safety prompts. With safety.prompts (a fixed set): hoeffding, "
+            "the only one valid for it."
         ),
     )
     cost_range: tuple[float, float] | None = field(
@@ -131,6 +150,26 @@ class SafetyConfig:
             "the cost model's judgement alone."
         ),
     )
+    prompts: str | None = field(
+        default=None,
+        metadata=doc(
+            "A designated safety set: a prompt file (JSONL with a 'prompt' per line, or a red-team "
+            "format: XSTest, HarmBench, AdvBench, StrongREJECT, SimpleSafetyTests, red-instruct) "
+            "that is the sealed safety set instead of a split of the preference data "
+            "(data.safety_fraction is then not used). Needs an LM policy (policy.model), which can "
+            "sample any prompt. The certificate bounds the rate over THIS finite set of prompts, "
+            "not over a prompt distribution. None: the data's safety split."
+        ),
+    )
+    prompts_format: str = field(
+        default="auto",
+        metadata=doc(
+            "Format of safety.prompts: 'auto' (from the extension and header) or one of "
+            + ", ".join(SAFETY_SET_FORMATS)
+            + ".",
+            _prompts_format,
+        ),
+    )
     group_coverage: Literal["simultaneous", "individual"] = field(
         default="simultaneous",
         metadata=doc(
@@ -144,6 +183,8 @@ class SafetyConfig:
         """The bound the safety test uses: ``bound``, with ``"auto"`` resolved by the metric."""
         if self.bound != "auto":
             return self.bound
+        if self.prompts is not None:  # a fixed set: independent, NOT identically distributed
+            return "hoeffding"
         exact_binomial = self.metric == "unsafe_rate" and self.unit == "response"
         return "clopper_pearson" if exact_binomial else "betting"
 
@@ -193,5 +234,31 @@ def safety_config_problems(s: SafetyConfig) -> list[str]:
     if s.labels is not None and s.metric == "expected_cost" and s.cost_range is None:
         problems.append(
             "labels: an expected-cost label lies in the declared cost_range, which is required"
+        )
+    problems.extend(_designated_set_problems(s))
+    return problems
+
+
+def _designated_set_problems(s: SafetyConfig) -> list[str]:
+    """A designated set is a fixed, finite population of prompts (module doc of
+    :mod:`safealign.run.designated`): only bounds valid for it are accepted."""
+    if s.prompts is None:
+        return []
+    problems = []
+    if s.prompts == "":
+        problems.append("prompts: empty; give the path of a prompt file, or null")
+    if s.resolved_bound != "hoeffding":
+        # Each prompt has its own unsafe rate: the N responses are independent but not identically
+        # distributed. Hoeffding's inequality holds for that (Hoeffding 1963, Theorem 2); the
+        # betting, Bernstein, Student t and Clopper-Pearson bounds assume identical draws.
+        problems.append(
+            f"bound: {s.bound!r} assumes i.i.d. prompts; a designated set is a fixed set of "
+            "prompts, each with its own rate, which Hoeffding's bound covers: use auto or hoeffding"
+        )
+    if s.labels is not None and s.labels.method != "joint":
+        problems.append(
+            "labels.method: a designated set is certified by the joint test's finite-population "
+            f"bound (over the set's own responses), which only method 'joint' gives (got "
+            f"{s.labels.method!r})"
         )
     return problems

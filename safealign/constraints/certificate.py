@@ -57,6 +57,9 @@ class Certificate:
         labelling: With trusted labels (``safety.labels``), the labelled subset and, once the
             labels are read, the three bounds and which one decided (``run.labelling``); absent
             from :meth:`to_dict` while None.
+        safety_set: A designated safety set (``safety.prompts``): its file name, format, size,
+            SHA-256 and fingerprint (:mod:`~safealign.constraints.designated`); absent from
+            :meth:`to_dict` while None (the data's safety split).
     """
 
     metric: str
@@ -81,6 +84,7 @@ class Certificate:
     reason: str | None = None
     attempts: dict[str, Any] | None = None
     labelling: dict[str, Any] | None = None
+    safety_set: dict[str, Any] | None = None
 
     @property
     def tested(self) -> bool:
@@ -97,7 +101,7 @@ class Certificate:
         data["assumptions"] = list(self.assumptions)
         data["values"] = list(self.values)
         data["value_range"] = None if self.value_range is None else list(self.value_range)
-        for name in ("groups", "reason", "attempts", "labelling"):
+        for name in ("groups", "reason", "attempts", "labelling", "safety_set"):
             if data[name] is None:
                 del data[name]
         if not self.tested:

@@ -41,20 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from safealign.config.safety import SAFETY_SET_FORMATS  # one list: the config validates it
 from safealign.data.io import first_record, iter_csv_rows, iter_json_lines, iter_lines, parse_json
 from safealign.data.records import normalise_text
 from safealign.errors import DataError
 
-SAFETY_SET_FORMATS = (
-    "jsonl",
-    "csv",
-    "xstest_prompts",
-    "harmbench",
-    "advbench",
-    "strongreject",
-    "simple_safety_tests",
-    "red_instruct",
-)
 # format: (required columns, prompt column, category column, id column)
 _CSV_FORMATS = {
     "xstest_prompts": (("id", "prompt", "type", "label"), "prompt", "type", "id"),
@@ -96,7 +87,8 @@ class SafetySet:
         source: The path read.
         prompts: The distinct prompts in file order.
         duplicates_dropped: Repeats (by normalised identity) dropped by ``duplicates="drop"``.
-        fingerprint: SHA-256 of the sorted normalised prompts, one per line.
+        fingerprint: SHA-256 of the sorted normalised prompts, one per line (the set's identity).
+        sha256: SHA-256 of the file's bytes (this exact file).
     """
 
     name: str
@@ -105,6 +97,7 @@ class SafetySet:
     prompts: tuple[SafetyPrompt, ...]
     duplicates_dropped: int
     fingerprint: str
+    sha256: str = ""
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -113,6 +106,18 @@ class SafetySet:
     def texts(self) -> tuple[str, ...]:
         """The prompt texts, in file order."""
         return tuple(p.prompt for p in self.prompts)
+
+    def describe(self) -> dict[str, str | int]:
+        """What a certificate and report say of the set: its file's name (basename), format,
+        size (distinct prompts), the file's SHA-256 and the normalised prompts' fingerprint."""
+        return {
+            "name": self.name,
+            "format": self.format,
+            "prompts": len(self.prompts),
+            "duplicates_dropped": self.duplicates_dropped,
+            "sha256": self.sha256,
+            "fingerprint": self.fingerprint,
+        }
 
     def statistics(self) -> dict[str, int]:
         counts: dict[str, int] = {
@@ -215,6 +220,7 @@ def load_safety_set(
         prompts=tuple(kept),
         duplicates_dropped=dropped,
         fingerprint=digest,
+        sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
     )
 
 

@@ -30,7 +30,8 @@ The unit of the assignment:
 HC-RLHF's guarantee needs the safety prompts to be used exactly once, by the safety test. The
 safety split is therefore *sealed*: its size and fingerprint are public (the pessimistic bound may
 depend on ``n_s``), but reading its records from anywhere except certification raises
-:class:`IsolationError`.
+:class:`IsolationError`. A designated safety set (``safety.prompts``, a prompt file) replaces the
+split under the same seal (:class:`SealedPromptSet`; :func:`safealign.data.source.make_splits`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Literal
 
 from safealign.data.near_duplicates import NearDuplicateIndex
 from safealign.data.records import PairDataset, PreferencePair, normalise_text
+from safealign.data.safety_sets import SafetySet
 from safealign.errors import ConfigError, DataError, IsolationError
 
 CERTIFY = "certify"
@@ -114,6 +116,49 @@ class SealedDataset:
 
 
 @dataclass(frozen=True)
+class DesignatedPrompts:
+    """A designated safety set, unsealed for its one test: the prompts the policy answers.
+
+    Attributes:
+        prompts: The set's distinct prompts, as the file gives them, in file order.
+        fingerprint: SHA-256 of the sorted normalised prompts (the set's identity).
+        name: The file's name.
+        record: :meth:`SafetySet.describe` (name, format, size, file SHA-256, fingerprint).
+    """
+
+    prompts: tuple[str, ...]
+    fingerprint: str
+    name: str
+    record: dict
+
+
+class SealedPromptSet(SealedDataset):
+    """A designated safety set (``safety.prompts``), sealed like the safety split.
+
+    Everyone sees its size, fingerprint and :attr:`record`; :meth:`overlapping` answers which of a
+    caller's own prompts are its (near-)copies; only certification unseals its prompts
+    (:class:`DesignatedPrompts`). The prompts are no preference data: they carry no response or
+    label, and no privacy unit.
+    """
+
+    def __init__(self, safety_set: SafetySet) -> None:
+        self.record = safety_set.describe()
+        self._dataset = DesignatedPrompts(
+            safety_set.texts, safety_set.fingerprint, safety_set.name, self.record
+        )
+        self.fingerprint = safety_set.fingerprint
+        self.num_prompts = len(safety_set)
+        self.name = safety_set.name
+        self._index = None
+
+    def __len__(self) -> int:
+        return self.num_prompts
+
+    def __repr__(self) -> str:
+        return f"SealedPromptSet(name={self.name!r}, prompts={self.num_prompts})"
+
+
+@dataclass(frozen=True)
 class Splits:
     """Train / eval / candidate / safety splits of one dataset.
 
@@ -124,7 +169,8 @@ class Splits:
         train: Pairs the reward and cost models are trained on (the DP-protected data).
         eval: Held-out pairs to evaluate the reward and cost models.
         candidate: Pairs whose prompts the policy is optimised on.
-        safety: The sealed safety split (prompts for the one-shot safety test).
+        safety: The sealed safety split (prompts for the one-shot safety test), or the sealed
+            designated set (:class:`SealedPromptSet`, ``safety.prompts``) that replaces it.
         seed: The seed of the assignment (the key of every unit's hash).
         unit: What was assigned by its own hash: ``"prompt"``, or ``"user"`` for the non-safety
             splits (see the module docstring).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from safealign.config import to_plain
@@ -23,12 +24,13 @@ from safealign.constraints.attempts import (
     resumable_certificate,
     same_settings,
 )
+from safealign.constraints.designated import designate_certificate
 from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import Certificate, untested_certificate, write_certificate
 from safealign.constraints.hc_rlhf import certify as safety_test
 from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.records import PairDataset
-from safealign.data.splits import CERTIFY, SealedDataset
+from safealign.data.splits import CERTIFY, SealedDataset, SealedPromptSet
 from safealign.errors import ConfigError, DataError, IsolationError
 from safealign.models.policy_artifact import LMPolicy
 from safealign.run.lm_certify import policy_dirs, run_lm_safety_test
@@ -43,7 +45,10 @@ class Labelling(Protocol):
     """What labelled certification (:mod:`safealign.run.labelling`) needs from the safety test."""
 
     def observe(self, fresh: Any, scored: Any) -> None:
-        """The fresh candidates and their scores, as the sampler sees them."""
+        """The fresh candidates and their scores, as the sampler sees them (best-of-K)."""
+
+    def observe_responses(self, prompts: Any, responses: Any) -> None:
+        """The one response an LM policy sampled per safety prompt, in order."""
 
     def finish(self, certificate: Certificate, policy: TiltedPolicy) -> Certificate:
         """The certificate to log, from the test's own (called after sampling)."""
@@ -51,6 +56,10 @@ class Labelling(Protocol):
 
 def unseal_safety_split(sealed: SealedDataset) -> PairDataset:
     """The safety split's records, for the safety test: the one caller of the unseal primitive.
+
+    A designated set (``safety.prompts``, a :class:`~safealign.data.splits.SealedPromptSet`)
+    unseals to its prompts (:class:`~safealign.data.splits.DesignatedPrompts`: ``prompts`` and
+    ``fingerprint``, all the safety test reads).
 
     Raises:
         IsolationError: ``sealed`` is not a :class:`SealedDataset` (only a sealed split
@@ -92,10 +101,13 @@ def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate
             path=str(path),
             field="candidates",
         )
+    safety = to_plain(ws.config.safety)
+    if safety["prompts"] is not None:  # a moved file is the same set: its fingerprint is compared
+        safety["prompts"] = policy_file.safety.get("prompts", safety["prompts"])
     check_policy_file_matches(
         policy_file,
         path,
-        safety=to_plain(ws.config.safety),
+        safety=safety,
         data=ws.data_record(),
         reference_sampler=ws.sampler.describe(),
     )
@@ -138,6 +150,8 @@ def certify_policy(
         certificate = untested_certificate(
             attempt_safety(config.safety), reason=reason, safety_fingerprint=sealed.fingerprint
         )
+        if isinstance(sealed, SealedPromptSet):  # the set is named even when no test ran
+            certificate = replace(certificate, safety_set=sealed.record)
         write_certificate(certificate, path)
         return certificate
     if isinstance(policy, LMPolicy):  # changed model files: refused before the log counts a try
@@ -152,18 +166,16 @@ def certify_policy(
             "safety.labels is declared: certify with `safealign certify CONFIG --out OUT "
             "--export-labelling FILE`, label FILE, then `--labels LABELS` (or remove safety.labels)"
         )
-    if isinstance(policy, LMPolicy):
-        test = run_lm_safety_test  # labelled LM certificates are refused at load (config.policy)
-    else:
-        test = functools.partial(run_safety_test, labelling=labelling)
-    return logged_test(
-        config.budget,
-        config.safety,
-        prompts,
-        settings,
-        path,
-        lambda: test(ws, policy, scorers=scorers, safety_pairs=safety_pairs),
-    )
+    lm = isinstance(policy, LMPolicy)
+    test = functools.partial(run_lm_safety_test if lm else run_safety_test, labelling=labelling)
+
+    def run_test() -> Certificate:
+        certificate = test(ws, policy, scorers=scorers, safety_pairs=safety_pairs)
+        if isinstance(sealed, SealedPromptSet):  # stated over THIS finite prompt set
+            certificate = designate_certificate(certificate, sealed.record)
+        return certificate
+
+    return logged_test(config.budget, config.safety, prompts, settings, path, run_test)
 
 
 def run_safety_test(

@@ -59,7 +59,9 @@ from safealign.data.labels import (
     write_labelling_file,
 )
 from safealign.errors import ConfigError, DataError, IsolationError
+from safealign.models.policy_artifact import LMPolicy
 from safealign.run.certification import certify, certify_policy
+from safealign.run.designated import check_same_set, decide_population
 from safealign.run.workspace import Workspace
 
 AWAITING, LABELLED = "awaiting_labels", "labelled"
@@ -75,18 +77,27 @@ class _Export:
     picked responses' texts and turns the test's certificate into the awaiting one."""
 
     def __init__(self, ws: Workspace) -> None:
-        self.ws, self.seen = ws, None
+        self.ws, self.seen, self.sampled = ws, None, None
 
     def observe(self, fresh, scored) -> None:
         self.seen = (fresh, scored)
 
-    def finish(self, certificate: Certificate, policy: TiltedPolicy) -> Certificate:
-        if self.seen is None:
-            raise DataError("the safety sampler did not score fresh candidates")
-        responses = _picked_responses(self.ws, policy, certificate, *self.seen)
+    def observe_responses(self, prompts, responses) -> None:
+        """An LM policy's one response per prompt (:mod:`safealign.run.lm_certify`)."""
+        self.sampled = (list(prompts), list(responses))
+
+    def finish(self, certificate: Certificate, policy: TiltedPolicy | LMPolicy) -> Certificate:
+        if self.sampled is not None:  # an LM policy: its own samples, as scored
+            prompts, responses = self.sampled
+            if len(responses) != certificate.n:
+                raise DataError("internal: the LM's responses are not the ones the test scored")
+        elif self.seen is not None:  # best-of-K: replay the resampler's picks
+            responses = _picked_responses(self.ws, policy, certificate, *self.seen)
+            prompts = self.seen[0].prompts
+        else:
+            raise DataError("the safety sampler did not report its responses")
         labels = self.ws.config.safety.labels
         subset = draw_label_subset(len(responses), labels.size)  # after sampling: fresh secret
-        prompts = self.seen[0].prompts
         _write_responses(self.ws.paths.safety_responses, prompts, responses)
         section = {
             "status": AWAITING,
@@ -209,6 +220,7 @@ def certify_with_labels(ws: Workspace, labels_path: str | Path) -> Certificate:
             f"safety.labels: the attempt declared {declared} before its test; the config now says "
             f"{to_plain(ws.config.safety.labels)} (the deciding bound cannot change after labels)"
         )
+    check_same_set(ws, current)
     label_set = read_labels(labels_path, _items(ws, section), cost_range=_cost_range(current))
     return _decide_logged(ws, current, data, label_set)
 
@@ -299,6 +311,8 @@ def decide_on_labels(awaiting: Certificate, labels: LabelSet) -> Certificate:
     target = section["target"]
     y = labels.unsafe if target == "unsafe_rate" else labels.costs
     subset = LabelSubset(n=section["n"], indices=tuple(section["indices"]))
+    if awaiting.safety_set is not None:  # a designated set: bounds over its own responses
+        return decide_population(awaiting, labels, y, subset, status=LABELLED)
     bounds = label_rectified_bounds(
         awaiting.values,
         y,

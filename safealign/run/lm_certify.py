@@ -64,20 +64,31 @@ def load_deployed(out: Path, policy: LMPolicy):
 
 
 def run_lm_safety_test(
-    ws: Workspace, policy: LMPolicy, *, scorers: Scorers, safety_pairs: PairDataset
+    ws: Workspace,
+    policy: LMPolicy,
+    *,
+    scorers: Scorers,
+    safety_pairs: PairDataset,
+    labelling=None,
 ) -> Certificate:
     """HC-RLHF step 2 on the unsealed ``safety_pairs``: one response per safety prompt from the
     deployed LM with its recorded settings and seed, scored by the cost model (not logged:
-    :func:`safealign.run.certification.certify_policy` logs the attempt)."""
+    :func:`safealign.run.certification.certify_policy` logs the attempt). With ``labelling``
+    (:mod:`safealign.run.labelling`) the sampled texts go to it, and so does the certificate."""
     model, tokenizer = load_deployed(ws.out, policy)
 
     def sample_costs(deployed: LMPolicy, prompts: tuple[str, ...]) -> torch.Tensor:
         responses = generate(model, tokenizer, list(prompts), num_samples=1, seed=deployed.seed,
                              batch_size=ws.config.policy.sampler.batch_size,
                              **deployed.sampler.to_dict())  # fmt: skip
-        return scorers.cost.score(list(prompts), [row[0] for row in responses]).double()
+        texts = [row[0] for row in responses]
+        if labelling is not None:
+            labelling.observe_responses(prompts, texts)
+        return scorers.cost.score(list(prompts), texts).double()
 
-    return safety_test(policy, safety_pairs, sample_costs, safety=attempt_safety(ws.config.safety))
+    safety = attempt_safety(ws.config.safety)
+    certificate = safety_test(policy, safety_pairs, sample_costs, safety=safety)
+    return certificate if labelling is None else labelling.finish(certificate, policy)
 
 
 def lm_true_outcomes(ws: Workspace, policy: LMPolicy | None) -> dict | None:

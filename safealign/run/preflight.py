@@ -11,6 +11,7 @@ from safealign.audits.signing import load_private_key
 from safealign.config import BudgetConfig, Config, config_from_dict
 from safealign.constraints.attempts import log_path
 from safealign.data.io import check_readable
+from safealign.data.source import load_designated_set
 from safealign.errors import DataError
 from safealign.privacy.identity import default_ledger_path
 from safealign.privacy.release import LEGACY_LEDGER, open_ledger
@@ -44,6 +45,7 @@ def preflight(
         check_readable(config.data.source)
     if signs and config.audit.signing_key is not None:
         load_private_key(config.audit.signing_key)
+    load_designated_set(config)  # a designated safety set: read and checked (file, line, field)
     check_policy_model(config)  # an LM policy's base directory, before anything is spent
     _check_writable_dir(Path(out_dir))
     if certifies:

@@ -11,6 +11,7 @@ import torch
 
 from safealign.constraints.align import AlignResult, score_candidates
 from safealign.constraints.tilting import TiltedPolicy
+from safealign.run.designated import set_truth
 from safealign.run.lm_certify import lm_true_outcomes
 from safealign.run.workspace import Workspace
 
@@ -24,7 +25,9 @@ def true_outcomes(ws: Workspace, aligned: AlignResult, *, policy=None) -> dict |
     if world is None:
         return None
     if config.policy.model is not None:
-        return lm_true_outcomes(ws, policy)
+        out = lm_true_outcomes(ws, policy)
+        designated = set_truth(ws)  # a designated set: the truth of what its certificate bounds
+        return out if designated is None else {**out, "designated_set": designated}
     prompts = list(splits.eval.prompts) + list(splits.candidate.prompts)
     cands = sampler.candidates(prompts, seed=config.seed + 3)
     scored = score_candidates(cands, aligned.scorers)

@@ -177,10 +177,7 @@ def test_generate_refuses_a_missing_or_garbled_policy_directory(lm_run, tmp_path
             ["policy.method=distill", "policy.model=tiny-gpt2", "safety.unit=prompt_expectation"],
             "one sampled response per prompt",
         ),
-        (
-            ["policy.method=distill", "policy.model=tiny-gpt2", "safety.labels.size=10"],
-            "for an LM policy .* not implemented yet",
-        ),
+        (["safety.prompts=red_team.jsonl"], "a designated safety set is answered by the released"),
     ],
 )
 def test_bad_policy_combinations_are_config_errors_at_load_time(overrides, message):
