@@ -93,7 +93,8 @@ class PolicyConfig:
     method: Literal["tilting", "distill", "reinforce_lagrangian"] = field(
         default="tilting",
         metadata=doc(
-            "'tilting': the best-of-K resampler over the reference sampler's candidates; "
+            "'tilting': the best-of-K resampler over the reference sampler's candidates, or over "
+            "K samples of policy.model (deployed as that LM plus the resampler); "
             "'distill': rounds of sample → pessimistic tilt → weighted SFT into LoRA adapters of "
             "policy.model (the released policy is the LM itself); 'reinforce_lagrangian': on-policy "
             "REINFORCE of policy.model's LoRA adapters under the pessimistic surrogate cost."
@@ -153,11 +154,10 @@ def policy_config_problems(
             f"top_p 1 (got {sampler.temperature:g}, {sampler.top_p:g}), so the certified sampler "
             "must be that one; set policy.sampler.temperature: 1 and top_p: 1, or use distill"
         )
-    if policy.method == "tilting" and policy.model is not None:
+    if policy.method == "tilting" and policy.model is not None and labelled:
         problems.append(
-            f"policy.method: 'tilting' deploys the reference sampler's best-of-K resampler, not "
-            f"the LM {policy.model!r} (best-of-K over an LM is not implemented yet); use method: "
-            "distill, or policy.model: null"
+            "safety.labels: labelled certification of best-of-K over an LM (policy.model set) is "
+            "not implemented yet: remove safety.labels, or policy.model for the reference sampler"
         )
     if policy.model == WORLD_SFT_MODEL and data_source != "synthetic":
         problems.append(

@@ -4,8 +4,9 @@
 runs HC-RLHF's safety test on exactly that policy. It holds:
 
 - ``policy``: the selected policy's ``sampler_settings()`` (the deployment settings the
-  certificate will cover: a tilted best-of-K resampler, or a causal LM's base, adapter and sampler,
-  each named by SHA-256), or ``null`` when no policy met the pessimistic bound (``reason`` says why);
+  certificate will cover: a tilted best-of-K resampler, a causal LM's base, adapter and sampler,
+  or a base LM with a best-of-K resampler and its scoring models, each named by SHA-256), or
+  ``null`` when no policy met the pessimistic bound (``reason`` says why);
 - ``selection``: HC-RLHF step 1's numbers (lambda, the pessimistic bound, k, n_b, n_s, ...);
 - ``groups``: the MaxMin dual weights and each group's expected (normalised) reward, if any;
 - ``models``: the cost and reward model directories used, relative to the run directory;
@@ -31,8 +32,8 @@ from safealign.constraints.align import AlignResult
 from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
+from safealign.models.policy_artifact import BEST_OF_K_KIND, LMBestOfKPolicy, LMPolicy
 from safealign.models.policy_artifact import POLICY_KIND as LM_POLICY_KIND
-from safealign.models.policy_artifact import LMPolicy
 
 FILE_KIND, FILE_VERSION = "safealign.aligned_policy", 1
 FROM_REFERENCE, FROM_FILE = "reference_sampler", "file"
@@ -85,7 +86,7 @@ class ModelDirs:
 class PolicyFile:
     """The content of ``policy.json`` (see the module docstring for each part)."""
 
-    policy: TiltedPolicy | LMPolicy | None
+    policy: TiltedPolicy | LMPolicy | LMBestOfKPolicy | None
     reason: str
     selection: dict[str, Any]
     safety: dict[str, Any]
@@ -265,13 +266,14 @@ def _numbers(read: _Reader, obj: dict, field: str) -> dict[str, float]:
     return {name: float(value) for name, value in obj.items()}
 
 
-def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | None:
+def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | LMBestOfKPolicy | None:
     settings = read.get(obj, "policy", dict, optional=True)
     if settings is None:
         return None
-    if settings.get("policy") == LM_POLICY_KIND:
+    lm_kinds = {LM_POLICY_KIND: LMPolicy, BEST_OF_K_KIND: LMBestOfKPolicy}
+    if settings.get("policy") in lm_kinds:
         try:
-            return LMPolicy.from_settings(settings)
+            return lm_kinds[settings["policy"]].from_settings(settings)
         except ConfigError as exc:
             raise read.bad("policy", "; ".join(exc.problems)) from None
     if settings.get("policy") != POLICY_KIND:

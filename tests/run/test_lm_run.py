@@ -161,7 +161,6 @@ def test_generate_refuses_a_missing_or_garbled_policy_directory(lm_run, tmp_path
     ("overrides", "message"),
     [
         (["policy.method=distill"], "policy.model: method 'distill' trains a language model"),
-        (["policy.model=tiny-gpt2"], "'tilting' deploys the reference sampler"),
         (["policy.method=reinforce_lagrangian"], "trains a language model"),
         (
             [
