@@ -9,13 +9,14 @@ log's attempt count), and hands the records to the cost-model scoring of fresh s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from safealign.config import to_plain
-from safealign.constraints.align import Scorers, score_candidates
+from safealign.constraints.align import Scorers, normalized_groups, score_candidates
 from safealign.constraints.attempts import (
     attempt_safety,
     logged_test,
@@ -24,7 +25,6 @@ from safealign.constraints.attempts import (
     same_settings,
 )
 from safealign.constraints.candidates import Candidates
-from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import Certificate, untested_certificate, write_certificate
 from safealign.constraints.hc_rlhf import certify as safety_test
 from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
@@ -104,9 +104,10 @@ def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate
     policy = policy_file.policy
     if isinstance(policy, LMBestOfKPolicy):
         check_matches_config(policy, ws, path=path)
-    scorers = (
-        None if policy is None else load_scorers(out, policy_file.models, policy_file.group_weights)
-    )
+    scorers = None
+    if policy is not None:
+        scorers = load_scorers(out, policy_file.models, policy_file.group_weights,
+                               group_cost_lambdas=policy_file.group_cost_lambdas)  # fmt: skip
     return certify_policy(
         ws, policy, reason=policy_file.reason, scorers=scorers, labelling=labelling
     )
@@ -206,9 +207,12 @@ def run_lm_best_of_k_test(
     LM with the recorded sampler and seed, scored by the recorded scoring models (loaded from
     the run directory, hash-checked; ``scorers`` is not used), one drawn by the recorded tilt."""
     deployed = deploy(ws.out, policy, batch_size=ws.config.policy.sampler.batch_size)
+    # λ_g set only the units of the reported group rewards (policy.json), not the deployed picks.
+    lambdas = None if scorers is None else scorers.group_cost_lambdas
     return best_of_k_test(
         ws, policy, deployed.tilted, lambda prompts: deployed.candidates(prompts, seed=policy.seed),
-        scorers=deployed.scorers, safety_pairs=safety_pairs, resample_seed=policy.resample_seed,
+        scorers=dataclasses.replace(deployed.scorers, group_cost_lambdas=lambdas),
+        safety_pairs=safety_pairs, resample_seed=policy.resample_seed,
     )  # fmt: skip
 
 
@@ -240,11 +244,11 @@ def best_of_k_test(
             labelling.observe(cands, scored)
         if scored.group_rewards is None:
             return scored.rewards, scored.costs, scored.log_p
-        # Each group's reward normalised over the prompt's K fresh candidates, as in alignment:
-        # BT rewards have no fixed zero, so only normalised rewards have a meaning to bound.
-        normalized = normalize_group_rewards(
-            scored.group_rewards, mode=config.groups.normalize, beta=tilted.beta, log_p=scored.log_p
-        )
+        # Each group's reward normalised over the prompt's K fresh candidates, as in alignment
+        # (regret: against each group's constrained optimum, at its recorded λ_g): BT rewards
+        # have no fixed zero, so only normalised rewards have a meaning to bound.
+        normalized = normalized_groups(scored, scorers, beta=tilted.beta, safety=config.safety,
+                                       mode=config.groups.normalize)  # fmt: skip
         groups = dict(zip(names, normalized, strict=True))
         return scored.rewards, scored.costs, scored.log_p, groups
 

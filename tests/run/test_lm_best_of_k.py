@@ -8,6 +8,7 @@ One run (module fixture) serves every test; attacks work on copies of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,8 @@ import torch
 
 from safealign.cli import main
 from safealign.config import load_config
-from safealign.constraints.align import score_candidates
+from safealign.constraints.align import normalized_groups, score_candidates
+from safealign.constraints.group_bounds import group_rows, safety_prompt_groups
 from safealign.constraints.hc_rlhf import metric_range
 from safealign.constraints.tilting import metric_costs
 from safealign.errors import ConfigError, DataError, IsolationError
@@ -77,7 +79,8 @@ def test_the_certificate_reproduces_from_the_recorded_seeds(bok_run):
     config = load_config(CONFIG, _overrides(bok_run))
     certificate = json.loads((bok_run / "certificate.json").read_text())
     policy = LMBestOfKPolicy.from_settings(certificate["sampler_settings"])
-    prompts = list(unseal_safety_split(Workspace(config, bok_run).splits.safety).prompts)
+    pairs = unseal_safety_split(Workspace(config, bok_run).splits.safety)
+    prompts = list(pairs.prompts)
     deployed = deploy(bok_run, policy, batch_size=config.policy.sampler.batch_size)
     scored = score_candidates(deployed.candidates(prompts, seed=policy.seed), deployed.scorers)
     generator = torch.Generator().manual_seed(policy.resample_seed)
@@ -85,7 +88,22 @@ def test_the_certificate_reproduces_from_the_recorded_seeds(bok_run):
     costs = scored.costs[torch.arange(len(prompts)), picks]
     values = metric_costs(costs, config.safety.metric, cost_range=metric_range(config.safety))
     assert torch.allclose(values, torch.tensor(certificate["values"], dtype=torch.float64))
-    assert set(certificate["groups"]["groups"]) == {"majority", "minority"}  # per-group bounds
+    # Per-group bounds on the same picks, each group's regret against its constrained optimum
+    # (its own λ_g, recorded in policy.json), on the group's own safety prompts.
+    lambdas = json.loads((bok_run / "policy.json").read_text())["groups"]["cost_lambdas"]
+    scorers = dataclasses.replace(deployed.scorers, group_cost_lambdas=lambdas)
+    normalized = normalized_groups(scored, scorers, beta=policy.beta, safety=config.safety,
+                                   mode=config.groups.normalize)  # fmt: skip
+    prompt_groups, checked = safety_prompt_groups(pairs), 0
+    for i, name in enumerate(scorers.group_rewards):
+        block = certificate["groups"]["groups"][name]
+        rows = group_rows(prompt_groups, name)
+        assert block["n"] == len(rows)
+        if len(rows) >= 2:  # fewer: no bound, and a reason (the tiny world's minority)
+            picked = normalized[i][torch.arange(len(prompts)), picks][rows]
+            assert block["reward_mean"] == pytest.approx(float(picked.mean()), rel=1e-9)
+            checked += 1
+    assert checked >= 1
 
 
 @pytest.mark.integration
