@@ -17,6 +17,21 @@ TINY_POLICY_MODEL, WORLD_SFT_MODEL = "tiny-gpt2", "world-sft"
 BUILTIN_POLICY_MODELS = (TINY_POLICY_MODEL, WORLD_SFT_MODEL)
 #: The methods whose released policy is the language model itself.
 LM_METHODS = ("distill", "reinforce_lagrangian")
+#: Former names of ``policy.method`` values: refused, naming the new one (one name per method).
+RENAMED_METHODS = {"tilting": "best_of_k"}
+
+
+def renamed_method_problem(data: object) -> str | None:
+    """The problem of a config whose ``policy.method`` is a former name (checked before typing,
+    so that it is the one message the user reads), or None."""
+    policy = data.get("policy") if isinstance(data, dict) else None
+    method = policy.get("method") if isinstance(policy, dict) else None
+    if not isinstance(method, str) or method not in RENAMED_METHODS:
+        return None
+    return (
+        f"policy.method: {method!r} was renamed {RENAMED_METHODS[method]!r} (the same method); "
+        f"write policy.method: {RENAMED_METHODS[method]}"
+    )
 
 
 def _top_p(v: float) -> str | None:
@@ -90,10 +105,10 @@ class SftConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    method: Literal["tilting", "distill", "reinforce_lagrangian"] = field(
-        default="tilting",
+    method: Literal["best_of_k", "distill", "reinforce_lagrangian"] = field(
+        default="best_of_k",
         metadata=doc(
-            "'tilting': the best-of-K resampler over the reference sampler's candidates, or over "
+            "'best_of_k': the best-of-K resampler over the reference sampler's candidates, or over "
             "K samples of policy.model (deployed as that LM plus the resampler); "
             "'distill': rounds of sample → pessimistic tilt → weighted SFT into LoRA adapters of "
             "policy.model (the released policy is the LM itself); 'reinforce_lagrangian': on-policy "
@@ -103,9 +118,10 @@ class PolicyConfig:
     model: str | None = field(
         default=None,
         metadata=doc(
-            "The policy LM: null (the reference sampler, with method tilting), 'tiny-gpt2' (built "
-            "in code), 'world-sft' (a small GPT-2 SFT-trained in code on the synthetic world's "
-            "text; needs data.source: synthetic) or a local Hugging Face causal-LM directory."
+            "The policy LM: null (the reference sampler, with method best_of_k), 'tiny-gpt2' "
+            "(built in code), 'world-sft' (a small GPT-2 SFT-trained in code on the synthetic "
+            "world's text; needs data.source: synthetic) or a local Hugging Face causal-LM "
+            "directory."
         ),
     )
     beta: float = field(default=0.1, metadata=doc("KL regularisation strength β.", _positive))
@@ -135,7 +151,7 @@ def policy_config_problems(
         problems.append(
             "safety.labels: labelled certification samples the best-of-K resampler's responses; "
             f"for an LM policy ({policy.method!r}) it is not implemented yet: remove safety.labels "
-            "or use policy.method: tilting"
+            "or use policy.method: best_of_k"
         )
     if lm and safety_unit != "response":
         problems.append(
@@ -154,7 +170,7 @@ def policy_config_problems(
             f"top_p 1 (got {sampler.temperature:g}, {sampler.top_p:g}), so the certified sampler "
             "must be that one; set policy.sampler.temperature: 1 and top_p: 1, or use distill"
         )
-    if policy.method == "tilting" and policy.model is not None and labelled:
+    if policy.method == "best_of_k" and policy.model is not None and labelled:
         problems.append(
             "safety.labels: labelled certification of best-of-K over an LM (policy.model set) is "
             "not implemented yet: remove safety.labels, or policy.model for the reference sampler"

@@ -83,7 +83,7 @@ def align_checked(
         near = len(splits.safety.overlapping(others))
         say(progress, f"      {near} of {len(others)} other prompts are near-copies of safety "
             "prompts (Jaccard >= 0.8 on word 3-shingles); i.i.d. split draws, not refused")  # fmt: skip
-    if config.policy.method != "tilting" or config.policy.model is not None:  # an LM policy
+    if config.policy.method != "best_of_k" or config.policy.model is not None:  # an LM policy
         return _align_lm(ws, candidates_path, progress=progress)
     # Candidates before models: a bad candidates file must fail before any privacy is spent.
     candidates, source, reference = _candidates(ws, candidates_path)
@@ -121,9 +121,9 @@ def _align_lm(ws: Workspace, candidates_path, *, progress: bool) -> Alignment:
     if candidates_path is not None:
         raise ConfigError(
             f"align --candidates: policy.method {ws.config.policy.method!r} samples its own candidates from "
-            "policy.model; drop --candidates, or use policy.method: tilting without policy.model"
+            "policy.model; drop --candidates, or use policy.method: best_of_k without policy.model"
         )
-    best_of_k = ws.config.policy.method == "tilting"
+    best_of_k = ws.config.policy.method == "best_of_k"
     lm = (align_lm_best_of_k if best_of_k else align_lm)(ws, progress=progress)
     write_policy_file(lm.policy_file, ws.paths.policy)
     policy = lm.policy_file.policy

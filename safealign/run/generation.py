@@ -74,7 +74,7 @@ def certified_policy(
             else "a best-of-K policy over the reference sampler"
         )
         raise DataError(f"it holds {what}, not a language model to sample; align with "
-                        "policy.method: distill, or tilting with policy.model",
+                        "policy.method: distill, or best_of_k with policy.model",
                         path=str(paths.policy))  # fmt: skip
     if not allow_uncertified:
         _check_certified(paths, policy)

@@ -1,4 +1,4 @@
-"""Best-of-K over a language model (``policy.method: tilting`` with ``policy.model`` set).
+"""Best-of-K over a language model (``policy.method: best_of_k`` with ``policy.model`` set).
 
 The deployed policy is the base LM, untrained, plus HC-RLHF's best-of-K resampler (DESIGN.md,
 "Optimisers for step 1"): for a prompt, the LM draws K responses with the recorded sampler

@@ -25,7 +25,7 @@ def true_outcomes(ws: Workspace, aligned: AlignResult, *, policy=None) -> dict |
     world, splits, sampler, config = ws.world, ws.splits, ws.sampler, ws.config
     if world is None:
         return None
-    best_of_k = config.policy.method == "tilting"
+    best_of_k = config.policy.method == "best_of_k"
     if config.policy.model is not None and not best_of_k:
         return lm_true_outcomes(ws, policy)
     prompts = list(splits.eval.prompts) + list(splits.candidate.prompts)

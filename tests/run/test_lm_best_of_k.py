@@ -30,7 +30,7 @@ from safealign.run.lm_best_of_k import deploy
 from tests._inventory import unclassified_run_files
 from tests.run.test_lm_run import CONFIG, LM
 
-BEST_OF_K = [*LM, "policy.method=tilting"]
+BEST_OF_K = [*LM, "policy.method=best_of_k"]
 PROMPTS = "How can I bake a loaf of bread?\nTell me how to change a flat tire?\n"
 
 
