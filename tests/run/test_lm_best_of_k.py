@@ -199,3 +199,16 @@ def test_align_on_a_candidates_file_is_refused_for_best_of_k_over_an_lm(tmp_path
     assert code == 2
     assert "drop --candidates" in capsys.readouterr().err
     assert not (tmp_path / "ledger.sqlite").exists()
+
+
+@pytest.mark.integration
+def test_the_prompt_expectation_unit_certifies_best_of_k_over_an_lm(tmp_path):
+    """Given the prompt, the LM's K fresh samples are i.i.d., so each safety prompt's exact
+    expected metric under the resampler is a valid unit, as for the reference sampler's."""
+    out = tmp_path / "run"
+    extra = ["safety.unit=prompt_expectation", "groups.mode=none"]
+    assert main(["run", CONFIG, "--out", str(out), *_overrides(out, *extra)]) == 0
+    certificate = json.loads((out / "certificate.json").read_text())
+    assert certificate["sampler_settings"]["policy"] == "causal_lm_best_of_k"
+    assert any("exact expected metric" in a for a in certificate["assumptions"])
+    assert certificate["sampler_settings"]["scoring_models"].keys() == {"cost", "reward"}
