@@ -159,7 +159,7 @@ def test_demo_summary_prints_each_groups_bounds(demo_run, capsys):
     config, result = demo_run
     _print_run(result)
     printed = capsys.readouterr().out
-    words = {"regret": "regret, r - beta log Z", "reference": "centred on reference"}
+    words = {"regret": "regret vs its constrained optimum", "reference": "centred on reference"}
     for name, entry in result.report["groups"]["groups"].items():
         assert (
             f"group     {name}: reward (model, {words[config.groups.normalize]}) "

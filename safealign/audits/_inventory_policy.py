@@ -7,6 +7,7 @@ from __future__ import annotations
 from safealign.audits._inventory_base import (
     _COMMITMENT,
     _CONFIG,
+    _DIGEST,
     _MODELS_ON_PUBLIC,
     _N_SAFETY,
     _PUBLIC_SPLIT,
@@ -20,6 +21,8 @@ POLICY = (
     _e("version", "public", _TEXT),
     _e("reason", "post_processing", _MODELS_ON_PUBLIC),
     _e("policy.lambda", "post_processing", _MODELS_ON_PUBLIC),
+    _e("policy.group_weights.*", "post_processing", _MODELS_ON_PUBLIC),  # best-of-K over an LM
+    _e("policy.scoring_models.*.sha256", "post_processing", _DIGEST),
     _e("policy.**", "public", "the selected policy's settings: configuration"),
     _e("selection.n_safety", "public", _N_SAFETY),
     _e("selection.n_opt", "public", "the candidate split's prompt count: declared public"),
@@ -30,6 +33,7 @@ POLICY = (
     _e("safety.**", "public", _CONFIG),
     _e("groups.weights.*", "post_processing", _MODELS_ON_PUBLIC),
     _e("groups.rewards.*", "post_processing", _MODELS_ON_PUBLIC),
+    _e("groups.cost_lambdas.*", "post_processing", _MODELS_ON_PUBLIC),
     _e("models.**", "public", "model directory names: code"),
     _e("candidates.**", "public", "where the public candidates came from (sampler or file)"),
     _e("data.dataset", "public", "the dataset's name: configuration"),

@@ -57,7 +57,7 @@ def cmd_train(kind: str):
 #: How the report's group rewards were normalised (``groups.normalize``), in words.
 _NORMALIZATION_WORDS = {
     "reference": "centred on reference",
-    "regret": "regret, r - beta log Z",
+    "regret": "regret vs its constrained optimum",
 }
 
 

@@ -20,12 +20,16 @@ from typing import Any
 import yaml
 
 from safealign._typed import YamlRefusal, build, field_docs, load_yaml
+from safealign.config.policy import renamed_method_problem
 from safealign.config.root import Config, _cross_checks
 from safealign.errors import ConfigError
 
 
 def config_from_dict(data: Mapping[str, Any] | None, *, source: str | None = None) -> Config:
     """Validate ``data`` and build a :class:`Config`; raise ConfigError listing every problem."""
+    renamed = renamed_method_problem(data)
+    if renamed is not None:
+        raise ConfigError([renamed], source=source)
     problems: list[str] = []
     cfg = build(Config, data or {}, "", problems)
     if cfg is not None and not problems:

@@ -17,6 +17,21 @@ TINY_POLICY_MODEL, WORLD_SFT_MODEL = "tiny-gpt2", "world-sft"
 BUILTIN_POLICY_MODELS = (TINY_POLICY_MODEL, WORLD_SFT_MODEL)
 #: The methods whose released policy is the language model itself.
 LM_METHODS = ("distill", "reinforce_lagrangian")
+#: Former names of ``policy.method`` values: refused, naming the new one (one name per method).
+RENAMED_METHODS = {"tilting": "best_of_k"}
+
+
+def renamed_method_problem(data: object) -> str | None:
+    """The problem of a config whose ``policy.method`` is a former name (checked before typing,
+    so that it is the one message the user reads), or None."""
+    policy = data.get("policy") if isinstance(data, dict) else None
+    method = policy.get("method") if isinstance(policy, dict) else None
+    if not isinstance(method, str) or method not in RENAMED_METHODS:
+        return None
+    return (
+        f"policy.method: {method!r} was renamed {RENAMED_METHODS[method]!r} (the same method); "
+        f"write policy.method: {RENAMED_METHODS[method]}"
+    )
 
 
 def _top_p(v: float) -> str | None:
@@ -90,10 +105,11 @@ class SftConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    method: Literal["tilting", "distill", "reinforce_lagrangian"] = field(
-        default="tilting",
+    method: Literal["best_of_k", "distill", "reinforce_lagrangian"] = field(
+        default="best_of_k",
         metadata=doc(
-            "'tilting': the best-of-K resampler over the reference sampler's candidates; "
+            "'best_of_k': the best-of-K resampler over the reference sampler's candidates, or over "
+            "K samples of policy.model (deployed as that LM plus the resampler); "
             "'distill': rounds of sample → pessimistic tilt → weighted SFT into LoRA adapters of "
             "policy.model (the released policy is the LM itself); 'reinforce_lagrangian': on-policy "
             "REINFORCE of policy.model's LoRA adapters under the pessimistic surrogate cost."
@@ -102,9 +118,10 @@ class PolicyConfig:
     model: str | None = field(
         default=None,
         metadata=doc(
-            "The policy LM: null (the reference sampler, with method tilting), 'tiny-gpt2' (built "
-            "in code), 'world-sft' (a small GPT-2 SFT-trained in code on the synthetic world's "
-            "text; needs data.source: synthetic) or a local Hugging Face causal-LM directory."
+            "The policy LM: null (the reference sampler, with method best_of_k), 'tiny-gpt2' "
+            "(built in code), 'world-sft' (a small GPT-2 SFT-trained in code on the synthetic "
+            "world's text; needs data.source: synthetic) or a local Hugging Face causal-LM "
+            "directory."
         ),
     )
     beta: float = field(default=0.1, metadata=doc("KL regularisation strength β.", _positive))
@@ -130,9 +147,11 @@ def policy_config_problems(
     data_source: str,
     safety_unit: str = "response",
     designated: bool = False,
+    labelled: bool = False,
 ) -> list[str]:
-    """Constraints within ``policy`` and with the data source, the safety unit and a designated
-    safety set (``safety.prompts``), at load time."""
+    """Constraints within ``policy`` and with the data source, the safety unit, a designated
+    safety set (``safety.prompts``) and labelled certification (``safety.labels``), at load
+    time."""
     problems, lm = [], policy.method in LM_METHODS
     if designated and not lm:
         # The reference sampler (the world's, or the data's own responses) only has responses
@@ -140,8 +159,8 @@ def policy_config_problems(
         problems.append(
             "safety.prompts: a designated safety set is answered by the released policy, which "
             "must sample any prompt: an LM policy (policy.model with policy.method distill or "
-            f"reinforce_lagrangian); {policy.method!r} deploys the reference sampler's best-of-K, "
-            "which only has responses for its own prompts"
+            f"reinforce_lagrangian); {policy.method!r} deploys a best-of-K resampler, whose "
+            "designated-set certification is not implemented yet"
         )
     if lm and safety_unit != "response":
         problems.append(
@@ -160,11 +179,10 @@ def policy_config_problems(
             f"top_p 1 (got {sampler.temperature:g}, {sampler.top_p:g}), so the certified sampler "
             "must be that one; set policy.sampler.temperature: 1 and top_p: 1, or use distill"
         )
-    if policy.method == "tilting" and policy.model is not None:
+    if policy.method == "best_of_k" and policy.model is not None and labelled:
         problems.append(
-            f"policy.method: 'tilting' deploys the reference sampler's best-of-K resampler, not "
-            f"the LM {policy.model!r} (best-of-K over an LM is not implemented yet); use method: "
-            "distill, or policy.model: null"
+            "safety.labels: labelled certification of best-of-K over an LM (policy.model set) is "
+            "not implemented yet: remove safety.labels, or policy.model for the reference sampler"
         )
     if policy.model == WORLD_SFT_MODEL and data_source != "synthetic":
         problems.append(

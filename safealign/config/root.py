@@ -143,6 +143,7 @@ def _cross_checks(cfg: Config) -> list[str]:
             data_source=d.source,
             safety_unit=cfg.safety.unit,
             designated=cfg.safety.prompts is not None,
+            labelled=cfg.safety.labels is not None,
         )
     )
     for name in ("reward_model", "cost_model"):

@@ -8,9 +8,10 @@ without the constraint and tilting afterwards left the worst group below what th
 cost allows. Normalising the group rewards (``groups.normalize``: a per-prompt shift per group)
 matters only for finding ``w``: a per-prompt shift cancels inside the softmax, so the deployed
 policy uses the raw scores. ``regret`` measures each group against its own *constrained*
-optimum (its best tilt that also passes the bound); the rewards reported per group
-(:attr:`AlignResult.group_rewards`) keep the plain per-prompt normalisation, the one the safety
-test recomputes on fresh candidates and certifies.
+optimum (its best tilt that also passes the bound, at its own multiplier λ_g); the rewards
+reported per group (:attr:`AlignResult.group_rewards`) use the same units, and so does the
+safety test, which recomputes them on fresh candidates with the recorded λ_g
+(:func:`normalized_groups`, ``Scorers.group_cost_lambdas``).
 """
 
 from __future__ import annotations
@@ -43,13 +44,16 @@ from safealign.models.scalar import ScoringModel
 class Scorers:
     """The models that score candidates; ``group_rewards`` replaces ``reward`` when groups are on.
 
-    ``group_weights`` (the MaxMin dual weights) are set once alignment has found them.
+    ``group_weights`` (the MaxMin dual weights) are set once alignment has found them, and with
+    ``groups.normalize: regret`` so is ``group_cost_lambdas``: each group's own pessimistic cost
+    multiplier λ_g, which puts the group's constrained optimum at 0 (:func:`normalized_groups`).
     """
 
     cost: ScoringModel
     reward: ScoringModel | None = None
     group_rewards: Mapping[str, ScoringModel] | None = None
     group_weights: Mapping[str, float] | None = None
+    group_cost_lambdas: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class AlignResult:
             the policy's λ under step 1's bound.
         group_rewards: Per group, the expected normalised model reward under the selected policy
             (``groups.normalize`` per prompt, as the safety test recomputes it on fresh
-            candidates: for ``regret`` against the unconstrained optimum).
+            candidates: for ``regret`` against each group's constrained optimum).
     """
 
     selection: SelectionResult
@@ -126,7 +130,7 @@ def optimize_policy(
         return AlignResult(selection, scorers, None, None)
     names = list(scorers.group_rewards)
     check_safety_config(safety)
-    maxmin = _joint_maxmin(
+    maxmin, lambdas = _joint_maxmin(
         scored, beta=policy.beta, safety=safety, groups=groups, n_safety=n_safety
     )
     if maxmin is None:
@@ -135,7 +139,9 @@ def optimize_policy(
         maxmin = solve_maxmin(_plain_normalized(scored, policy, groups), beta=policy.beta,
                               log_p=scored.log_p)  # fmt: skip
     weights = {g: float(w) for g, w in zip(names, maxmin.weights, strict=True)}
-    scorers = Scorers(cost=scorers.cost, group_rewards=scorers.group_rewards, group_weights=weights)
+    own = None if lambdas is None else {g: float(v) for g, v in zip(names, lambdas, strict=True)}
+    scorers = Scorers(cost=scorers.cost, group_rewards=scorers.group_rewards, group_weights=weights,
+                      group_cost_lambdas=own)  # fmt: skip
     scored = _combined(scored, scorers)  # reweight the scores we have; do not score again
     common = {"beta": policy.beta, "safety": safety, "n_safety": n_safety, "log_p": scored.log_p}
     if maxmin.upper_bound is None:
@@ -149,16 +155,33 @@ def optimize_policy(
     group_values = None
     if selection.policy is not None:
         q = selection.policy.probabilities(scored.rewards, scored.costs, log_p=scored.log_p)
-        normalized = _plain_normalized(scored, policy, groups)
+        normalized = normalized_groups(scored, scorers, beta=policy.beta, safety=safety,
+                                       mode=groups.normalize)  # fmt: skip
         group_values = {g: float((q * normalized[i]).sum(-1).mean()) for i, g in enumerate(names)}
     return AlignResult(selection, scorers, weights, group_values)
 
 
 def _plain_normalized(scored: ScoredCandidates, policy: PolicyConfig, groups: GroupsConfig):
-    """Group rewards normalised per prompt as the safety test does on fresh candidates."""
+    """Group rewards normalised per prompt without the cost constraint (infeasible step 1)."""
     return normalize_group_rewards(
         scored.group_rewards, mode=groups.normalize, beta=policy.beta, log_p=scored.log_p
     )
+
+
+def normalized_groups(
+    scored: ScoredCandidates, scorers: Scorers, *, beta: float, safety: SafetyConfig, mode: str
+) -> torch.Tensor:
+    """Each group's reward ``[G, N, K]`` normalised per prompt as alignment and the safety test
+    both report it: with ``scorers.group_cost_lambdas`` (``regret``), against each group's
+    *constrained* optimum (its own tilt at λ_g of the certified metric); else plainly."""
+    lambdas = scorers.group_cost_lambdas
+    if lambdas is None or mode != "regret":
+        return normalize_group_rewards(scored.group_rewards, mode=mode, beta=beta,
+                                       log_p=scored.log_p)  # fmt: skip
+    _, costs, log_p = step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
+    own = torch.tensor([lambdas[g] for g in scorers.group_rewards], dtype=torch.float64)
+    return normalize_group_rewards(scored.group_rewards, mode=mode, beta=beta, log_p=log_p,
+                                   costs=costs, cost_lambdas=own)  # fmt: skip
 
 
 def _joint_maxmin(
@@ -168,10 +191,12 @@ def _joint_maxmin(
     safety: SafetyConfig,
     groups: GroupsConfig,
     n_safety: int,
-) -> MaxMinResult | None:
+) -> tuple[MaxMinResult | None, torch.Tensor | None]:
     """MaxMin under step 1's pessimistic bound, regret against each group's constrained optimum.
 
-    Returns None when step 1 is infeasible.
+    Returns:
+        The result and each group's λ_g (None unless ``regret``); ``(None, None)`` when step 1
+        is infeasible.
     """
     _, costs, log_p = step1_inputs(scored.rewards, scored.costs, scored.log_p, safety=safety)
     bound_fn = step1_bound(safety, n_safety)
@@ -186,9 +211,10 @@ def _joint_maxmin(
             scored.group_rewards, mode=groups.normalize, beta=beta, log_p=log_p,
             costs=None if lambdas is None else costs, cost_lambdas=lambdas,
         )  # fmt: skip
-        return solve_maxmin_pessimistic(normalized, costs, beta=beta, log_p=log_p, **constraint)
+        solved = solve_maxmin_pessimistic(normalized, costs, beta=beta, log_p=log_p, **constraint)
     except InfeasibleError:
-        return None
+        return None, None
+    return solved, lambdas
 
 
 def _joint_selection(

@@ -1,5 +1,7 @@
 """The released language-model policy as Hugging Face artefacts: a base model directory, a PEFT
-adapter directory beside its ``generation_config.json``, and :class:`LMPolicy`, their identity.
+adapter directory beside its ``generation_config.json``, and :class:`LMPolicy`, their identity;
+or a base model deployed with a best-of-K resampler, :class:`LMBestOfKPolicy` (base, sampler,
+K, tilt and the scoring models, each named by content).
 
 A safety certificate is about one distribution: the base weights, the adapter weights and the
 sampler settings together. :class:`LMPolicy` names all three by content (SHA-256 of the files),
@@ -136,6 +138,117 @@ class LMPolicy:
         return policy
 
 
+#: A base LM deployed with a best-of-K resampler (``policy.method: best_of_k`` with a model).
+BEST_OF_K_KIND = "causal_lm_best_of_k"
+
+
+@dataclass(frozen=True)
+class LMBestOfKPolicy:
+    """A causal LM deployed with HC-RLHF's best-of-K resampler, each part named by content.
+
+    For a prompt, the base LM draws ``num_candidates`` responses with ``sampler``; the scoring
+    models (the run's DP cost and reward or group reward models, each named by its directory's
+    :func:`tree_sha256`) score them, and one is drawn with probability
+    ``∝ exp((r - lambda * metric(c)) / beta)`` (uniform reference weights: the candidates are the
+    LM's own samples), where ``r = Σ_g w_g r_g`` with ``group_weights`` when groups are on.
+    Another K, seed, tilt or scoring model is another policy.
+
+    Attributes:
+        base_model: What the base is (``tiny-gpt2``, ``world-sft`` or the directory given).
+        base_dir: Its directory, relative to the run directory when inside it.
+        base_sha256: :func:`tree_sha256` of the base directory.
+        sampler: The base LM's deployment sampler (``policy/generation_config.json`` holds it).
+        num_candidates: ``K``, LM samples per prompt.
+        beta: The tilt's KL coefficient.
+        lambda_: The tilt's cost multiplier.
+        metric: What the tilt penalises (``safety.metric``).
+        scoring_models: ``(role, directory, sha256)`` per scoring model, roles ``cost``,
+            ``reward`` or ``group:<name>``, directories relative to the run directory.
+        group_weights: The MaxMin weights ``(group, w)`` (empty without groups).
+        seed: Seed of the safety test's K samples per prompt.
+        resample_seed: Seed of the safety test's resampling draw.
+    """
+
+    base_model: str
+    base_dir: str
+    base_sha256: str
+    sampler: SamplerSettings
+    num_candidates: int
+    beta: float
+    lambda_: float
+    metric: str
+    scoring_models: tuple[tuple[str, str, str], ...]
+    group_weights: tuple[tuple[str, float], ...]
+    seed: int
+    resample_seed: int
+
+    def sampler_settings(self) -> dict[str, Any]:
+        """The exact deployed distribution, as plain data (recorded in certificates)."""
+        return {
+            "policy": BEST_OF_K_KIND,
+            "weights": "exp((r - lambda * c) / beta) over K samples of the base LM",
+            "base_model": {
+                "name": self.base_model,
+                "dir": self.base_dir,
+                "sha256": self.base_sha256,
+            },
+            "generation": self.sampler.to_dict(),
+            "num_candidates": self.num_candidates,
+            "beta": self.beta,
+            "lambda": self.lambda_,
+            "metric": self.metric,
+            "scoring_models": {
+                role: {"dir": where, "sha256": sha} for role, where, sha in self.scoring_models
+            },
+            "group_weights": dict(self.group_weights) or None,
+            "seed": self.seed,
+            "resample_seed": self.resample_seed,
+        }
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> LMBestOfKPolicy:
+        """Read back :meth:`sampler_settings` (as ``policy.json`` stores it).
+
+        Raises:
+            ConfigError: a field is missing or malformed.
+        """
+        if settings.get("policy") != BEST_OF_K_KIND:
+            raise ConfigError(f"policy is {settings.get('policy')!r}, expected {BEST_OF_K_KIND!r}")
+        try:
+            base, gen = dict(settings["base_model"]), dict(settings["generation"])
+            models = dict(settings["scoring_models"])
+            weights = settings["group_weights"] or {}
+            policy = cls(
+                base_model=str(base["name"]),
+                base_dir=str(base["dir"]),
+                base_sha256=str(base["sha256"]),
+                sampler=SamplerSettings(
+                    int(gen["max_new_tokens"]), float(gen["temperature"]), float(gen["top_p"])
+                ),
+                num_candidates=_integer(settings["num_candidates"], "num_candidates"),
+                beta=float(settings["beta"]),
+                lambda_=float(settings["lambda"]),
+                metric=str(settings["metric"]),
+                scoring_models=tuple(
+                    (str(role), str(m["dir"]), str(m["sha256"])) for role, m in models.items()
+                ),
+                group_weights=tuple((str(g), float(w)) for g, w in dict(weights).items()),
+                seed=_integer(settings["seed"], "seed"),
+                resample_seed=_integer(settings["resample_seed"], "resample_seed"),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"not a best-of-K LM policy description ({exc!r})") from None
+        if "cost" not in dict((r, d) for r, d, _ in policy.scoring_models):
+            raise ConfigError("scoring_models: the cost model is missing")
+        return policy
+
+
+def _integer(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer (got {value!r})")
+    return value
+
+
 def generation_config(
     sampler: SamplerSettings, tokenizer: PreTrainedTokenizerBase
 ) -> GenerationConfig:
@@ -227,6 +340,17 @@ def save_policy_artifact(
         tokenizer.save_pretrained(staging)
         generation_config(sampler, tokenizer).save_pretrained(staging)
     return tree_sha256(directory, ADAPTER_FILES)
+
+
+def save_generation_dir(
+    sampler: SamplerSettings, tokenizer: PreTrainedTokenizerBase, directory: Path
+) -> Path:
+    """Write ``generation_config.json`` (and the tokenizer) of a best-of-K base LM's certified
+    sampler into ``directory``, all or nothing."""
+    with atomic_directory(directory) as staging:
+        tokenizer.save_pretrained(staging)
+        generation_config(sampler, tokenizer).save_pretrained(staging)
+    return directory
 
 
 def load_policy_model(

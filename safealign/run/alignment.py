@@ -19,6 +19,7 @@ from safealign.errors import ConfigError
 from safealign.privacy.training import PrivacyReceipt
 from safealign.run.certification import archive_certificate
 from safealign.run.lm_align import align_lm
+from safealign.run.lm_best_of_k import align_lm_best_of_k
 from safealign.run.models import train_models
 from safealign.run.policy_file import (
     FROM_FILE,
@@ -82,7 +83,7 @@ def align_checked(
         near = len(splits.safety.overlapping(others))
         say(progress, f"      {near} of {len(others)} other prompts are near-copies of safety "
             "prompts (Jaccard >= 0.8 on word 3-shingles); i.i.d. split draws, not refused")  # fmt: skip
-    if config.policy.method != "tilting":  # the LM methods: distill, reinforce_lagrangian
+    if config.policy.method != "best_of_k" or config.policy.model is not None:  # an LM policy
         return _align_lm(ws, candidates_path, progress=progress)
     # Candidates before models: a bad candidates file must fail before any privacy is spent.
     candidates, source, reference = _candidates(ws, candidates_path)
@@ -115,13 +116,15 @@ def align_checked(
 
 
 def _align_lm(ws: Workspace, candidates_path, *, progress: bool) -> Alignment:
-    """An LM policy (``distill``, ``reinforce_lagrangian``): :mod:`safealign.run.lm_align`."""
+    """An LM policy (``distill``, ``reinforce_lagrangian``: :mod:`safealign.run.lm_align`; best-of-K
+    over ``policy.model``: :mod:`safealign.run.lm_best_of_k`)."""
     if candidates_path is not None:
         raise ConfigError(
             f"align --candidates: policy.method {ws.config.policy.method!r} samples its own candidates from "
-            "policy.model each round; drop --candidates, or use policy.method: tilting"
+            "policy.model; drop --candidates, or use policy.method: best_of_k without policy.model"
         )
-    lm = align_lm(ws, progress=progress)
+    best_of_k = ws.config.policy.method == "best_of_k"
+    lm = (align_lm_best_of_k if best_of_k else align_lm)(ws, progress=progress)
     write_policy_file(lm.policy_file, ws.paths.policy)
     policy = lm.policy_file.policy
     archive_certificate(ws.paths, None if policy is None else policy.sampler_settings())

@@ -9,14 +9,15 @@ log's attempt count), and hands the records to the cost-model scoring of fresh s
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from safealign.config import to_plain
-from safealign.constraints.align import Scorers, score_candidates
+from safealign.constraints.align import Scorers, normalized_groups, score_candidates
 from safealign.constraints.attempts import (
     attempt_safety,
     logged_test,
@@ -24,15 +25,16 @@ from safealign.constraints.attempts import (
     resumable_certificate,
     same_settings,
 )
+from safealign.constraints.candidates import Candidates
 from safealign.constraints.designated import designate_certificate
-from safealign.constraints.group_rewards import normalize_group_rewards
 from safealign.constraints.hc_rlhf import Certificate, untested_certificate, write_certificate
 from safealign.constraints.hc_rlhf import certify as safety_test
 from safealign.constraints.tilting import TiltedPolicy, best_of_k_sampler
 from safealign.data.records import PairDataset
 from safealign.data.splits import CERTIFY, SealedDataset, SealedPromptSet
 from safealign.errors import ConfigError, DataError, IsolationError
-from safealign.models.policy_artifact import LMPolicy
+from safealign.models.policy_artifact import LMBestOfKPolicy, LMPolicy
+from safealign.run.lm_best_of_k import check_deployed, check_matches_config, deploy
 from safealign.run.lm_certify import policy_dirs, run_lm_safety_test
 from safealign.run.models import load_scorers
 from safealign.run.paths import POLICY_FILE, RunPaths
@@ -112,9 +114,12 @@ def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate
         reference_sampler=ws.sampler.describe(),
     )
     policy = policy_file.policy
-    scorers = (
-        None if policy is None else load_scorers(out, policy_file.models, policy_file.group_weights)
-    )
+    if isinstance(policy, LMBestOfKPolicy):
+        check_matches_config(policy, ws, path=path)
+    scorers = None
+    if policy is not None:
+        scorers = load_scorers(out, policy_file.models, policy_file.group_weights,
+                               group_cost_lambdas=policy_file.group_cost_lambdas)  # fmt: skip
     return certify_policy(
         ws, policy, reason=policy_file.reason, scorers=scorers, labelling=labelling
     )
@@ -122,7 +127,7 @@ def certify(ws: Workspace, *, labelling: Labelling | None = None) -> Certificate
 
 def certify_policy(
     ws: Workspace,
-    policy: TiltedPolicy | LMPolicy | None,
+    policy: TiltedPolicy | LMPolicy | LMBestOfKPolicy | None,
     *,
     reason: str,
     scorers: Scorers | None,
@@ -156,6 +161,8 @@ def certify_policy(
         return certificate
     if isinstance(policy, LMPolicy):  # changed model files: refused before the log counts a try
         policy_dirs(ws.out, policy)
+    elif isinstance(policy, LMBestOfKPolicy):
+        check_deployed(ws.out, policy)
     safety_pairs = unseal_safety_split(sealed)
     prompts, settings = safety_pairs.prompts, policy.sampler_settings()  # the set's identity
     reused = resumable_certificate(config.budget, prompts, settings, path)
@@ -166,8 +173,12 @@ def certify_policy(
             "safety.labels is declared: certify with `safealign certify CONFIG --out OUT "
             "--export-labelling FILE`, label FILE, then `--labels LABELS` (or remove safety.labels)"
         )
-    lm = isinstance(policy, LMPolicy)
-    test = functools.partial(run_lm_safety_test if lm else run_safety_test, labelling=labelling)
+    if isinstance(policy, LMPolicy):
+        test = functools.partial(run_lm_safety_test, labelling=labelling)
+    elif isinstance(policy, LMBestOfKPolicy):
+        test = run_lm_best_of_k_test  # labelled or designated: refused at load (config.policy)
+    else:
+        test = functools.partial(run_safety_test, labelling=labelling)
 
     def run_test() -> Certificate:
         certificate = test(ws, policy, scorers=scorers, safety_pairs=safety_pairs)
@@ -189,37 +200,81 @@ def run_safety_test(
     """HC-RLHF step 2 on the unsealed ``safety_pairs`` (not logged: :func:`certify_policy` logs).
 
     Each safety prompt gets K fresh reference samples, scored by ``scorers``, and one of them is
-    drawn by best-of-K with the policy's exact settings. With groups, the certificate's
-    ``groups`` also bound each group's cost and normalised reward on the same picks (given
-    groups on the safety prompts their pairs carry, EM clusters on all).
+    drawn by best-of-K with the policy's exact settings (:func:`best_of_k_test`).
+    """
+    seed = ws.config.seed
+
+    def fresh(prompts):  # K fresh reference samples per safety prompt
+        return ws.sampler.candidates(prompts, seed=seed + 2, safety_pairs=safety_pairs)
+
+    certificate = best_of_k_test(
+        ws, policy, policy, fresh, scorers=scorers, safety_pairs=safety_pairs,
+        resample_seed=seed, labelling=labelling,
+    )  # fmt: skip
+    return certificate if labelling is None else labelling.finish(certificate, policy)
+
+
+def run_lm_best_of_k_test(
+    ws: Workspace, policy: LMBestOfKPolicy, *, scorers: Scorers | None, safety_pairs: PairDataset
+) -> Certificate:
+    """The safety test of best-of-K over an LM: K samples per safety prompt from the recorded base
+    LM with the recorded sampler and seed, scored by the recorded scoring models (loaded from
+    the run directory, hash-checked; ``scorers`` is not used), one drawn by the recorded tilt."""
+    deployed = deploy(ws.out, policy, batch_size=ws.config.policy.sampler.batch_size)
+    # λ_g set only the units of the reported group rewards (policy.json), not the deployed picks.
+    lambdas = None if scorers is None else scorers.group_cost_lambdas
+    return best_of_k_test(
+        ws, policy, deployed.tilted, lambda prompts: deployed.candidates(prompts, seed=policy.seed),
+        scorers=dataclasses.replace(deployed.scorers, group_cost_lambdas=lambdas),
+        safety_pairs=safety_pairs, resample_seed=policy.resample_seed,
+    )  # fmt: skip
+
+
+def best_of_k_test(
+    ws: Workspace,
+    deployed: Any,
+    tilted: TiltedPolicy,
+    fresh: Callable[[tuple[str, ...]], Candidates],
+    *,
+    scorers: Scorers,
+    safety_pairs: PairDataset,
+    resample_seed: int,
+    labelling: Labelling | None = None,
+) -> Certificate:
+    """The safety test of a best-of-K resampler (not logged): ``fresh(prompts)`` draws K candidates
+    per safety prompt (the reference sampler's, or an LM's: :mod:`~safealign.run.lm_best_of_k`),
+    ``scorers`` score them and ``tilted`` picks one per prompt, seeded by ``resample_seed``; the
+    certificate records ``deployed.sampler_settings()``. With groups, its ``groups`` also bound
+    each group's cost and normalised reward on the same picks (given groups on the safety prompts
+    their pairs carry, EM clusters on all).
     """
     config = ws.config
     names = list(scorers.group_rewards or ())
 
-    def score_fresh(prompts):  # K fresh reference samples per safety prompt, scored by the models
-        fresh = ws.sampler.candidates(prompts, seed=config.seed + 2, safety_pairs=safety_pairs)
-        scored = score_candidates(fresh, scorers)
+    def score_fresh(prompts):
+        cands = fresh(prompts)
+        scored = score_candidates(cands, scorers)
         if labelling is not None:  # it keeps the texts of the responses the sampler picks
-            labelling.observe(fresh, scored)
+            labelling.observe(cands, scored)
         if scored.group_rewards is None:
             return scored.rewards, scored.costs, scored.log_p
-        # Each group's reward normalised over the prompt's K fresh candidates, as in alignment:
-        # BT rewards have no fixed zero, so only normalised rewards have a meaning to bound.
-        normalized = normalize_group_rewards(
-            scored.group_rewards, mode=config.groups.normalize, beta=policy.beta, log_p=scored.log_p
-        )
+        # Each group's reward normalised over the prompt's K fresh candidates, as in alignment
+        # (regret: against each group's constrained optimum, at its recorded λ_g): BT rewards
+        # have no fixed zero, so only normalised rewards have a meaning to bound.
+        normalized = normalized_groups(scored, scorers, beta=tilted.beta, safety=config.safety,
+                                       mode=config.groups.normalize)  # fmt: skip
         groups = dict(zip(names, normalized, strict=True))
         return scored.rewards, scored.costs, scored.log_p, groups
 
-    certificate = safety_test(
-        policy,
+    sampler = best_of_k_sampler(score_fresh, seed=resample_seed, unit=config.safety.unit)
+    return safety_test(
+        deployed,
         safety_pairs,
-        best_of_k_sampler(score_fresh, seed=config.seed, unit=config.safety.unit),
+        lambda _deployed, prompts: sampler(tilted, prompts),
         safety=attempt_safety(config.safety),
         group_prompts="own" if config.groups.mode == "given" else "all",
         reward_normalization=config.groups.normalize,
     )
-    return certificate if labelling is None else labelling.finish(certificate, policy)
 
 
 def archive_certificate(paths: RunPaths, settings: Mapping[str, Any] | None):

@@ -2,7 +2,9 @@
 
 The policy is the base and adapter that ``policy.json`` names (their files hash-checked), sampled
 with the adapter directory's ``generation_config.json``, which must hold exactly the sampler
-settings the certificate covers. Without a passing certificate for this very policy nothing is
+settings the certificate covers; or, for best-of-K over an LM, the base LM sampled K times with
+``policy/generation_config.json`` and resampled by the recorded tilt over the scores of the
+recorded scoring models (every directory hash-checked: :mod:`~safealign.run.lm_best_of_k`). Without a passing certificate for this very policy nothing is
 sampled, unless the caller asks for an uncertified policy explicitly.
 """
 
@@ -16,9 +18,10 @@ from safealign.constraints.attempts import same_settings
 from safealign.data.io import parse_json
 from safealign.errors import DataError
 from safealign.models.causal import generate
-from safealign.models.policy_artifact import LMPolicy, read_sampler_settings
+from safealign.models.policy_artifact import LMBestOfKPolicy, LMPolicy, read_sampler_settings
+from safealign.run.lm_best_of_k import generate_best_of_k
 from safealign.run.lm_certify import load_deployed
-from safealign.run.paths import POLICY_FILE, RunPaths
+from safealign.run.paths import POLICY_DIR, POLICY_FILE, RunPaths
 from safealign.run.policy_file import load_policy_file
 
 
@@ -50,7 +53,9 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def certified_policy(out: str | Path, *, allow_uncertified: bool = False) -> LMPolicy:
+def certified_policy(
+    out: str | Path, *, allow_uncertified: bool = False
+) -> LMPolicy | LMBestOfKPolicy:
     """The run directory's LM policy, checked to be the one its certificate passed.
 
     Raises:
@@ -62,17 +67,23 @@ def certified_policy(out: str | Path, *, allow_uncertified: bool = False) -> LMP
         raise DataError(f"no {POLICY_FILE} here: not a run directory of an aligned policy",
                         path=str(paths.root))  # fmt: skip
     policy = load_policy_file(paths.policy).policy
-    if not isinstance(policy, LMPolicy):
-        what = "no policy (no solution found)" if policy is None else "a best-of-K policy"
+    if not isinstance(policy, LMPolicy | LMBestOfKPolicy):
+        what = (
+            "no policy (no solution found)"
+            if policy is None
+            else "a best-of-K policy over the reference sampler"
+        )
         raise DataError(f"it holds {what}, not a language model to sample; align with "
-                        "policy.method: distill", path=str(paths.policy))  # fmt: skip
+                        "policy.method: distill, or best_of_k with policy.model",
+                        path=str(paths.policy))  # fmt: skip
     if not allow_uncertified:
         _check_certified(paths, policy)
-    on_disk = read_sampler_settings(paths.root / policy.adapter_dir)
+    folder = paths.root / (policy.adapter_dir if isinstance(policy, LMPolicy) else POLICY_DIR)
+    on_disk = read_sampler_settings(folder)
     if on_disk != policy.sampler:
         raise DataError(
             f"holds {on_disk.to_dict()}, not the certified sampler {policy.sampler.to_dict()}",
-            path=str(paths.root / policy.adapter_dir / "generation_config.json"),
+            path=str(folder / "generation_config.json"),
         )
     return policy
 
@@ -86,6 +97,8 @@ def generate_responses(
         ``[{"prompt", "response", "sampler"}]``, reproducible in ``seed``.
     """
     policy = certified_policy(out, allow_uncertified=allow_uncertified)
+    if isinstance(policy, LMBestOfKPolicy):
+        return generate_best_of_k(Path(out), policy, prompts, seed=seed)
     model, tokenizer = load_deployed(Path(out), policy)
     settings = policy.sampler.to_dict()
     responses = generate(model, tokenizer, list(prompts), num_samples=1, seed=seed, **settings)
@@ -93,7 +106,7 @@ def generate_responses(
             for p, r in zip(prompts, responses, strict=True)]  # fmt: skip
 
 
-def _check_certified(paths: RunPaths, policy: LMPolicy) -> None:
+def _check_certified(paths: RunPaths, policy: LMPolicy | LMBestOfKPolicy) -> None:
     try:
         certificate = json.loads(paths.certificate.read_text(encoding="utf-8"))
     except (OSError, ValueError):

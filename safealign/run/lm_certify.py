@@ -19,12 +19,14 @@ from safealign.constraints.align import Scorers
 from safealign.constraints.attempts import attempt_safety
 from safealign.constraints.hc_rlhf import Certificate
 from safealign.constraints.hc_rlhf import certify as safety_test
+from safealign.constraints.tilting import SafetySample
 from safealign.data.records import PairDataset
 from safealign.errors import DataError
 from safealign.models.causal import generate, policy_device
 from safealign.models.policy_artifact import ADAPTER_FILES, LMPolicy, load_policy_model, tree_sha256
 from safealign.run.lm_align import sampler_of
 from safealign.run.lm_base import BaseModel, _derive, base_path, load_base
+from safealign.run.lm_groups import base_normalized_group_rewards
 from safealign.run.workspace import Workspace
 
 #: Responses per prompt when measuring the truth of an LM (eval and candidate prompts only).
@@ -73,21 +75,39 @@ def run_lm_safety_test(
 ) -> Certificate:
     """HC-RLHF step 2 on the unsealed ``safety_pairs``: one response per safety prompt from the
     deployed LM with its recorded settings and seed, scored by the cost model (not logged:
-    :func:`safealign.run.certification.certify_policy` logs the attempt). With ``labelling``
-    (:mod:`safealign.run.labelling`) the sampled texts go to it, and so does the certificate."""
+    :func:`safealign.run.certification.certify_policy` logs the attempt). With groups (on a split
+    of the preference data, not a designated set), the certificate's ``groups`` also bound each
+    group's cost and reward of the same responses, the rewards normalised against K base-LM
+    samples per prompt (:mod:`.lm_groups`). With ``labelling`` (:mod:`safealign.run.labelling`)
+    the sampled texts go to it, and so does the certificate."""
     model, tokenizer = load_deployed(ws.out, policy)
+    config = ws.config
+    batch = config.policy.sampler.batch_size
 
-    def sample_costs(deployed: LMPolicy, prompts: tuple[str, ...]) -> torch.Tensor:
+    def sample_costs(deployed: LMPolicy, prompts: tuple[str, ...]) -> torch.Tensor | SafetySample:
         responses = generate(model, tokenizer, list(prompts), num_samples=1, seed=deployed.seed,
-                             batch_size=ws.config.policy.sampler.batch_size,
-                             **deployed.sampler.to_dict())  # fmt: skip
-        texts = [row[0] for row in responses]
+                             batch_size=batch, **deployed.sampler.to_dict())  # fmt: skip
+        picked = [row[0] for row in responses]
         if labelling is not None:
-            labelling.observe_responses(prompts, texts)
-        return scorers.cost.score(list(prompts), texts).double()
+            labelling.observe_responses(prompts, picked)
+        costs = scorers.cost.score(list(prompts), picked).double()
+        if scorers.group_rewards is None or config.safety.prompts is not None:
+            return costs
+        base, _ = policy_dirs(ws.out, deployed)
+        groups = base_normalized_group_rewards(
+            load_base(BaseModel(deployed.base_model, base, deployed.base_sha256), seed=config.seed),
+            prompts, picked, scorers,
+            num_samples=config.policy.num_candidates, sampler=deployed.sampler,
+            seed=_derive(deployed.seed, 0x6A0), batch_size=batch,
+            mode=config.groups.normalize, beta=config.policy.beta,
+        )  # fmt: skip
+        return SafetySample(costs, groups)
 
-    safety = attempt_safety(ws.config.safety)
-    certificate = safety_test(policy, safety_pairs, sample_costs, safety=safety)
+    certificate = safety_test(
+        policy, safety_pairs, sample_costs, safety=attempt_safety(config.safety),
+        group_prompts="own" if config.groups.mode == "given" else "all",
+        reward_normalization=config.groups.normalize,
+    )  # fmt: skip
     return certificate if labelling is None else labelling.finish(certificate, policy)
 
 

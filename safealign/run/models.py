@@ -146,10 +146,17 @@ def _group_models(ws: Workspace, *, progress: bool):
     return models, [PrivacyReceipt(**r) for r in meta["receipts"]]
 
 
-def load_scorers(out: Path, models: ModelDirs, group_weights: dict[str, float] | None) -> Scorers:
+def load_scorers(
+    out: Path,
+    models: ModelDirs,
+    group_weights: dict[str, float] | None,
+    *,
+    group_cost_lambdas: dict[str, float] | None = None,
+) -> Scorers:
     """The scorers of an aligned policy, loaded from the model directories of run directory ``out``."""
     cost: ScoringModel = load_scoring_model(out / models.cost)
     if models.group_rewards is None:
         return Scorers(cost=cost, reward=load_scoring_model(out / models.reward))
     groups = {name: load_scoring_model(out / path) for name, path in models.group_rewards}
-    return Scorers(cost=cost, group_rewards=groups, group_weights=group_weights)
+    return Scorers(cost=cost, group_rewards=groups, group_weights=group_weights,
+                   group_cost_lambdas=group_cost_lambdas)  # fmt: skip

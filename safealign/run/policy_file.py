@@ -4,10 +4,13 @@
 runs HC-RLHF's safety test on exactly that policy. It holds:
 
 - ``policy``: the selected policy's ``sampler_settings()`` (the deployment settings the
-  certificate will cover: a tilted best-of-K resampler, or a causal LM's base, adapter and sampler,
-  each named by SHA-256), or ``null`` when no policy met the pessimistic bound (``reason`` says why);
+  certificate will cover: a tilted best-of-K resampler, a causal LM's base, adapter and sampler,
+  or a base LM with a best-of-K resampler and its scoring models, each named by SHA-256), or
+  ``null`` when no policy met the pessimistic bound (``reason`` says why);
 - ``selection``: HC-RLHF step 1's numbers (lambda, the pessimistic bound, k, n_b, n_s, ...);
-- ``groups``: the MaxMin dual weights and each group's expected (normalised) reward, if any;
+- ``groups``: the MaxMin dual weights, each group's expected (normalised) reward and, with
+  ``groups.normalize: regret``, each group's own cost multiplier λ_g (``cost_lambdas``: its
+  constrained optimum, the zero of its regret in the report and the certificate), if any;
 - ``models``: the cost and reward model directories used, relative to the run directory;
 - ``candidates``: where the candidates came from (the reference sampler, or a file and its SHA-256);
 - ``data`` and ``safety``: the dataset and split fingerprints and the safety section the policy was
@@ -31,8 +34,8 @@ from safealign.constraints.align import AlignResult
 from safealign.constraints.tilting import POLICY_KIND, TiltedPolicy, cost_range_mismatch
 from safealign.data.io import parse_json
 from safealign.errors import ConfigError, DataError
+from safealign.models.policy_artifact import BEST_OF_K_KIND, LMBestOfKPolicy, LMPolicy
 from safealign.models.policy_artifact import POLICY_KIND as LM_POLICY_KIND
-from safealign.models.policy_artifact import LMPolicy
 
 FILE_KIND, FILE_VERSION = "safealign.aligned_policy", 1
 FROM_REFERENCE, FROM_FILE = "reference_sampler", "file"
@@ -85,7 +88,7 @@ class ModelDirs:
 class PolicyFile:
     """The content of ``policy.json`` (see the module docstring for each part)."""
 
-    policy: TiltedPolicy | LMPolicy | None
+    policy: TiltedPolicy | LMPolicy | LMBestOfKPolicy | None
     reason: str
     selection: dict[str, Any]
     safety: dict[str, Any]
@@ -94,6 +97,7 @@ class PolicyFile:
     models: ModelDirs
     candidates: dict[str, Any]
     data: dict[str, Any]
+    group_cost_lambdas: dict[str, float] | None = None
 
     @property
     def from_candidates_file(self) -> bool:
@@ -105,6 +109,8 @@ class PolicyFile:
         groups = None
         if self.group_weights is not None:
             groups = {"weights": self.group_weights, "rewards": self.group_rewards}
+            if self.group_cost_lambdas is not None:
+                groups["cost_lambdas"] = self.group_cost_lambdas
         return {
             "kind": FILE_KIND,
             "version": FILE_VERSION,
@@ -167,6 +173,7 @@ def policy_file_from(
         models=models,
         candidates=_plain(candidates),
         data=_plain(data),
+        group_cost_lambdas=_plain_or_none(aligned.scorers.group_cost_lambdas),
     )
 
 
@@ -206,13 +213,16 @@ def load_policy_file(path: str | Path) -> PolicyFile:
     for name in _SELECTION_FIELDS:
         read.get(selection, name, object, where="selection")
     groups = read.get(obj, "groups", dict, optional=True)
-    weights = rewards = None
+    weights = rewards = lambdas = None
     if groups is not None:
         weights = _numbers(
             read, read.get(groups, "weights", dict, where="groups"), "groups.weights"
         )
         raw = read.get(groups, "rewards", dict, where="groups", optional=True)
         rewards = None if raw is None else _numbers(read, raw, "groups.rewards")
+        # Absent in files written before λ_g were recorded: their regret is then the plain one.
+        raw = groups.get("cost_lambdas")
+        lambdas = None if raw is None else _lambdas(read, raw, weights)
     return PolicyFile(
         policy=_policy(read, obj),
         reason=read.get(obj, "reason", str),
@@ -223,6 +233,7 @@ def load_policy_file(path: str | Path) -> PolicyFile:
         models=_models(read, read.get(obj, "models", dict), group_names=weights),
         candidates=_candidates(read, read.get(obj, "candidates", dict)),
         data=_data(read, read.get(obj, "data", dict)),
+        group_cost_lambdas=lambdas,
     )
 
 
@@ -265,13 +276,27 @@ def _numbers(read: _Reader, obj: dict, field: str) -> dict[str, float]:
     return {name: float(value) for name, value in obj.items()}
 
 
-def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | None:
+def _lambdas(read: _Reader, raw: object, weights: dict[str, float]) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise read.bad("groups.cost_lambdas", f"must be a JSON object (got {raw!r})")
+    lambdas = _numbers(read, raw, "groups.cost_lambdas")
+    if sorted(lambdas) != sorted(weights) or any(v < 0 for v in lambdas.values()):
+        raise read.bad("groups.cost_lambdas", "must give each group of groups.weights a λ >= 0")
+    return lambdas
+
+
+def _plain_or_none(value: Mapping[str, float] | None) -> dict[str, float] | None:
+    return None if value is None else {k: float(v) for k, v in value.items()}
+
+
+def _policy(read: _Reader, obj: dict) -> TiltedPolicy | LMPolicy | LMBestOfKPolicy | None:
     settings = read.get(obj, "policy", dict, optional=True)
     if settings is None:
         return None
-    if settings.get("policy") == LM_POLICY_KIND:
+    lm_kinds = {LM_POLICY_KIND: LMPolicy, BEST_OF_K_KIND: LMBestOfKPolicy}
+    if settings.get("policy") in lm_kinds:
         try:
-            return LMPolicy.from_settings(settings)
+            return lm_kinds[settings["policy"]].from_settings(settings)
         except ConfigError as exc:
             raise read.bad("policy", "; ".join(exc.problems)) from None
     if settings.get("policy") != POLICY_KIND:

@@ -12,6 +12,7 @@ import torch
 from safealign.constraints.align import AlignResult, score_candidates
 from safealign.constraints.tilting import TiltedPolicy
 from safealign.run.designated import set_truth
+from safealign.run.lm_best_of_k import truth_candidates
 from safealign.run.lm_certify import lm_true_outcomes
 from safealign.run.workspace import Workspace
 
@@ -20,16 +21,21 @@ def true_outcomes(ws: Workspace, aligned: AlignResult, *, policy=None) -> dict |
     """The released policy's TRUE expected cost and rewards (synthetic world only, else None),
     on fresh reference candidates for the eval and candidate prompts (never the sealed safety
     prompts); for an LM policy (``policy.model`` set), on its own generations
-    (:func:`~safealign.run.lm_certify.lm_true_outcomes`, ``policy`` the released LMPolicy)."""
+    (:func:`~safealign.run.lm_certify.lm_true_outcomes`, ``policy`` the released LMPolicy), or
+    for best-of-K over an LM, on K fresh samples of the base LM per prompt."""
     world, splits, sampler, config = ws.world, ws.splits, ws.sampler, ws.config
     if world is None:
         return None
-    if config.policy.model is not None:
+    best_of_k = config.policy.method == "best_of_k"
+    if config.policy.model is not None and not best_of_k:
         out = lm_true_outcomes(ws, policy)
         designated = set_truth(ws)  # a designated set: the truth of what its certificate bounds
         return out if designated is None else {**out, "designated_set": designated}
     prompts = list(splits.eval.prompts) + list(splits.candidate.prompts)
-    cands = sampler.candidates(prompts, seed=config.seed + 3)
+    if config.policy.model is None:
+        cands = sampler.candidates(prompts, seed=config.seed + 3)
+    else:  # best-of-K over an LM: K of its own samples per prompt (reference: the bare LM)
+        cands = truth_candidates(ws, prompts)
     scored = score_candidates(cands, aligned.scorers)
     flat_prompts, flat_responses = cands.flat()
     shape = scored.costs.shape
