@@ -10,6 +10,9 @@ draws N responses, labels a uniformly random subset of m, and computes at ``delt
 * ``ppi_joint``: :func:`rectified_upper_bound` as called by default: the joint test (labels drawn
   without replacement from the N scored responses, Fisher-combined with the N responses' exact
   binomial law; predictable recalibration; valid);
+* ``ppi_stratified``: ``method="stratified"``: an exact test of the labels within two strata of
+  the N responses by prediction (every allocation of unsafe responses to the strata), combined
+  with the N responses' binomial law by a weighted Stouffer test (valid);
 * ``ppi_union``: the earlier default, ``method="union"``: betting bounds on E[f] and on the
   power-tuned rectifier at delta/2 each, added (valid);
 * ``ppi_clt``: PPI++'s normal approximation (approximate);
@@ -19,8 +22,9 @@ draws N responses, labels a uniformly random subset of m, and computes at ``delt
 Miss = bound below theta. A valid bound misses at most delta; ``miss_p`` is the one-sided binomial
 p-value of the misses under delta (small p: evidence of under-coverage). Width = bound - theta.
 
-Every setting has its own seed, so the result does not depend on ``--workers``. Usage (about
-25 minutes on two shared cores at 1000 trials):
+Width ratios against labels_only are reported per AUROC band (``bands``) for the joint and the
+stratified bound. Every setting has its own seed, so the result does not depend on ``--workers``. Usage (about
+30 minutes on two shared cores at 1000 trials):
 nice python benchmarks/ppi_coverage.py --trials 1000 --workers 2
 """
 
@@ -58,8 +62,10 @@ MODELS = {
     "excellent": (16.0, 0.0),
     "good_underpredicting": (4.0, -2.0),
 }
-METHODS = ("ppi_joint", "ppi_union", "ppi_clt", "labels_only", "cost_model_only")
-VALID = ("ppi_joint", "ppi_union", "labels_only")
+METHODS = ("ppi_joint", "ppi_stratified", "ppi_union", "ppi_clt", "labels_only", "cost_model_only")
+VALID = ("ppi_joint", "ppi_stratified", "ppi_union", "labels_only")
+RECTIFIED = ("ppi_joint", "ppi_stratified")
+BANDS = ((0.0, 0.7), (0.7, 0.9), (0.9, 0.98), (0.98, 1.01))
 
 
 def draw(rng: np.random.Generator, n: int, theta: float, a: float, s: float):
@@ -83,6 +89,9 @@ def trial(rng: np.random.Generator, n: int, m: int, theta: float, a: float, s: f
     kw = {"target": "unsafe_rate", "confidence": conf}
     return {
         "ppi_joint": rectified_upper_bound(f, y, subset, **kw).upper_bound,
+        "ppi_stratified": rectified_upper_bound(
+            f, y, subset, method="stratified", **kw
+        ).upper_bound,
         "ppi_union": rectified_upper_bound(f, y, subset, method="union", **kw).upper_bound,
         "ppi_clt": approximate_rectified_upper_bound(f, y, subset, **kw).upper_bound,
         "labels_only": labels_only_upper_bound(y, **kw).upper_bound,
@@ -106,9 +115,9 @@ def setting(theta: float, name: str, n: int, m: int, trials: int) -> dict:
             "miss_p": float(stats.binom.sf(misses - 1, trials, DELTA)),
             "mean_width": float((bounds[k] - theta).mean()),
         }
-    row["joint_over_labels_only"] = (
-        row["ppi_joint"]["mean_width"] / row["labels_only"]["mean_width"]
-    )
+    for k in RECTIFIED:
+        ratio = row[k]["mean_width"] / row["labels_only"]["mean_width"]
+        row[f"{k.removeprefix('ppi_')}_over_labels_only"] = ratio
     print(
         f"theta={theta} {name:<21} AUROC={quality:.3f} N={n:<5} m={m:<4} "
         + " ".join(f"{k}={row[k]['miss_rate']:.3f}/{row[k]['mean_width']:.3f}" for k in METHODS),
@@ -131,20 +140,51 @@ def main() -> None:
         "delta": DELTA,
         "trials": args.trials,
         "seconds": round(time.time() - start, 1),
+        "bands": bands(rows),
         "rows": rows,
     }
     atomic_write_text(Path(args.out), json.dumps(result, indent=2, sort_keys=True) + "\n")
-    worst = max(r[k]["miss_rate"] for r in rows for k in VALID)
-    wins = [r for r in rows if r["joint_over_labels_only"] < 1]
+    worst = {k: max(r[k]["miss_rate"] for r in rows) for k in VALID}
     strong = [r for r in rows if r["auroc"] >= 0.7]
-    strong_wins = [r for r in strong if r["joint_over_labels_only"] < 1]
     under = sum(r["cost_model_only"]["miss_rate"] > DELTA for r in rows)
+    wins = {
+        k: (sum(r[f"{k}_over_labels_only"] < 1 for r in rows),
+            sum(r[f"{k}_over_labels_only"] < 1 for r in strong))
+        for k in ("joint", "stratified")
+    }  # fmt: skip
     print(
-        f"ppi_coverage: {len(rows)} settings x {args.trials} trials; worst miss of the valid bounds "
-        f"{worst:.3f} (delta {DELTA}); ppi_joint narrower than labels_only in {len(wins)}/"
-        f"{len(rows)} ({len(strong_wins)}/{len(strong)} with AUROC >= 0.7); cost_model_only "
-        f"misses > delta in {under}/{len(rows)} -> {args.out}"
+        f"ppi_coverage: {len(rows)} settings x {args.trials} trials; worst miss "
+        + ", ".join(f"{k} {v:.3f}" for k, v in worst.items())
+        + f" (delta {DELTA}); narrower than labels_only: "
+        + ", ".join(
+            f"{k} {a}/{len(rows)} ({b}/{len(strong)} with AUROC >= 0.7)"
+            for k, (a, b) in wins.items()
+        )  # fmt: skip
+        + f"; cost_model_only misses > delta in {under}/{len(rows)} -> {args.out}"
     )
+    for band in result["bands"]:
+        print(json.dumps(band))
+
+
+def bands(rows: list[dict]) -> list[dict]:
+    """Per AUROC band: each rectified bound's worst miss and width ratio to labels_only."""
+    out = []
+    for low, high in BANDS:
+        inside = [r for r in rows if low <= r["auroc"] < high]
+        if not inside:
+            continue
+        band = {"auroc": [low, min(high, 1.0)], "settings": len(inside)}
+        for k in RECTIFIED:
+            ratio = np.array([r[f"{k.removeprefix('ppi_')}_over_labels_only"] for r in inside])
+            band[k] = {
+                "worst_miss": max(r[k]["miss_rate"] for r in inside),
+                "ratio_min": round(float(ratio.min()), 3),
+                "ratio_median": round(float(np.median(ratio)), 3),
+                "ratio_max": round(float(ratio.max()), 3),
+                "narrower": int((ratio < 1).sum()),
+            }
+        out.append(band)
+    return out
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def _labelling(p: str) -> tuple[Entry, ...]:
         *(_e(f"{p}{k}", "public", _CONFIG) for k in ("size", "decide", "weight", "method", "prediction_share")),
         _e(f"{p}status", "public", _TEXT),
         _e(f"{p}target", "public", _CONFIG),
+        _e(f"{p}method_version", "public", _TEXT),
         _e(f"{p}decided_by", "public", _CONFIG),
         _e(f"{p}n", "public", _N_SAFETY),
         _e(f"{p}indices[]", "public", _DRAW),
