@@ -32,7 +32,8 @@ of ``P``, without replacement) and ``w_2 ~ sqrt(1 / N)`` (``P`` about ``theta``)
 limit the test then bounds ``theta`` by ``P_hat + z sqrt(s_1^2 + s_2^2)``, with no loss from
 combining. ``eps`` is :data:`EPS_SHARE` of ``delta``. ``theta`` is rejected only if the test
 rejects at every ``k`` (the true ``K`` among them), so ``U = max_k CP(k, alpha_k)`` with
-``alpha_k = max(eps, h^{-1}(q(k)))`` and ``CP(k, a)`` the largest ``theta`` with
+``alpha_k = max(eps, h^{-1}(q(k)))`` (``1 - alpha_k`` computed directly, so that a tiny
+``q(k)`` keeps its precision) and ``CP(k, a)`` the largest ``theta`` with
 ``P(Bin(N, theta) <= k) > a``: ``P(theta > U) <= delta`` for any cost model. ``q`` alone at
 ``delta`` bounds ``P`` (``population_bound``).
 
@@ -51,7 +52,6 @@ from scipy import integrate, optimize, special, stats
 
 # Each stratum holds at least MIN_LABELS * N / m responses (MIN_LABELS labels expected).
 MIN_LABELS = 8.0
-EPS_SHARE = 0.02
 
 
 def strata(f: np.ndarray, m: int) -> np.ndarray:
@@ -92,12 +92,14 @@ def stratified_upper_bound(
     }
     ks, q = population_pvalues(counts["sizes"], counts["labelled"], counts["unsafe"])
     delta = 1.0 - confidence
-    eps = EPS_SHARE * delta
     w1, w2 = _weights(n, m)
-    c = combination_threshold(w1, w2, delta, eps)
-    with np.errstate(divide="ignore"):
-        alpha = np.maximum(eps, stats.norm.sf((c - w1 * stats.norm.isf(q)) / w2))
-    upper = float(binomial_upper(ks, n, alpha).max())
+    c = combination_threshold(w1, w2, delta)
+    # theta is kept at k while z_r < b_k = (c - w1 max(z_q, 0)) / w2, i.e. r(k, theta) > sf(b_k);
+    # 1 - sf(b_k) is computed as cdf(b_k), so that a tiny q(k) keeps its precision.
+    b = (c - w1 * np.maximum(stats.norm.isf(q), 0.0)) / w2
+    live = b > 0.0
+    thetas = binomial_upper(ks[live], n, stats.norm.cdf(b[live]))
+    upper = float(thetas.max()) if live.any() else float(ks[0]) / n
     held = q > delta
     population = float(ks[held].max()) / n if held.any() else float(ks[0]) / n
     return min(1.0, upper), min(1.0, population), counts
@@ -106,7 +108,7 @@ def stratified_upper_bound(
 def population_pvalues(
     sizes: list[int], labelled: list[int], unsafe: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(k, q(k))`` for every ``k`` the labels allow with ``q(k) > 0`` (module doc, fact 1)."""
+    """``(k, q(k))`` for every ``k`` the labels allow (module doc, fact 1)."""
     (n1, n2), (m1, m2), (x1, x2) = sizes, labelled, unsafe
     a1 = np.arange(x1, n1 - (m1 - x1) + 1)
     a2 = np.arange(x2, n2 - (m2 - x2) + 1)
@@ -123,8 +125,9 @@ def population_pvalues(
     for j in range(a2.size):  # the largest tail on each line A1 + A2 = k
         span = slice(j, j + a1.size)
         np.maximum(q[span], tail[:, j], out=q[span])
-    keep = q > 0.0
-    return ks[keep], q[keep]
+    # Every k the labels allow has a positive tail (the allocation A = x holds the observed
+    # draw); one that underflows is floored at the smallest normal float, which only widens.
+    return ks, np.maximum(q, np.finfo(float).tiny)
 
 
 def hypergeometric_pmf(n: int, unsafe: np.ndarray, m: int) -> np.ndarray:
@@ -151,22 +154,23 @@ def _weights(n: int, m: int) -> tuple[float, float]:
 
 
 @functools.lru_cache(maxsize=256)
-def combination_threshold(w1: float, w2: float, delta: float, eps: float) -> float:
-    """``c`` with ``eps + P(w1 Z1 + w2 Z2 >= c, Z2 < isf(eps)) = delta`` (module doc)."""
-    z_eps = float(stats.norm.isf(eps))
+def combination_threshold(w1: float, w2: float, delta: float) -> float:
+    """``c`` with ``P(w1 max(Z1, 0) + w2 max(Z2, 0) >= c) = delta`` (module doc)."""
 
     def level(c: float) -> float:
         def density(z: float) -> float:
             return float(stats.norm.pdf(z) * stats.norm.sf((c - w2 * z) / w1))
 
-        return eps + integrate.quad(density, -40.0, z_eps, limit=200, epsabs=1e-13)[0] - delta
+        inner = integrate.quad(density, 0.0, c / w2, limit=200, epsabs=1e-14)[0]
+        return float(stats.norm.sf(c / w2) + 0.5 * stats.norm.sf(c / w1) + inner) - delta
 
-    return float(optimize.brentq(level, -10.0, 40.0, xtol=1e-12))
+    return float(optimize.brentq(level, 1e-9, 40.0, xtol=1e-13))
 
 
-def binomial_upper(k: np.ndarray, n: int, alpha: np.ndarray) -> np.ndarray:
-    """Largest ``theta`` with ``P(Bin(n, theta) <= k) > alpha`` (Clopper-Pearson's inversion)."""
+def binomial_upper(k: np.ndarray, n: int, keep: np.ndarray) -> np.ndarray:
+    """Largest ``theta`` with ``P(Bin(n, theta) <= k) > 1 - keep`` (Clopper-Pearson's inversion;
+    ``keep = 1 - alpha`` is passed as such so a tiny one keeps its precision)."""
     out = np.ones(k.size)
     inner = k < n
-    out[inner] = stats.beta.ppf(1.0 - alpha[inner], k[inner] + 1.0, n - k[inner])
+    out[inner] = stats.beta.ppf(keep[inner], k[inner] + 1.0, n - k[inner])
     return out
