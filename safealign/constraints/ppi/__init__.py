@@ -30,7 +30,9 @@ bounds ``P`` itself (``population_bound``), which needs no i.i.d. prompts at all
 scored responses into two strata by prediction alone and tests each hypothesised ``P`` exactly:
 the labelled counts per stratum are hypergeometric given the responses, and the p-value is the
 largest tail over every allocation of the unsafe responses to the strata; a weighted Stouffer
-combination with fixed weights joins it to the exact binomial law of ``N P`` given ``theta``.
+combination (each z clipped at 0, fixed weights) joins it to the exact binomial law of ``N P``
+given ``theta``. Measured about as wide as the labels-only bound (the maximum over allocations
+gives back most of what stratifying gains), far narrower than ``joint`` with a weak model.
 
 ``method="union"`` is the earlier construction, kept as an option. With ``delta = 1 - confidence``
 split as ``delta_A = prediction_share * delta`` and ``delta_B = delta - delta_A`` (both declared):
@@ -64,9 +66,9 @@ model's judgement, not ``theta``.
 
 The code: :mod:`.subset` draws the labelled subset, :mod:`.finite` holds the finite-sample bound
 (and the labels-only one both methods give at a declared weight 0), :mod:`.joint` the joint
-test, :mod:`.stratified` the post-stratified exact test, :mod:`.clt` PPI++'s approximation, :mod:`.labelled`
-the three bounds side by side; :mod:`.result` the result type and its stated assumptions,
-:mod:`._checks` the input checks they share. Every name is importable from here.
+test, :mod:`.stratified` the post-stratified exact test, :mod:`.clt` PPI++'s approximation,
+:mod:`.labelled` the three bounds side by side; :mod:`.result` the result type and its stated
+assumptions, :mod:`._checks` the input checks they share. Every name is importable from here.
 """
 
 from safealign.constraints.ppi._checks import (

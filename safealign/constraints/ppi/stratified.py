@@ -21,25 +21,28 @@ among them) and ``theta = E[Y]`` the target. Two exact facts, Fisher-free:
 2. **The N responses, given theta.** ``K ~ Binomial(N, theta)``, so ``r(k, theta) =
    P(Bin(N, theta) <= k)`` at the true ``K`` is a p-value.
 
-Combination (weighted Stouffer, truncated). Given the ``N`` values, ``r(K, theta)`` is fixed and
-``q(K)`` super-uniform, so a test rejecting when ``r <= eps`` or ``q <= h(r)``, ``h`` decreasing
-and fixed by ``N``, ``m``, ``delta`` alone, has level ``eps + int_eps^1 h(u) du``
-(``r`` super-uniform, ``h`` decreasing). With ``h(u) = sf((c - w_2 isf(u)) / w_1)`` that integral
-is ``P(w_1 Z_1 + w_2 Z_2 >= c, Z_2 < isf(eps))`` for independent standard normals, and ``c`` is
-set so the level is ``delta`` (:func:`combination_threshold`). The weights are the two errors'
-standard deviations for a useless model, ``w_1 ~ sqrt((1 - m / N) / m)`` (the labels' estimate
-of ``P``, without replacement) and ``w_2 ~ sqrt(1 / N)`` (``P`` about ``theta``): in the normal
-limit the test then bounds ``theta`` by ``P_hat + z sqrt(s_1^2 + s_2^2)``, with no loss from
-combining. ``eps`` is :data:`EPS_SHARE` of ``delta``. ``theta`` is rejected only if the test
-rejects at every ``k`` (the true ``K`` among them), so ``U = max_k CP(k, alpha_k)`` with
-``alpha_k = max(eps, h^{-1}(q(k)))`` (``1 - alpha_k`` computed directly, so that a tiny
-``q(k)`` keeps its precision) and ``CP(k, a)`` the largest ``theta`` with
-``P(Bin(N, theta) <= k) > a``: ``P(theta > U) <= delta`` for any cost model. ``q`` alone at
-``delta`` bounds ``P`` (``population_bound``).
+Combination (weighted Stouffer, each z clipped at 0). Given the ``N`` values, ``r(K, theta)`` is
+fixed and ``q(K)`` super-uniform, so a test rejecting when ``q <= h(r)``, ``h`` decreasing and
+fixed by ``N``, ``m``, ``delta`` alone, has level ``int_0^1 h(u) du`` (``r`` is super-uniform and
+``h`` decreasing). Rejecting when ``w_1 max(z_q, 0) + w_2 max(z_r, 0) >= c`` (``z = isf(p)``) is
+such a test, of level ``P(w_1 max(Z_1, 0) + w_2 max(Z_2, 0) >= c)`` for independent standard
+normals; ``c`` sets it to ``delta`` (:func:`combination_threshold`). Clipping matters: plain
+Stouffer lets a p-value near 1 (``z`` very negative) cancel a tiny one, so a ``k`` the labels
+rule out could still keep a large ``theta``. The weights are the two errors' standard deviations
+for a useless model, ``w_1 ~ sqrt((1 - m / N) / m)`` (the labels' estimate of ``P``, without
+replacement) and ``w_2 ~ sqrt(1 / N)`` (``P`` about ``theta``): in the normal limit the test
+then bounds ``theta`` by about ``P_hat + z sqrt(s_1^2 + s_2^2)``, the labels-only width.
+``theta`` is rejected only if the test rejects at every ``k`` (the true ``K`` among them), so
+``U = max_k CP(k, sf(b_k))`` over the ``k`` with ``b_k = (c - w_1 max(z_q(k), 0)) / w_2 > 0``,
+``CP(k, a)`` the largest ``theta`` with ``P(Bin(N, theta) <= k) > a`` (``1 - sf(b_k)`` computed
+as ``cdf(b_k)``, so that a tiny ``q(k)`` keeps its precision): ``P(theta > U) <= delta`` for any
+cost model. ``q`` alone at ``delta`` bounds ``P`` (``population_bound``).
 
-Where it gains: the worst allocation spreads the unsafe responses evenly over the strata, so
-against a model that separates unsafe from safe responses only weakly the bound is about the
-labels-only one; the larger the share of the label variance between the strata, the narrower.
+Where it gains, and where not: the allocation that maximises the tail spreads the unsafe
+responses evenly over the strata (equal rates), whose variance is that of simple random
+sampling, so the maximum over allocations gives back most of the stratification's gain; the
+bound is then about the labels-only width (measured in benchmarks/ppi_coverage.py), narrower
+only where the labels themselves rule the even allocations out (a model that separates well).
 """
 
 from __future__ import annotations
