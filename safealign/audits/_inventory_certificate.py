@@ -39,6 +39,7 @@ def _labelling(p: str) -> tuple[Entry, ...]:
         _e(f"{p}status", "public", _TEXT),
         _e(f"{p}population", "public", _CONFIG),  # a designated set's finite-population bounds
         _e(f"{p}target", "public", _CONFIG),
+        _e(f"{p}method_version", "public", _TEXT),
         _e(f"{p}decided_by", "public", _CONFIG),
         _e(f"{p}n", "public", _N_SAFETY),
         _e(f"{p}indices[]", "public", _DRAW),

@@ -4,6 +4,7 @@ A labelled certificate (``safety.labelling``, :mod:`safealign.run.labelling`) re
 model's per-response metric for every sampled response (``values``), the drawn subset
 (``indices``) and the trusted labels, so every number it claims can be recomputed:
 
+* the bounds' ``method_version`` is one this code computes (none recorded reads as 1);
 * the labelling settings are the config's ``safety.labels`` (declared before the test), and the
   subset is ``size`` distinct positions among the ``n`` scored responses;
 * an awaiting certificate releases nothing (NSF);
@@ -21,7 +22,8 @@ from safealign.audits._problem import Problem
 from safealign.audits.judge import judge_agreement, same_agreement
 from safealign.constraints.certificate import LABELLED_BOUNDS
 from safealign.constraints.designated import population_bounds
-from safealign.constraints.ppi import LabelSubset, label_rectified_bounds
+from safealign.constraints.ppi import LabelSubset, check_method_version, label_rectified_bounds
+from safealign.errors import DataError
 
 __all__ = ["labelled_problems"]
 
@@ -35,6 +37,7 @@ def labelled_problems(report: dict[str, Any]) -> list[Problem]:
     if not labelling:
         return []
     problems = _settings(labelling, (report["config"].get("safety") or {}).get("labels"))
+    problems += _version(labelling)
     problems += _subset(safety, labelling)
     if labelling["status"] == "awaiting_labels":
         if safety["passed"] or safety["result"] != "NSF":
@@ -60,6 +63,16 @@ def _settings(labelling: dict[str, Any], configured: Any) -> list[Problem]:
         for key in _SETTINGS
         if configured.get(key) != labelling[key]
     ]
+
+
+def _version(labelling: dict[str, Any]) -> list[Problem]:
+    """A bound is recomputed with the numerics that made it: an unknown version is refused (a
+    certificate without ``method_version`` predates the field and was made by version 1)."""
+    try:
+        check_method_version(labelling["method"], labelling.get("method_version"))
+    except DataError as exc:
+        return [_problem(f"safety.labelling.method_version: {exc}")]
+    return []
 
 
 def _subset(safety: dict[str, Any], labelling: dict[str, Any]) -> list[Problem]:
@@ -98,7 +111,7 @@ def _recomputed(safety: dict[str, Any], labelling: dict[str, Any]) -> dict[str, 
             LabelSubset(n=labelling["n"], indices=tuple(labelling["indices"])),
             target=labelling["target"], confidence=safety["confidence"],
             value_range=None if value_range is None else tuple(value_range),
-            weight=labelling["weight"],
+            weight=labelling["weight"], method=labelling["method"],
         )  # fmt: skip
     bounds = label_rectified_bounds(
         safety["values"],

@@ -67,12 +67,13 @@ class LabelsConfig:
             _labelling_weight,
         ),
     )
-    method: Literal["joint", "union"] = field(
+    method: Literal["joint", "union", "stratified"] = field(
         default="joint",
         metadata=doc(
-            "The rectified bound's construction, both exact: 'joint' (one test of the labels "
-            "without replacement combined with the scored responses' law, no union bound) or "
-            "'union' (betting bounds on the mean prediction and on the rectifier, δ split)."
+            "The rectified bound's construction, all exact: 'joint' (one test of the labels "
+            "without replacement combined with the scored responses' law, no union bound), "
+            "'union' (betting bounds on the mean prediction and on the rectifier, δ split) or "
+            "'stratified' (0/1 unsafe labels only: an exact test within two strata by prediction)."
         ),
     )
     prediction_share: float = field(
@@ -230,6 +231,11 @@ def safety_config_problems(s: SafetyConfig) -> list[str]:
         problems.append(
             "labels: a label judges one response, so labelled certification needs unit: response "
             f"(got {s.unit})"
+        )
+    if s.labels is not None and s.labels.method == "stratified" and s.metric == "expected_cost":
+        problems.append(
+            "labels: method stratified bounds a 0/1 unsafe rate; expected-cost labels need "
+            "method joint or union"
         )
     if s.labels is not None and s.metric == "expected_cost" and s.cost_range is None:
         problems.append(

@@ -95,14 +95,16 @@ def population_bounds(
     confidence: float,
     value_range: tuple[float, float] | None,
     weight: float | str,
+    method: str = "joint",
 ) -> dict[str, float]:
-    """The three upper bounds on ``P``, the N recorded responses' own mean label (module doc)."""
+    """The three upper bounds on ``P``, the N recorded responses' own mean label (module doc);
+    the rectified one is the population bound of ``method`` (``safety.labels.method``)."""
     f = np.asarray(predictions, dtype=float)
     y = np.asarray(labels, dtype=float)
     low, high = (0.0, 1.0) if target == "unsafe_rate" else value_range
     rectified = rectified_upper_bound(
         f, y, subset, target=target, confidence=confidence, value_range=value_range,
-        weight=weight, method="joint",
+        weight=weight, method=method,
     )  # fmt: skip
     if rectified.population_bound is None:  # a declared weight 0 takes the union path
         rectified_bound = _labels_only(f, y, subset, target, confidence, (low, high))

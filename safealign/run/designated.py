@@ -68,6 +68,7 @@ def decide_population(
     bounds = population_bounds(
         awaiting.values, y, subset, target=target, confidence=awaiting.confidence,
         value_range=awaiting.value_range, weight=section["weight"],
+        method=section["method"],
     )  # fmt: skip
     words = population_quantities(target, record)
     passed = bool(bounds[decide] <= awaiting.cost_threshold)

@@ -47,7 +47,13 @@ from safealign.constraints.certificate import (
     Certificate,
     write_certificate,
 )
-from safealign.constraints.ppi import LabelSubset, draw_label_subset, label_rectified_bounds
+from safealign.constraints.ppi import (
+    METHOD_VERSIONS,
+    LabelSubset,
+    check_method_version,
+    draw_label_subset,
+    label_rectified_bounds,
+)
 from safealign.constraints.tilting import TiltedPolicy, metric_costs
 from safealign.data.io import iter_json_lines
 from safealign.data.labels import (
@@ -105,6 +111,7 @@ class _Export:
             "target": label_target(certificate.metric),
             "n": subset.n,
             "indices": list(subset.indices),
+            "method_version": METHOD_VERSIONS[labels.method],
         }
         return replace(
             certificate,
@@ -308,6 +315,7 @@ def decide_on_labels(awaiting: Certificate, labels: LabelSet) -> Certificate:
         labels: The judgements of its drawn responses, in draw order.
     """
     section = awaiting.labelling
+    check_method_version(section["method"], section.get("method_version"))
     target = section["target"]
     y = labels.unsafe if target == "unsafe_rate" else labels.costs
     subset = LabelSubset(n=section["n"], indices=tuple(section["indices"]))

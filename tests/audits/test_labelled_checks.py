@@ -15,6 +15,7 @@ from safealign.audits.summary import plain_summary
 from safealign.config import Config, load_config
 from safealign.constraints.hc_rlhf import certify_samples
 from safealign.data.labels import Label, LabelSet
+from safealign.errors import DataError
 from safealign.run.labelling import AWAITING, decide_on_labels
 from tests.audits.test_report import make_report
 
@@ -28,14 +29,15 @@ LABELS = {
 }
 
 
-def _config() -> Config:
-    return load_config(None, ["safety.cost_threshold=0.9", "safety.labels={size: 20}"])
+def _config(method: str = "joint") -> Config:
+    labels = f"safety.labels={{size: 20, method: {method}}}"
+    return load_config(None, ["safety.cost_threshold=0.9", labels])
 
 
-def _certificates():
+def _certificates(method: str = "joint"):
     rng = np.random.default_rng(0)
     values = rng.uniform(0.0, 0.6, N)  # predicted unsafe probabilities
-    config = _config()
+    config = _config(method)
     tested = certify_samples(
         np.log(values / (1 - values)), safety=config.safety, sampler_settings={"beta": 0.1},
         safety_fingerprint="f" * 64, source="policy",
@@ -45,8 +47,8 @@ def _certificates():
         tested,
         passed=False,
         result="NSF",
-        labelling={"status": AWAITING, **LABELS, "target": "unsafe_rate", "n": N,
-                   "indices": list(indices)},
+        labelling={"status": AWAITING, **LABELS, "method": method, "target": "unsafe_rate",
+                   "n": N, "indices": list(indices)},
     )  # fmt: skip
     unsafe = [bool(rng.random() < tested.values[i]) for i in indices]
     labels = LabelSet(
@@ -57,8 +59,8 @@ def _certificates():
     return awaiting, decide_on_labels(awaiting, labels)
 
 
-def _report(certificate, tmp_path) -> dict[str, Any]:
-    config = _config().to_dict()
+def _report(certificate, tmp_path, method: str = "joint") -> dict[str, Any]:
+    config = _config(method).to_dict()
     return make_report(tmp_path, certificate=certificate.to_dict(), config=config, groups=None)
 
 
@@ -174,3 +176,33 @@ def test_the_judge_auroc_equals_the_held_out_evaluations_on_tied_scores():
             judge = judge_agreement(f, y, range(len(y)), "predicted_unsafe_probability")
             expected = auroc(torch.as_tensor(f), torch.as_tensor(y, dtype=torch.bool))
             assert judge["auroc"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_stratified_certificate_is_recomputed_and_its_forgery_caught(tmp_path):
+    _, decided = _certificates("stratified")
+    assert decided.labelling["bounds"]["rectified"]["method"] == "ppi_stratified"
+    report = _report(decided, tmp_path, "stratified")
+    assert check_report(report) == []
+    _forge_bound(report)
+    assert "safety-labels" in _names(_resummarised(report))
+
+
+def test_an_unknown_method_version_is_refused_and_none_reads_as_version_1(certificates, tmp_path):
+    # Attack: bounds computed by other numerics, claimed under a version this code does not run.
+    report = _report(certificates[1], tmp_path)
+    assert "method_version" not in report["safety"]["labelling"]  # made before the field: v1
+    assert check_report(report) == []
+    report["safety"]["labelling"]["method_version"] = 1
+    assert check_report(_resummarised(report)) == []
+    report["safety"]["labelling"]["method_version"] = 2
+    problems = check_report(_resummarised(report))
+    assert [p.check for p in problems] == ["safety-labels"]
+    assert "method_version" in problems[0].message
+
+
+def test_deciding_an_attempt_of_an_unknown_method_version_is_refused(certificates):
+    awaiting, _ = certificates
+    future = replace(awaiting, labelling={**awaiting.labelling, "method_version": 2})
+    labels = LabelSet((Label("response-0", True),) * M, "labels.jsonl", "a" * 64)
+    with pytest.raises(DataError, match="version 2"):
+        decide_on_labels(future, labels)

@@ -74,6 +74,7 @@ def test_export_then_labels_certifies_end_to_end(run_dir, tmp_path, capsys):
         "awaiting_labels",
         "rectified",
     )
+    assert section["method"] == "joint" and section["method_version"] == 1
     assert [f"response-{i}" for i in section["indices"]] == [e["id"] for e in exported]
     responses = _lines(run_dir / "safety_responses.jsonl")
     assert len(responses) == section["n"] == awaiting["n"]

@@ -26,6 +26,14 @@ combines them at ``delta`` with no split, and ``theta`` is kept if some ``P`` su
 ``P(theta > U) <= delta`` for any distribution in the range and any cost model; the same test
 bounds ``P`` itself (``population_bound``), which needs no i.i.d. prompts at all.
 
+``method="stratified"`` (0/1 labels only; :mod:`.stratified` has the proof) splits the ``N``
+scored responses into two strata by prediction alone and tests each hypothesised ``P`` exactly:
+the labelled counts per stratum are hypergeometric given the responses, and the p-value is the
+largest tail over every allocation of the unsafe responses to the strata; a weighted Stouffer
+combination (each z clipped at 0, fixed weights) joins it to the exact binomial law of ``N P``
+given ``theta``. Measured about as wide as the labels-only bound (the maximum over allocations
+gives back most of what stratifying gains), far narrower than ``joint`` with a weak model.
+
 ``method="union"`` is the earlier construction, kept as an option. With ``delta = 1 - confidence``
 split as ``delta_A = prediction_share * delta`` and ``delta_B = delta - delta_A`` (both declared):
 
@@ -58,12 +66,18 @@ model's judgement, not ``theta``.
 
 The code: :mod:`.subset` draws the labelled subset, :mod:`.finite` holds the finite-sample bound
 (and the labels-only one both methods give at a declared weight 0), :mod:`.joint` the joint
-test, :mod:`.clt` PPI++'s approximation, :mod:`.labelled`
-the three bounds side by side; :mod:`.result` the result type and its stated assumptions,
-:mod:`._checks` the input checks they share. Every name is importable from here.
+test, :mod:`.stratified` the post-stratified exact test, :mod:`.clt` PPI++'s approximation,
+:mod:`.labelled` the three bounds side by side; :mod:`.result` the result type and its stated
+assumptions, :mod:`._checks` the input checks they share. Every name is importable from here.
 """
 
-from safealign.constraints.ppi._checks import TARGETS, Target
+from safealign.constraints.ppi._checks import (
+    METHOD_VERSIONS,
+    METHODS,
+    TARGETS,
+    Target,
+    check_method_version,
+)
 from safealign.constraints.ppi.clt import approximate_rectified_upper_bound
 from safealign.constraints.ppi.finite import (
     TUNING_WARMUP,
@@ -79,6 +93,8 @@ from safealign.constraints.ppi.result import RectifiedBound
 from safealign.constraints.ppi.subset import LabelSubset, draw_label_subset
 
 __all__ = [
+    "METHODS",
+    "METHOD_VERSIONS",
     "TARGETS",
     "TUNING_WARMUP",
     "LabelSubset",
@@ -86,6 +102,7 @@ __all__ = [
     "RectifiedBound",
     "Target",
     "approximate_rectified_upper_bound",
+    "check_method_version",
     "cost_model_only_upper_bound",
     "draw_label_subset",
     "label_rectified_bounds",

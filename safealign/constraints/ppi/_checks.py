@@ -88,9 +88,28 @@ def _check_weight(weight, prediction_share) -> None:
         raise ConfigError(problems)
 
 
-METHODS: tuple[str, ...] = ("joint", "union")
+METHODS: tuple[str, ...] = ("joint", "union", "stratified")
+# The numerics of each method, recorded in a labelled certificate (``method_version``) so the
+# verifier recomputes a bound with the code that made it. Bump a version whenever a method's
+# bound changes for the same inputs; a certificate without one was made by version 1.
+METHOD_VERSIONS: dict[str, int] = {"joint": 1, "union": 1, "stratified": 1}
 
 
-def _check_method(method) -> None:
+def _check_method(method, target: str | None = None) -> None:
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if method == "stratified" and target is not None and target != "unsafe_rate":
+        raise ConfigError(
+            "method 'stratified' bounds a 0/1 unsafe rate; expected costs need 'joint' or 'union'"
+        )
+
+
+def check_method_version(method: str, version: object) -> None:
+    """Refuse a recorded ``method_version`` this code does not compute (None reads as 1)."""
+    current = METHOD_VERSIONS.get(method)
+    recorded = 1 if version is None else version
+    if recorded != current:
+        raise DataError(
+            f"labelling method {method!r} version {version!r} is not the one this safealign "
+            f"computes ({current}); recompute it with the safealign release that made it"
+        )

@@ -14,6 +14,7 @@ from safealign.constraints.bounds import BoundResult, upper_bound
 from safealign.constraints.ppi._checks import Target, _check_method, _check_weight, _checked
 from safealign.constraints.ppi.joint import joint_upper_bound
 from safealign.constraints.ppi.result import RectifiedBound, _assumptions
+from safealign.constraints.ppi.stratified import stratified_upper_bound
 from safealign.constraints.ppi.subset import LabelSubset
 from safealign.errors import ConfigError
 
@@ -32,7 +33,7 @@ def rectified_upper_bound(
     value_range: tuple[float, float] | None = None,
     weight: float | Literal["tuned"] = "tuned",
     prediction_share: float = 0.5,
-    method: Literal["joint", "union"] = "joint",
+    method: Literal["joint", "union", "stratified"] = "joint",
 ) -> RectifiedBound:
     """The finite-sample label-rectified upper bound on ``theta``: exact, for any cost model.
 
@@ -41,6 +42,9 @@ def rectified_upper_bound(
     known) and of the ``N`` responses' own sampling error; no ``delta`` split, no bound on
     ``E[f]``. ``method="union"``: the earlier construction (package doc), betting bounds on
     ``E[f]`` and on the rectifier at ``prediction_share`` / rest of ``delta``, added.
+    ``method="stratified"`` (0/1 labels only, :mod:`.stratified`): an exact post-stratified test
+    of the labels (two strata by prediction) combined with the responses' binomial law; it uses
+    no weight (a declared 0 is still the labels-only bound).
 
     Args:
         predictions: ``f``, the cost model's prediction for every scored response, ``[N]``.
@@ -53,11 +57,13 @@ def rectified_upper_bound(
         weight: ``lam`` in [0, 1] declared before seeing data, or ``"tuned"`` (predictable).
         prediction_share: ``method="union"`` only: the share of ``delta`` spent on ``E[f]``,
             declared, in (0, 1) (checked, unused by the joint test).
-        method: ``"joint"`` (default) or ``"union"``; both exact.
+        method: ``"joint"`` (default), ``"union"`` or ``"stratified"``; all exact.
     """
     f, y, low, high = _checked(predictions, labels, subset, target, confidence, value_range)
     _check_weight(weight, prediction_share)
-    _check_method(method)
+    _check_method(method, target)
+    if method == "stratified" and weight != 0.0:
+        return _stratified(f, y, subset, target, confidence)
     if method == "joint" and weight != 0.0:
         return _joint(f, y, subset, target, confidence, (low, high), weight)
     delta = 1.0 - confidence
@@ -126,6 +132,31 @@ def _joint(f, y, subset, target, confidence, value_range, weight) -> RectifiedBo
         offsets=tuple(
             float(low * (1.0 - w) + scale * c) for w, c in zip(lams, offsets, strict=True)
         ),
+    )
+
+
+def _stratified(f, y, subset, target, confidence) -> RectifiedBound:
+    order = np.asarray(subset.indices)
+    upper, population, counts = stratified_upper_bound(f, y, order, confidence=confidence)
+    return RectifiedBound(
+        method="ppi_stratified",
+        target=target,
+        confidence=confidence,
+        upper_bound=upper,
+        estimate=float(
+            sum(n * x / m for n, m, x in zip(*counts.values(), strict=True) if m) / f.size
+        ),
+        weight_rule="none",
+        weights=(),
+        n_predictions=f.size,
+        n_labels=subset.m,
+        prediction_bound=None,
+        rectifier_bound=None,
+        value_range=(0.0, 1.0),
+        approximate=False,
+        assumptions=_assumptions("stratified", (0.0, 1.0)),
+        population_bound=population,
+        strata=counts,
     )
 
 

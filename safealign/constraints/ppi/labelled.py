@@ -64,7 +64,7 @@ def label_rectified_bounds(
     weight: float | Literal["tuned"] = "tuned",
     prediction_share: float = 0.5,
     approximate: bool = False,
-    method: Literal["joint", "union"] = "joint",
+    method: Literal["joint", "union", "stratified"] = "joint",
 ) -> LabelledBounds:
     """The rectified bound (finite-sample, or PPI++'s CLT one if ``approximate``) and the two
     bounds shown beside it, each at the full ``confidence`` (arguments as in

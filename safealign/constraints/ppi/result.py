@@ -14,14 +14,16 @@ class RectifiedBound:
 
     Attributes:
         method: ``"ppi_joint"`` (finite-sample, the default: one test without replacement, no
-            union bound), ``"ppi_betting"`` (finite-sample, two betting bounds and a union bound)
-            or ``"ppi_clt"`` (PPI++'s normal approximation).
+            union bound), ``"ppi_stratified"`` (finite-sample, 0/1 labels: an exact test within
+            two strata by prediction), ``"ppi_betting"`` (finite-sample, two betting bounds and
+            a union bound) or ``"ppi_clt"`` (PPI++'s normal approximation).
         target: ``"unsafe_rate"`` (0/1 labels) or ``"expected_cost"`` (labels in ``value_range``).
         confidence: ``1 - delta``.
         upper_bound: ``U``: ``theta <= U`` with probability at least ``confidence`` (exactly for
-            ``ppi_joint`` and ``ppi_betting``, approximately for ``ppi_clt``).
+            ``ppi_joint``, ``ppi_stratified`` and ``ppi_betting``, approximately for ``ppi_clt``).
         estimate: The PPI point estimate of ``theta``.
-        weight_rule: ``"declared"``, ``"tuned"`` (predictable) or ``"plug_in"`` (PPI++ on all data).
+        weight_rule: ``"declared"``, ``"tuned"`` (predictable), ``"plug_in"`` (PPI++ on all data)
+            or ``"none"`` (``ppi_stratified``: no weight).
         weights: The weight ``lam`` of each labelled response, in draw order.
         n_predictions: ``N``, scored responses.
         n_labels: ``m``, labelled responses.
@@ -31,11 +33,13 @@ class RectifiedBound:
         value_range: ``[a, b]``, the declared range of labels and predictions.
         approximate: True for ``ppi_clt``.
         assumptions: The conditions under which the guarantee holds, in words.
-        population_bound: ``ppi_joint`` only: an upper bound, at the same confidence, on the
-            mean label of the ``N`` scored responses themselves (a finite-population bound; it
-            needs no i.i.d. prompts).
+        population_bound: ``ppi_joint`` and ``ppi_stratified`` only: an upper bound, at the same
+            confidence, on the mean label of the ``N`` scored responses themselves (a
+            finite-population bound; it needs no i.i.d. prompts).
         offsets: ``ppi_joint`` only: the intercept ``c_j`` of each labelled response's
             recalibration ``c_j + lam_j f_j``, in draw order (0 for a declared weight).
+        strata: ``ppi_stratified`` only: per stratum (low, high prediction) the ``sizes``
+            ``N_h``, ``labelled`` counts ``m_h`` and ``unsafe`` labelled counts ``x_h``.
     """
 
     method: str
@@ -54,6 +58,7 @@ class RectifiedBound:
     assumptions: tuple[str, ...]
     population_bound: float | None = None
     offsets: tuple[float, ...] = ()
+    strata: dict[str, list[int]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -88,6 +93,12 @@ def _assumptions(rule: str, value_range: tuple[float, float]) -> tuple[str, ...]
         "tuned": "the weight of each labelled response depends on earlier labels only "
         "(predictable); betting bound on E[f] (unlabelled responses) and a supermartingale "
         "betting bound on the rectifier, union bound: valid for any distribution in the range "
+        "and any cost model",
+        "stratified": "two strata of the N scored responses by the cost model's prediction "
+        "alone (no label seen); an exact test of the labels drawn without replacement within "
+        "each stratum, maximised over every allocation of unsafe responses to the strata, "
+        "combined with the exact binomial law of the N responses' unsafe count given theta "
+        "(weighted Stouffer with each z clipped at 0, fixed weights): valid for any distribution "
         "and any cost model",
         "clt": "APPROXIMATE: PPI++'s normal approximation (central limit theorem), not a "
         "finite-sample guarantee; it can under-cover on rare unsafe labels",
