@@ -159,8 +159,12 @@ def policy_config_problems(
         problems.append(
             "safety.prompts: a designated safety set is answered by the released policy, which "
             "must sample any prompt: an LM policy (policy.model with policy.method distill or "
-            f"reinforce_lagrangian); {policy.method!r} deploys a best-of-K resampler, whose "
-            "designated-set certification is not implemented yet"
+            f"reinforce_lagrangian); {policy.method!r} deploys a best-of-K resampler, which "
+            + (
+                "only has responses for its own prompts"
+                if policy.model is None
+                else "over an LM is not certified on a designated set yet"
+            )
         )
     if lm and safety_unit != "response":
         problems.append(

@@ -207,7 +207,11 @@ def _lm(tmp_path: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["policy.method=tilting", "policy.model=null"], "only has responses for its own prompts"),
+        (
+            ["policy.method=best_of_k", "policy.model=null"],
+            "only has responses for its own prompts",
+        ),
+        (["policy.method=best_of_k"], "over an LM is not certified on a designated set yet"),
         (["safety.bound=betting"], "assumes i.i.d. prompts"),
         (["safety.labels={size: 4, method: union}"], "only method 'joint' gives"),
         (["safety.prompts_format=parquet"], "prompts_format"),
