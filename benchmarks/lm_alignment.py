@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -60,6 +61,7 @@ def _adapter_truth(ws: Workspace, base: Path, adapter: Path) -> dict:
 
 def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
     out = root / f"seed-{seed}"
+    load_start = os.getloadavg()  # the machine is shared: times are only comparable at equal load
     ledger = f"budget.ledger={root / f'ledger-{seed}.sqlite'}"
     config = load_config(CONFIG, [f"seed={seed}", ledger, *overrides])
     ws = Workspace(config, out)
@@ -90,7 +92,9 @@ def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
     rounds = config.policy.distill.rounds
     return {
         "seed": seed,
+        "is_released": policy is not None and bool(cert.passed),
         "certified": cert.passed,
+        "step1_bound": alignment.policy_file.selection.get("selection_bound"),
         "upper_bound": cert.upper_bound,
         "threshold": config.safety.cost_threshold,
         "metric": config.safety.metric,
@@ -113,6 +117,7 @@ def one_seed(seed: int, root: Path, overrides: list[str]) -> dict:
         "distill_seconds_per_1000_prompts": 1000 * t_align / n_cand,
         "candidate_prompts": n_cand,
         "rounds": rounds,
+        "load_average": {"start": list(load_start), "end": list(os.getloadavg())},
     }
 
 
@@ -143,7 +148,8 @@ def main() -> None:
             f"{r['distilled'][key]:.3f} (released: {r['released'] is not None}) reward-only "
             f"{(r['reward_only'] or {}).get(key, float('nan')):.3f} (tau {r['threshold']}); "
             f"worst-group reward {json.dumps({k: round(v, 3) for k, v in worst.items()})}; "
-            f"certified {r['certified']} U={r['upper_bound']}; seconds "
+            f"step-1 bound {r['step1_bound']:.3f}; certified {r['certified']} U={r['upper_bound']}; "
+            f"load {r['load_average']['start'][0]:.1f}-{r['load_average']['end'][0]:.1f}; seconds "
             f"{json.dumps({k: round(v, 1) for k, v in r['seconds'].items()})}"
         )
 
