@@ -17,8 +17,11 @@ released best-of-K policy is certified many times on fresh safety prompts throug
    new method is measured by rerunning), all on the same responses and labels.
 
 Only the certification log is bypassed: it rightly refuses a second test on one safety set,
-and each trial is a new test of the same policy. Each trial sets ``seed`` (which seeds the
-fresh reference samples and the best-of-K draw) to a new value, so its responses are fresh.
+and each trial is a new test of the same policy on new prompts. The test runs with the demo's
+safety settings (the predicted unsafe probability, confidence 0.95); each fresh safety prompt
+carries a group label in turn (the certificate's group section needs one; no bound reads it).
+Trials of one pipeline share its population (below) and are independent given it, so a
+setting's miss count over all trials is binomial: its exact CI is reported.
 
 The population and the truth. Fresh prompts come from the same world's prompt process: the world
 rebuilt from the same seed with ``num_prompts`` at its maximum (5760) repeats the trained world's
@@ -426,6 +429,20 @@ def markdown(payload: dict) -> str:
         a = e["auroc"]
         cells.append(f"{a['min']:.2f}-{a['median']:.2f}-{a['max']:.2f}" if "min" in a else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| seed | theta (true) | cost model's eval AUROC | (a) miss at n_s = 200 / 1000 "
+              "| (a) mean bound at n_s = 200 / 1000 | judge AUROC median |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in payload["pipelines"]:
+        if not r["released"]:
+            lines.append(f"| {r['seed']} | no policy (step 1 NSF) | | | | |")
+            continue
+        by = {(e["n_s"], e["m"]): e for e in r["table"]}
+        a = [by[(n, 50)]["cost_model_only"] for n in (200, 1000)]
+        lines.append(
+            f"| {r['seed']} | {r['theta']:.3f} | {r['cost_model_auroc_eval']:.3f} | "
+            f"{a[0]['miss_rate']:.3f} / {a[1]['miss_rate']:.3f} | "
+            f"{a[0]['mean_width'] + r['theta']:.3f} / {a[1]['mean_width'] + r['theta']:.3f} | "
+            f"{by[(1000, 200)]['auroc']['median']:.2f} |"
+        )
     return "\n".join(lines)
 
 
