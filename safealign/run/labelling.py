@@ -53,6 +53,7 @@ from safealign.constraints.ppi import (
     check_method_version,
     draw_label_subset,
     label_rectified_bounds,
+    unlabelled_needed,
 )
 from safealign.constraints.tilting import TiltedPolicy, metric_costs
 from safealign.data.io import iter_json_lines
@@ -187,11 +188,18 @@ def export_labelling(ws: Workspace, export: str | Path) -> Certificate:
             "--export-labelling needs safety.labels declared in the config before the test "
             "(e.g. safety.labels: {size: 100, decide: rectified})"
         )
-    size, n_safety = ws.config.safety.labels.size, ws.splits.safety.num_prompts
-    if size > n_safety:  # the set's size is public: refused before any test
+    labels, n_safety = ws.config.safety.labels, ws.splits.safety.num_prompts
+    size, kept = labels.size, unlabelled_needed(labels.method, labels.weight)
+    if size > n_safety - kept:  # the set's size is public: refused before any test
         raise ConfigError(
             f"safety.labels.size: {size} responses to label, but the safety set has only "
             f"{n_safety} prompts (one response each)"
+            + (
+                f", and method {labels.method!r} with weight 'tuned' leaves {kept} unlabelled: "
+                f"label at most {n_safety - kept}"
+                if kept
+                else ""
+            )  # fmt: skip
         )
     folder = Path(export).parent
     if not folder.is_dir():  # refused before the test: a failed write must not cost an attempt

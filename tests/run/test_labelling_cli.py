@@ -11,7 +11,9 @@ import pytest
 
 from safealign.audits.inventory import NOT_RELEASED, released_file
 from safealign.cli import main
+from safealign.config import load_config
 from safealign.constraints.attempts import CertificationLog
+from safealign.run import Workspace
 from tests._inventory import unclassified_run_files
 from tests._tiny_run import CONFIG, TINY_WORLD
 
@@ -195,6 +197,22 @@ def test_more_labels_than_safety_prompts_is_refused_before_the_test(run_dir, tmp
     args = ["--export-labelling", str(tmp_path / "x.jsonl"), "safety.labels={size: 5000}"]
     assert main(["certify", CONFIG, "--out", str(run_dir), *_overrides(run_dir), *args]) == 2
     assert "safety.labels.size" in capsys.readouterr().err
+    assert not (run_dir / "certificate.json").exists()
+
+
+def test_a_labelling_that_could_never_be_decided_is_refused_before_the_test(
+    run_dir, tmp_path, capsys
+):
+    # Attack (found by benchmarks/ppi_learned.py): union with a tuned weight bounds E[f] on the
+    # unlabelled responses and needs 2 of them; labelling all but one used to log a test that
+    # `--labels` could only refuse, one attempt lost for nothing.
+    n_safety = Workspace(
+        load_config(CONFIG, _overrides(run_dir)), run_dir
+    ).splits.safety.num_prompts
+    declared = f"safety.labels={{size: {n_safety - 1}, method: union, weight: tuned}}"
+    args = ["--export-labelling", str(tmp_path / "x.jsonl"), declared]
+    assert main(["certify", CONFIG, "--out", str(run_dir), *_overrides(run_dir), *args]) == 2
+    assert f"label at most {n_safety - 2}" in capsys.readouterr().err
     assert not (run_dir / "certificate.json").exists()
 
 

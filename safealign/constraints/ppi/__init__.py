@@ -83,6 +83,7 @@ from safealign.constraints.ppi.finite import (
     TUNING_WARMUP,
     labels_only_upper_bound,
     rectified_upper_bound,
+    unlabelled_needed,
 )
 from safealign.constraints.ppi.labelled import (
     LabelledBounds,
@@ -108,4 +109,5 @@ __all__ = [
     "label_rectified_bounds",
     "labels_only_upper_bound",
     "rectified_upper_bound",
+    "unlabelled_needed",
 ]

@@ -160,10 +160,18 @@ def _stratified(f, y, subset, target, confidence) -> RectifiedBound:
     )
 
 
+def unlabelled_needed(method: str, weight: float | str) -> int:
+    """How many responses must stay unlabelled for :func:`rectified_upper_bound` with ``method``
+    and ``weight``: 2 for ``union`` with a tuned weight (it bounds E[f] on the unlabelled ones and
+    estimates their variance), else 0. Checked before a test, so a labelling that could never be
+    decided costs no attempt."""
+    return 2 if method == "union" and weight == "tuned" else 0
+
+
 def _tuned(f, f_lab, y, subset, target, confidence, value_range, conf_a, conf_b) -> RectifiedBound:
     low, high = value_range
     unlabelled = np.delete(f, list(subset.indices))
-    if unlabelled.size < 2:
+    if unlabelled.size < unlabelled_needed("union", "tuned"):
         raise ConfigError(
             f"labels: weight 'tuned' bounds E[f] on the unlabelled responses and needs at least 2 "
             f"(got {unlabelled.size} of {f.size} unlabelled); label fewer, or declare a weight"
