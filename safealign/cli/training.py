@@ -126,6 +126,8 @@ def _print_run(result) -> None:
         print(
             f"safety    NO SOLUTION FOUND: nothing released{bound}; threshold {safety['cost_threshold']:g}"
         )
+        if safety.get("reason"):  # no test ran: step 1's verdict, with its bound
+            print(f"          {safety['reason']}")
     _print_labelled(safety, result.truth)
     groups = (report.get("groups") or {}).get("groups") or {}
     normalization = _NORMALIZATION_WORDS.get(report["config"]["groups"]["normalize"], "normalised")
@@ -156,6 +158,12 @@ def _print_run(result) -> None:
             print(
                 f"          true reward {group}: released {value:+.4f} vs reference {reference['reward'][group]:+.4f}"
             )
+    elif truth and "reference" in truth:  # nothing released: the reference's truth alone
+        reference = truth["reference"]
+        print(
+            f"truth     nothing released; reference: true E[cost]={reference['expected_cost']:+.4f}, "
+            f"unsafe rate {reference['unsafe_rate']:.3f}"
+        )
     if result.key_note:
         print(f"signing   {result.key_note}")
     for path in result.report_paths:
