@@ -9,7 +9,7 @@ import pytest
 
 from safealign.constraints.tilting import TiltedPolicy
 from safealign.errors import DataError
-from safealign.run.policy_file import load_policy_file
+from safealign.run.policy_file import _SELECTION_FIELDS, load_policy_file
 
 
 def _policy_json(tmp_path, *, policy_range, safety_range):
@@ -22,23 +22,7 @@ def _policy_json(tmp_path, *, policy_range, safety_range):
         "version": 1,
         "policy": settings,
         "reason": "",
-        "selection": dict.fromkeys(
-            (
-                "method",
-                "metric",
-                "feasible",
-                "lambda",
-                "pessimism_k",
-                "selection_bound",
-                "cost_threshold",
-                "mean_cost",
-                "std_cost",
-                "expected_reward",
-                "n_opt",
-                "n_safety",
-                "requires_safety_test",
-            )
-        ),  # fmt: skip
+        "selection": dict.fromkeys(_SELECTION_FIELDS),
         "safety": safety,
         "groups": None,
         "models": {"cost": "cost_model", "reward": "reward_model"},

@@ -13,33 +13,12 @@ import json
 import pytest
 
 from safealign.cli import main
-from safealign.config import load_config
 from safealign.constraints.attempts import LOG_FILE
-from safealign.data.synthetic import SyntheticWorld
 from safealign.privacy.identity import default_data_dir
-from safealign.privacy.training import save_training_output, train_cost_model
+from tests import test_byo
 
-TINY = [
-    "data.synthetic.num_users=6",
-    "data.synthetic.pairs_per_user=10",
-    "data.synthetic.num_prompts=40",
-    "cost_model.train.batch_size=12",
-    "cost_model.train.epochs=1",
-    "cost_model.privacy.accountant=rdp",
-    "cost_model.privacy.target_delta=1e-3",
-    "reward_model.privacy.target_delta=1e-3",
-    "budget.delta=1e-3",
-]
-
-
-@pytest.fixture(scope="module")
-def cost_model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cost")
-    config = load_config(None, TINY)
-    world = SyntheticWorld(config.data.synthetic, seed=0)
-    result = train_cost_model(world.pairs, config=config.cost_model, seed=0, progress=False)
-    save_training_output(result, out)
-    return out / "model", world
+TINY = test_byo.TINY
+cost_model_dir = test_byo.cost_model_dir  # the same tiny trained cost model (a fixture)
 
 
 def _write(path, rows):
